@@ -1,0 +1,48 @@
+import torch
+
+from trainables.augment import augment, cutout, random_crop, random_flip, random_shift_1d
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_shift_is_a_circular_shift_of_each_signal():
+    x = torch.randn(64, 1, 40)
+    out = random_shift_1d(x, 2, gen())
+    assert out.shape == x.shape
+    shifts = set()
+    for a, b in zip(x, out):
+        match = [s for s in range(-2, 3) if torch.equal(torch.roll(a, s, -1), b)]
+        assert len(match) == 1
+        shifts.add(match[0])
+    assert shifts == {-2, -1, 0, 1, 2}  # 64 draws cover every offset
+
+
+def test_flip_and_crop_keep_shape_and_move_content():
+    x = torch.rand(128, 3, 32, 32) + 1.0  # strictly positive, so padding shows as zeros
+    flipped = random_flip(x, gen())
+    n_flipped = sum(torch.equal(f, a.flip(-1)) for f, a in zip(flipped, x))
+    assert 30 < n_flipped < 98
+    cropped = random_crop(x, 4, gen())
+    assert cropped.shape == x.shape
+    zero_rows = (cropped == 0).flatten(1).any(1)
+    assert 0.5 < zero_rows.float().mean() < 1.0  # most crops show some padding, offset 0,0 shows none
+
+
+def test_cutout_zeroes_a_square_of_the_given_size():
+    x = torch.ones(256, 3, 32, 32)
+    out = cutout(x, 8, gen())
+    zeros = (out[:, 0] == 0).flatten(1).sum(1)
+    assert zeros.max() == 64  # squares fully inside the image
+    assert zeros.min() >= 16  # a corner-centred square keeps a quarter
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # same square on every channel
+
+
+def test_augment_adds_noise_of_the_requested_std_and_is_reproducible():
+    x = torch.zeros(512, 1, 40)
+    out = augment(x, "none", 0.05, gen(1))
+    assert abs(out.std().item() - 0.05) < 0.002
+    assert torch.equal(out, augment(x, "none", 0.05, gen(1)))
+    img = torch.rand(8, 3, 28, 28)
+    assert augment(img, "flip_crop_cutout", 0.0, gen()).shape == img.shape

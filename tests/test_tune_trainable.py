@@ -1,0 +1,36 @@
+"""The trial as a Ray Tune trainable, on real local Ray."""
+
+import pytest
+
+from trainables.checkpoint import load_state
+from trainables.config import make_config
+
+
+@pytest.mark.slow
+def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
+    import ray
+    from ray import tune
+
+    from trainables.tune_trainable import tune_trainable
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(tune_trainable, {"cpu": 1}),
+            param_space={**tiny, "seed": tune.grid_search([0, 1])},
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="trainable", verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert grid.num_errors == 0 and len(grid) == 2
+    for result in grid:
+        rows = result.metrics_dataframe
+        assert list(rows["stage"]) == ["pretrain"] * 2 + ["train"] * 3 + ["final"]
+        final = result.metrics
+        assert final["final"] and final["status"] == "ok" and 0 <= final["test_acc"] <= 1
+        config = make_config(result.config).to_dict()
+        with result.checkpoint.as_directory() as d:
+            state = load_state(d, config)
+        assert state["position"] == [2, 0] and len(state["history"]) == 5

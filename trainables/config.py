@@ -1,0 +1,127 @@
+"""The trial config: one frozen, primitive-only record that fully determines a trial.
+
+Strict on purpose: a sweep of thousands of trials must fail on a typo before it spends
+cluster time, so unknown keys and wrong types are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATASETS_1D = ("mnist1d",)
+DATASETS_IMAGE = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
+AUGMENTATIONS_1D = ("none", "shift")
+AUGMENTATIONS_IMAGE = ("none", "flip_crop", "flip_crop_cutout")
+
+# Standard widths and depths per model; `width`/`depth` left unset resolve to these.
+DEFAULT_WIDTH = {"mlp": 256, "cnn": 32, "resnet18": 64, "vgg11": 64, "vgg16": 64}
+DEFAULT_DEPTH = {"mlp": 2, "cnn": 3}
+FIXED_DEPTH = {"resnet18": 18, "vgg11": 11, "vgg16": 16}  # named architectures fix their depth
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs. Field names carry units; see the README for the table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # what is trained
+    dataset: Literal["mnist1d", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist"] = "mnist1d"
+    model: Literal["mlp", "cnn", "resnet18", "vgg11", "vgg16"] = "mlp"
+    width: int = Field(None, ge=1, description="MLP hidden units / conv base channels (64 = standard ResNet-18, VGG)")  # type: ignore[assignment]
+    depth: int = Field(None, ge=1, description="MLP hidden layers / conv blocks; fixed for resnet18, vgg11, vgg16")  # type: ignore[assignment]
+    seed: int = Field(0, ge=0)
+
+    # stage 1: label-noise pretraining (the paper's adversarial initialization)
+    pretrain_epochs: int = Field(0, ge=0, description="0 = start clean training from a random init")
+    label_noise: float = Field(1.0, ge=0.0, le=1.0, description="fraction of pretraining labels replaced by uniform random labels")
+    pretrain_copies: int = Field(1, ge=1, description="k copies of the training inputs, each with its own random labels")
+    pretrain_zero_out: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of each copy's input values set to 0")
+    pretrain_lr: float = Field(0.05, gt=0.0)
+    pretrain_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+
+    # stage 2: clean training on the true labels
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 coefficient in SGD")
+    augmentation: Literal["none", "shift", "flip_crop", "flip_crop_cutout"] = "none"
+    aug_noise: float = Field(0.0, ge=0.0, description="std of additive Gaussian input noise during clean training")
+    clip_norm: float | None = Field(None, gt=0.0, description="global gradient L2-norm threshold; null = no clipping")
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(100, ge=1, description="cap on clean-training epochs")
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    stop_at_train_acc: float | None = Field(1.0, gt=0.0, le=1.0, description="stop clean training at this train accuracy; null = run all epochs")
+
+    # measurement
+    flatness_samples: int = Field(5, ge=0, description="weight-noise draws per scale for local energy; 0 = skip")
+
+    # execution (part of the config because results depend on them)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(1, ge=1, description="pinned: results differ between thread counts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_model_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        model = data.get("model", "mlp")
+        if data.get("depth") is None:
+            data["depth"] = FIXED_DEPTH.get(model, DEFAULT_DEPTH.get(model))
+        if data.get("width") is None:
+            data["width"] = DEFAULT_WIDTH.get(model)
+        return data
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrialConfig":
+        fixed = FIXED_DEPTH.get(self.model)
+        if fixed is not None and self.depth != fixed:
+            raise ValueError(
+                f"depth: {self.model} has a fixed depth of {fixed}; "
+                f"leave depth unset, or use model mlp/cnn to vary depth"
+            )
+        allowed = AUGMENTATIONS_1D if self.dataset in DATASETS_1D else AUGMENTATIONS_IMAGE
+        if self.augmentation not in allowed:
+            raise ValueError(
+                f"augmentation: {self.augmentation!r} does not apply to {self.dataset}; "
+                f"allowed for it: {', '.join(allowed)}"
+            )
+        return self
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return list(cls.model_fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each bad field and what is allowed."""
+
+
+def describe_validation_error(err: ValidationError, where: str = "config") -> str:
+    """Turn pydantic's report into one line per field a user can act on."""
+    lines = [f"invalid {where}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or None
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(e["loc"][-1]), TrialConfig.field_names(), n=1)
+            known = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(TrialConfig.field_names())
+            msg = f"unknown key; {known}"
+        elif e["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be one of")
+        shown = f" (got {e['input']!r})" if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else ""
+        lines.append(f"  {field + ': ' if field else ''}{msg}{shown}")
+    return "\n".join(lines)
+
+
+def make_config(values: dict[str, Any] | None = None, where: str = "config") -> TrialConfig:
+    """Validate `values` into a TrialConfig, raising ConfigError with a readable message."""
+    try:
+        return TrialConfig(**(values or {}))
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, where)) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from typing import Any
 
@@ -14,6 +15,10 @@ EXIT_BAD_INPUT = 2
 
 def parse_value(text: str) -> Any:
     """A `--set` value as the type a YAML file would give it; `1e-3` is a float, `null` is None."""
+    if text.strip().startswith(("[", "{")):
+        import yaml
+
+        return yaml.safe_load(text)
     lowered = text.strip().lower()
     if lowered in ("null", "none", "~"):
         return None
@@ -28,11 +33,13 @@ def parse_value(text: str) -> Any:
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    from trainables.config import ConfigError
+
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set weight_decay=5e-4")
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set weight_decay=5e-4")
         values[key.strip()] = parse_value(value)
     return values
 
@@ -53,7 +60,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     try:
         cfg = make_config(parse_assignments(args.set), where="trial config (--set)")
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
         print(f"minima trial: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -84,6 +91,80 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0  # a diverged trial is a result (status: diverged), not a failure of the command
 
 
+def _load(args: argparse.Namespace):
+    from .spec import load_sweep
+
+    return load_sweep(args.file, parse_assignments(args.set), getattr(args, "name", None))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    info = spec.summary()
+    print(f"{args.file}: ok")
+    print(f"  sweep     {info['name']} ({info['search']} search)")
+    print(f"  trials    {info['trials']}  ({len(info['seeds'])} seeds: {info['seeds']})")
+    for axis, values in info["axes"].items():
+        print(f"  axis      {axis}: {values}")
+    res = info["resources"]
+    print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
+    print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
+    return 0
+
+
+def _report(outcome) -> int:
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.counts.items()))
+    print(f"sweep {outcome.name}: {outcome.total} trials: {counts}")
+    print(f"results: {outcome.path}")
+    if not outcome.all_finished:
+        print(f"unfinished trials remain: `minima resume {outcome.name}` finishes them")
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    from .runner import run_sweep
+
+    print(f"sweep {spec.name}: {spec.num_trials()} trials; MLflow: {spec.tracking_uri} (experiment {spec.name!r})",
+          file=sys.stderr)
+    return _report(run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: print(m, file=sys.stderr)))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .runner import resume_sweep
+
+    return _report(resume_sweep(args.name, args.storage, on_notice=lambda m: print(m, file=sys.stderr)))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = _load(args)  # validate here, before the cluster spends anything
+    from ray.job_submission import JobSubmissionClient
+
+    sets = " ".join(f"--set {shlex.quote(s)}" for s in args.set)
+    name = f" --name {shlex.quote(args.name)}" if args.name else ""
+    entrypoint = f"minima run {shlex.quote(args.file)} {sets}{name}".strip()
+    client = JobSubmissionClient(args.address)
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": args.working_dir, "excludes": [".venv", ".git", "minima_results", "mlruns",
+                                                                   "mlflow.db", "data", ".test-data"]},
+        metadata={"sweep": spec.name},
+    )
+    print(job_id)
+    print(f"follow it:  ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
+    print(f"status:     ray job status --address {args.address} {job_id}", file=sys.stderr)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    uri = args.tracking_uri
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", args.host, "--port", str(args.port)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minima", description="Minima Atlas: when does SGD reach bad global minima?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,12 +175,54 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
     trial.add_argument("--history", action="store_true", help="with --json: include the per-epoch records")
     trial.set_defaults(func=cmd_trial)
+
+    def sweep_file_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="sweep file (YAML), e.g. sweeps/smoke.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a field of the file, e.g. --set base.epochs=5 --set resources.gpu=0")
+        p.add_argument("--name", help="sweep name (default: the file's name:)")
+
+    validate = sub.add_parser("validate", help="check a sweep file; print trial count, axes, resources")
+    sweep_file_args(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="run a sweep on local Ray, or on the cluster at RAY_ADDRESS")
+    sweep_file_args(run)
+    run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results stay in storage)")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="finish an interrupted sweep from its storage")
+    resume.add_argument("name")
+    resume.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
+    resume.set_defaults(func=cmd_resume)
+
+    submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
+    sweep_file_args(submit)
+    submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
+    submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
+    submit.set_defaults(func=cmd_submit)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
+    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ui.add_argument("--host", default="127.0.0.1", help="keep 127.0.0.1 unless you mean to expose it")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from trainables.config import ConfigError
+    from .spec import SweepError
+
+    try:
+        return args.func(args)
+    except (SweepError, ConfigError) as err:
+        print(f"minima {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: `minima resume NAME` continues the sweep from its checkpoints", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

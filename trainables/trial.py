@@ -27,6 +27,12 @@ from .seeding import generator, stream_seed
 GLOBAL_MIN_TRAIN_ACC = 0.999  # "reached a global minimum": at most 0.1% of train rows wrong
 STEP_SCHEDULE = ((0.5, 0.1), (0.75, 0.01))  # lr_schedule=step: x0.1 at 50%, x0.01 at 75% of epochs
 
+# Numeric per-epoch metrics and the summary's own, as loggers and exports name them.
+EPOCH_METRICS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "pretrain_acc", "step_loss",
+                 "grad_norm", "clipped_frac", "weight_norm", "dist_from_init", "epoch_time_s")
+FINAL_METRICS = ("reached_global_min", "epochs_to_fit", "train_epochs", "pretrain_final_acc",
+                 "local_energy_1pct", "local_energy_5pct", "local_energy_10pct", "wall_time_s")
+
 OnEpoch = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 
@@ -185,6 +191,7 @@ def run_trial(
             step_stats = train_epoch(model, opt, stage, cfg.batch_size)
             record = _epoch_record(model, params, init_params, data, stage, epoch, step_stats)
             record["epoch_time_s"] = time.perf_counter() - t0
+            record["step"] = len(history) + 1  # epochs of both stages so far: the x axis of every curve
             history.append(record)
             diverged = record["diverged"]
             fitted = stage.stop_at_train_acc is not None and record["train_acc"] >= stage.stop_at_train_acc

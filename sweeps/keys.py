@@ -1,0 +1,27 @@
+"""Deterministic names for trials and cells, shared by the trainable, the MLflow logger and
+the exports: the same config always gets the same key, across restarts and machines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from trainables.config import make_config
+from trainables.tune_trainable import SEEDS_KEY, trial_values  # noqa: F401  (re-exported)
+
+
+def _digest(values: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def trial_key(values: dict[str, Any]) -> str:
+    """Key of the full, resolved trial config (seed included)."""
+    return _digest(make_config(values).to_dict())
+
+
+def cell_key(values: dict[str, Any]) -> str:
+    """Key of the config without its seed: the trials that differ only by seed share it."""
+    resolved = make_config(values).to_dict()
+    resolved.pop("seed")
+    return _digest(resolved)

@@ -1,0 +1,232 @@
+"""Run, resume and account for a sweep on Ray Tune (local Ray by default, a cluster via RAY_ADDRESS).
+
+Every check that can fail does so before Ray schedules a trial: the sweep file, the storage
+path, GPUs on local Ray, a name already used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainables.provenance import git_commit, package_version
+from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, tune_trainable
+
+from .spec import SweepError, SweepSpec, parse_sweep
+
+SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
+CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    path: str
+    total: int
+    counts: dict[str, int]  # ok / diverged / error / unfinished
+
+    @property
+    def all_finished(self) -> bool:
+        return self.counts.get("unfinished", 0) == 0
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def storage_root(storage: str) -> str:
+    """Absolute local path, or the URI unchanged (Ray needs absolute paths)."""
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(spec: SweepSpec) -> str:
+    return f"{storage_root(spec.storage).rstrip('/')}/{spec.name}"
+
+
+def check_storage_writable(storage: str) -> None:
+    """Fail now, not mid-sweep, when results could not be written."""
+    if is_uri(storage):
+        import pyarrow.fs
+
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+            fs.create_dir(path, recursive=True)
+        except Exception as err:
+            raise SweepError(f"storage: cannot write to {storage} ({err}); check the URI and credentials") from None
+        return
+    root = Path(storage_root(storage))
+    probe = root / f".minima-write-test-{uuid.uuid4().hex}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0" * 1024 * 1024)  # a full disk fails here, not at the first checkpoint
+    except OSError as err:
+        raise SweepError(f"storage: cannot write to {root} ({err.strerror}); choose a writable folder with free space") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _on_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray() -> None:
+    """Local Ray with this machine's CPUs (dashboard off), or the cluster at RAY_ADDRESS."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"MINIMA_GIT_COMMIT": git_commit() or "", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    for name in ("MINIMA_DATA_DIR", "MINIMA_NO_DOWNLOAD"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    if _on_cluster():
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env},
+                 log_to_driver=False, configure_logging=False)
+
+
+def check_resources(spec: SweepSpec) -> str | None:
+    """Refuse what local Ray could never schedule; on a cluster, say what it waits for."""
+    import ray
+
+    have = ray.cluster_resources()
+    want_gpu, want_cpu = spec.resources.gpu, spec.resources.cpu
+    if _on_cluster():
+        if want_gpu > 0 and have.get("GPU", 0) < want_gpu:
+            return (f"resources.gpu: {want_gpu} per trial; the cluster has {have.get('GPU', 0):g} GPUs now. "
+                    f"Trials wait for GPU worker nodes, which the autoscaler adds on demand.")
+        return None
+    if want_gpu > 0 and have.get("GPU", 0) < want_gpu:
+        raise SweepError(
+            f"resources.gpu: {want_gpu} GPU per trial, but local Ray has {have.get('GPU', 0):g} GPUs; "
+            f"trials would wait forever. Set resources.gpu: 0 (e.g. --set resources.gpu=0) "
+            f"or run on a cluster (RAY_ADDRESS=... or minima submit)."
+        )
+    if want_cpu > have.get("CPU", 0):
+        raise SweepError(f"resources.cpu: {want_cpu} CPUs per trial, but this machine has {have.get('CPU', 0):g}; lower it.")
+    return None
+
+
+def _write_spec(spec: SweepSpec) -> None:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec)) if is_uri(spec.storage) else (
+        pyarrow.fs.LocalFileSystem(), experiment_path(spec))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
+        f.write(json.dumps(spec.model_dump(), indent=2).encode())
+
+
+def read_spec(name: str, storage: str) -> SweepSpec:
+    import pyarrow.fs
+
+    path = f"{storage_root(storage).rstrip('/')}/{name}/{SPEC_FILE}"
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path) if is_uri(storage) else (pyarrow.fs.LocalFileSystem(), path)
+    try:
+        with fs.open_input_stream(inner) as f:
+            data = json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise SweepError(f"no sweep named {name!r} under {storage_root(storage)} (looked for {path}); "
+                         f"pass --storage where it ran") from None
+    return parse_sweep(data, path)
+
+
+def _callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
+    from .mlflow_logger import MLflowSweepLogger
+    from .progress import SweepProgress
+
+    callbacks: list = [SweepProgress(spec.num_trials())]
+    if log_to_mlflow:
+        tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
+        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
+    return callbacks
+
+
+def trial_dirname(trial) -> str:
+    """Short folder names: Ray's default embeds the whole config and hits path-length limits."""
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
+    from ray import tune
+
+    from .search_space import build_search
+
+    space, num_samples, search_alg = build_search(spec)
+    space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.Tuner(
+        tune.with_resources(tune_trainable, resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=search_alg,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,  # measured: 10x faster on small trials (no torch re-import per trial)
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage_root(spec.storage),
+            callbacks=_callbacks(spec, log_to_mlflow),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+            verbose=0,
+        ),
+    )
+
+
+def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
+    counts: Counter = Counter()
+    for result in grid:
+        if result.error is not None:
+            counts["error"] += 1
+        elif (result.metrics or {}).get("final"):
+            counts[result.metrics.get("status", "ok")] += 1
+        else:
+            counts["unfinished"] += 1
+    total = spec.num_trials()
+    counts["unfinished"] += max(0, total - len(grid))
+    return SweepOutcome(spec.name, experiment_path(spec), total, dict(counts))
+
+
+def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print) -> SweepOutcome:
+    """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
+    from ray import tune
+
+    check_storage_writable(spec.storage)
+    if tune.Tuner.can_restore(experiment_path(spec)):
+        raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
+                         f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
+    init_ray()
+    notice = check_resources(spec)
+    if notice:
+        on_notice(notice)
+    _write_spec(spec)
+    grid = build_tuner(spec, log_to_mlflow).fit()
+    return _outcome(spec, grid)
+
+
+def resume_sweep(name: str, storage: str = "minima_results", log_to_mlflow: bool = True, on_notice=print) -> SweepOutcome:
+    """Finish an interrupted sweep: unfinished trials resume from their last checkpoint and
+    errored ones are retried (Tuner.restore with resume_errored=True)."""
+    from ray import tune
+
+    spec = read_spec(name, storage)
+    path = experiment_path(spec)
+    if not tune.Tuner.can_restore(path):
+        raise SweepError(f"sweep {name!r} at {path} has no Ray experiment state to resume from")
+    check_storage_writable(spec.storage)
+    init_ray()
+    notice = check_resources(spec)
+    if notice:
+        on_notice(notice)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True)
+    return _outcome(spec, tuner.fit())

@@ -1,0 +1,52 @@
+"""A sweep spec as Ray Tune's param space and search algorithm (grid, random, Optuna)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .keys import SEEDS_KEY
+from .spec import RangeAxis, SweepSpec, _INT_FIELDS
+
+
+def _distribution(name: str, axis: RangeAxis):
+    from ray import tune
+
+    if name in _INT_FIELDS:
+        low, high = int(round(axis.low)), int(round(axis.high))
+        return tune.lograndint(low, high + 1) if axis.scale == "log" else tune.randint(low, high + 1)
+    return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
+
+
+def build_search(spec: SweepSpec) -> tuple[dict[str, Any], int, Any]:
+    """(param_space, num_samples, search_alg or None) for `tune.Tuner`."""
+    from ray import tune
+
+    space: dict[str, Any] = dict(spec.base)
+    kind = spec.search.kind
+    if kind == "grid":
+        for name in spec.axes:
+            space[name] = tune.grid_search(spec.axis_values(name))
+        space["seed"] = tune.grid_search(spec.seeds)
+        return space, 1, None
+
+    for name, axis in spec.axes.items():
+        space[name] = tune.choice(axis) if isinstance(axis, list) else _distribution(name, axis)
+    if kind == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        space["seed"] = tune.grid_search(spec.seeds)
+        # random_state makes the draws, and so the trial keys, the same on every run of the file
+        return space, spec.search.num_samples, BasicVariantGenerator(random_state=spec.search.seed)
+
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    import optuna
+
+    # Optuna proposes a config; the Repeater runs it once per seed and feeds back the mean.
+    space[SEEDS_KEY] = list(spec.seeds)
+    searcher = OptunaSearch(
+        metric=spec.search.metric, mode=spec.search.mode, sampler=optuna.samplers.TPESampler(seed=spec.search.seed)
+    )
+    repeats = len(spec.seeds)
+    return space, spec.search.num_samples * repeats, Repeater(searcher, repeat=repeats, set_index=True)

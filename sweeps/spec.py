@@ -1,0 +1,261 @@
+"""Sweep files: what a sweep is, validated before any trial is scheduled.
+
+A sweep file names a base trial config, the axes to vary, the seeds, the search, resources per
+trial and where results go. Every trial config the sweep can produce is validated here, so a
+typo fails in a second with the file, the field and what is allowed, never after an hour on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import TrialConfig, describe_validation_error
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+_INT_FIELDS = {name for name, f in TrialConfig.model_fields.items() if f.annotation is int}
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run; the message names the file, the field and the fix."""
+
+
+class RangeAxis(BaseModel):
+    """`{low, high, count, scale}`: `count` grid points (or a distribution for random/optuna)."""
+
+    model_config = _STRICT
+    low: float
+    high: float
+    count: int = Field(5, ge=1, description="grid points; ignored by random and optuna search")
+    scale: Literal["linear", "log"] = "linear"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "RangeAxis":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low}); use scale: linear or a list with 0")
+        return self
+
+
+Axis = Union[RangeAxis, list[Any]]
+
+
+class SearchSpec(BaseModel):
+    model_config = _STRICT
+    kind: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int | None = Field(None, ge=1, description="random/optuna: configs to draw (each runs every seed)")
+    metric: str | None = Field(None, description="optuna: a final metric, e.g. test_acc")
+    mode: Literal["max", "min"] | None = None
+    seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler)")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "SearchSpec":
+        if self.kind in ("random", "optuna") and self.num_samples is None:
+            raise ValueError(f"search kind {self.kind!r} needs num_samples (configs to draw)")
+        if self.kind == "optuna" and (self.metric is None or self.mode is None):
+            raise ValueError("search kind 'optuna' needs metric (e.g. test_acc) and mode (max or min)")
+        return self
+
+
+class ResourcesSpec(BaseModel):
+    model_config = _STRICT
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.25 packs 4 trials on one GPU")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_or_fraction(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return v
+
+
+class SweepSpec(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: letters, digits, _ . -")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict, description="trial config fields shared by every trial")
+    axes: dict[str, Axis] = Field(default_factory=dict, description="trial config fields to vary")
+    seeds: list[int] | int = Field([0], description="a list of seeds, or a count n meaning 0..n-1")
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    max_concurrent: int | None = Field(None, ge=1, description="trials at once; null = as many as resources allow")
+    max_failures: int = Field(0, ge=0, description="retries of a trial that raises (node loss, OOM)")
+    checkpoint_every: int = Field(5, ge=1, description="epochs between trial checkpoints (and at each stage end)")
+    storage: str = Field("minima_results", description="local folder or s3:// / gs:// URI for Ray results")
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_shorthand(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_list(cls, v: list[int] | int) -> list[int]:
+        seeds = list(range(v)) if isinstance(v, int) else v
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct and >= 0")
+        return seeds
+
+    @field_validator("base")
+    @classmethod
+    def _base_fields(cls, base: dict[str, Any]) -> dict[str, Any]:
+        if "seed" in base:
+            raise ValueError("seed: list the seeds under `seeds:` instead")
+        try:
+            TrialConfig(**base)
+        except ValidationError as err:
+            lines = [line.strip() for line in describe_validation_error(err).splitlines()[1:]]
+            raise ValueError("\n  ".join(f"base.{line}" for line in lines)) from None
+        return base
+
+    @field_validator("axes")
+    @classmethod
+    def _axis_names(cls, axes: dict[str, Axis]) -> dict[str, Axis]:
+        known = set(TrialConfig.field_names())
+        for name, axis in axes.items():
+            if name == "seed":
+                raise ValueError("seed is not an axis: list the seeds under `seeds:`")
+            if name not in known:
+                raise ValueError(f"unknown axis {name!r}: axes must be trial config fields "
+                                 f"({', '.join(sorted(known - {'seed'}))})")
+            if isinstance(axis, list) and not axis:
+                raise ValueError(f"axis {name!r} is empty: give at least one value")
+            if isinstance(axis, list) and len(set(map(repr, axis))) != len(axis):
+                raise ValueError(f"axis {name!r} repeats a value")
+        return axes
+
+    @model_validator(mode="after")
+    def _check_trials(self) -> "SweepSpec":
+        overlap = sorted(set(self.base) & set(self.axes))
+        if overlap:
+            raise ValueError(f"{', '.join(overlap)} in both base and axes: keep each in one place")
+        problems = list(_config_problems(self))
+        if problems:
+            more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+            raise ValueError("some trials would be invalid:\n" + "\n".join(problems[:12]) + more)
+        return self
+
+    # --- derived views -------------------------------------------------------------------
+    def axis_values(self, name: str) -> list[Any]:
+        """Grid values of one axis (ranges expanded to `count` points, ints rounded and deduplicated)."""
+        axis = self.axes[name]
+        if isinstance(axis, list):
+            return list(axis)
+        points = (np.geomspace if axis.scale == "log" else np.linspace)(axis.low, axis.high, axis.count)
+        if name in _INT_FIELDS:
+            return sorted({int(round(p)) for p in points})
+        return [float(f"{p:.6g}") for p in points]
+
+    def grid_cells(self) -> list[dict[str, Any]]:
+        """Every combination of axis values (without seeds), as overrides of `base`."""
+        names = list(self.axes)
+        return [dict(zip(names, combo)) for combo in itertools.product(*(self.axis_values(n) for n in names))]
+
+    def num_trials(self) -> int:
+        per_seed = len(self.grid_cells()) if self.search.kind == "grid" else self.search.num_samples
+        return per_seed * len(self.seeds)
+
+    def summary(self) -> dict[str, Any]:
+        axes = {n: (self.axis_values(n) if self.search.kind == "grid" or isinstance(a, list) else a.model_dump())
+                for n, a in self.axes.items()}
+        return {"name": self.name, "search": self.search.kind, "trials": self.num_trials(), "axes": axes,
+                "seeds": self.seeds, "resources": self.resources.model_dump(), "storage": self.storage,
+                "tracking_uri": self.tracking_uri}
+
+
+def _config_problems(spec: SweepSpec):
+    """Yield one line per invalid trial config the sweep could produce (grid points, range ends)."""
+    if spec.search.kind == "grid":
+        candidates = spec.grid_cells()
+    else:  # ranges are sampled: check both ends, lists every value
+        names = list(spec.axes)
+        options = [a if isinstance(a, list) else [a.low, a.high] for a in spec.axes.values()]
+        candidates = [dict(zip(names, combo)) for combo in itertools.product(*options)]
+        candidates = [{k: (round(v) if k in _INT_FIELDS and isinstance(v, float) else v) for k, v in c.items()}
+                      for c in candidates]
+    seen: set[str] = set()
+    for overrides in candidates:
+        try:
+            TrialConfig(**{**spec.base, **overrides, "seed": spec.seeds[0]})
+        except ValidationError as err:
+            for line in describe_validation_error(err).splitlines()[1:]:
+                field, _, msg = line.strip().partition(": ")
+                if field in overrides:  # one axis value is bad on its own
+                    line = f"  axes.{field} = {overrides[field]!r}: {msg}"
+                else:
+                    combo = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+                    line = f"  trial with {combo}: {field}: {msg}"
+                if line not in seen:
+                    seen.add(line)
+                    yield line
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid sweep file"]
+    for e in err.errors():
+        if e["type"] == "list_type" and isinstance(e.get("input"), dict):
+            continue  # a range axis was meant; its own error is reported
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("list[", "RangeAxis", "function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; allowed here: " + ", ".join(_allowed_keys(e["loc"]))
+        got = f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "value_error") and not isinstance(e.get("input"), (dict, list)) else ""
+        prefix = f"{loc}: " if loc and not msg.startswith(f"{loc}.") else ""
+        lines.append(f"  {prefix}{msg}{got}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    models = {"search": SearchSpec, "resources": ResourcesSpec}
+    model = models.get(str(loc[0]), RangeAxis if loc and loc[0] == "axes" else SweepSpec) if len(loc) > 1 else SweepSpec
+    return list(model.model_fields)
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise SweepError(f"{source}: a sweep file is a YAML mapping (name:, base:, axes:, ...), got {type(data).__name__}")
+    try:
+        return SweepSpec(**data)
+    except ValidationError as err:
+        raise SweepError(_format_error(err, source)) from None
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, name: str | None = None) -> SweepSpec:
+    """Read a sweep file with the safe YAML loader (a sweep file cannot run code) and validate it.
+
+    `overrides` maps dotted paths (`base.epochs`, `resources.gpu`) to values, as `--set` gives.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such sweep file") from None
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(data, dotted, value, str(path))
+        if name:
+            data["name"] = name
+    return parse_sweep(data, str(path))
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SweepError(f"{source}: --set {dotted}: {key} is not a mapping")
+    node[keys[-1]] = value

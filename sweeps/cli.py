@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from typing import Any
@@ -16,9 +17,9 @@ EXIT_BAD_INPUT = 2
 def parse_value(text: str) -> Any:
     """A `--set` value as the type a YAML file would give it; `1e-3` is a float, `null` is None."""
     if text.strip().startswith(("[", "{")):
-        import yaml
+        from .spec import read_yaml
 
-        return yaml.safe_load(text)
+        return read_yaml(text)
     lowered = text.strip().lower()
     if lowered in ("null", "none", "~"):
         return None
@@ -99,6 +100,12 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
+    from .runner import preflight
+
+    preflight(spec, args.file)
+    notice = None
+    if os.environ.get("RAY_ADDRESS") and spec.resources.gpu > 0:
+        notice = "on the cluster, GPU trials wait for GPU worker nodes, which the autoscaler adds on demand"
     info = spec.summary()
     print(f"{args.file}: ok")
     print(f"  sweep     {info['name']} ({info['search']} search)")
@@ -108,6 +115,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
+    if notice:
+        print(f"  note      {notice}")
     return 0
 
 
@@ -118,6 +127,10 @@ def _report(outcome) -> int:
     if not outcome.all_finished:
         print(f"unfinished trials remain: `minima resume {outcome.name}` finishes them")
         return 1
+    if outcome.counts.get("error"):
+        print(f"{outcome.counts['error']} trials raised (see the MLflow runs' `error` tag); "
+              f"`minima resume {outcome.name}` retries them")
+        return 1
     return 0
 
 
@@ -127,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(f"sweep {spec.name}: {spec.num_trials()} trials; MLflow: {spec.tracking_uri} (experiment {spec.name!r})",
           file=sys.stderr)
-    return _report(run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: print(m, file=sys.stderr)))
+    return _report(run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: print(m, file=sys.stderr),
+                             source=args.file))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

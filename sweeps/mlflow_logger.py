@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from ray.tune import Callback
 from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
 from .keys import cell_key, trial_key, trial_values
+from .results import read_result_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,30 @@ def _metric_items(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, f
     return out
 
 
+def _error_text(trial) -> str:
+    """The traceback Ray wrote for a failed trial (driver staging copy first, then storage)."""
+    try:
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file) as f:
+                return f.read().strip()
+        return str(trial.get_error() or "").strip()
+    except Exception:  # a missing error file must not break logging
+        return ""
+
+
+def _result_events(result: dict[str, Any]) -> _RunEvents:
+    """The metrics and tags of one Tune report (an epoch, or the trial's final summary)."""
+    step = int(result.get("step") or result.get("training_iteration") or 0)
+    stamp = int(result.get("timestamp", time.time()) * 1000)
+    if result.get("final"):
+        items = _metric_items(result, FINAL_METRICS)
+        tags = {"status": str(result.get("status"))}
+    else:
+        items = _metric_items(result, EPOCH_METRICS)
+        tags = {"stage": str(result.get("stage"))}
+    return _RunEvents(tags=tags, metrics=[(k, v, stamp, step) for k, v in items.items()])
+
+
 class MLflowSweepLogger(Callback):
     """One MLflow experiment per sweep, one parent run, one child run per trial."""
 
@@ -70,6 +96,8 @@ class MLflowSweepLogger(Callback):
         self._stop = threading.Event()
         self._runs: dict[str, str] = {}  # trial key -> run id
         self._logged_step: dict[str, int] = {}
+        self._trial_dirs: dict[str, list[str]] = {}  # where Ray keeps each trial's result.json
+        self._backfilled: set[str] = set()
         self._ended: set[str] = set()  # keys whose end was queued (Tune's thread)
         self._end_parent = False
         self._client = None
@@ -94,34 +122,30 @@ class MLflowSweepLogger(Callback):
             self._thread.start()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        key, events = self._start_events(trial)
+        self._queue.put((key, events))
+
+    def _start_events(self, trial) -> tuple[str, _RunEvents]:
+        """Params and identifying tags of a trial's run; remembers where its results live."""
         values = trial_values(trial.config)
         key = trial_key(values)
+        self._trial_dirs[key] = [d for d in (trial.local_path, trial.path) if d]
         events = _RunEvents(
             params={k: str(v) for k, v in sorted(values.items())},
             tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
                   "trial_key": key, "trial_id": trial.trial_id, "mlflow.runName": self._run_name(values),
                   **self.tags},
         )
-        self._queue.put((key, events))
+        return key, events
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        key = trial_key(trial_values(trial.config))
-        step = int(result.get("step") or result.get("training_iteration") or 0)
-        stamp = int(time.time() * 1000)
-        if result.get("final"):
-            items = _metric_items(result, FINAL_METRICS)
-            tags = {"status": str(result.get("status"))}
-        else:
-            items = _metric_items(result, EPOCH_METRICS)
-            tags = {"stage": str(result.get("stage"))}
-        events = _RunEvents(tags=tags, metrics=[(k, v, stamp, step) for k, v in items.items()])
-        self._queue.put((key, events))
+        self._queue.put((trial_key(trial_values(trial.config)), _result_events(result)))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial_key(trial_values(trial.config)), _RunEvents(end_status="FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        message = str(getattr(trial, "error_msg", "") or "")[-4000:]
+        message = _error_text(trial)[-4000:]
         events = _RunEvents(tags={"status": "error", "error": message or "trial raised"}, end_status="FAILED")
         self._end(trial_key(trial_values(trial.config)), events)
 
@@ -133,9 +157,11 @@ class MLflowSweepLogger(Callback):
         for trial in trials:  # trials finished before a restore were never seen ending here
             key = trial_key(trial_values(trial.config))
             if trial.status in ("TERMINATED", "ERROR") and key not in self._ended:
-                status = "FAILED" if trial.status == "ERROR" else "FINISHED"
-                tags = {"status": "error"} if trial.status == "ERROR" else {}
-                self._end(key, _RunEvents(tags=tags, end_status=status))
+                key, events = self._start_events(trial)  # its run may not even exist yet
+                events.end_status = "FAILED" if trial.status == "ERROR" else "FINISHED"
+                if trial.status == "ERROR":
+                    events.tags.update({"status": "error", "error": _error_text(trial)[-4000:] or "trial raised"})
+                self._end(key, events)
         self.close(end_parent=all(t.status in ("TERMINATED", "ERROR") for t in trials))
 
     def close(self, end_parent: bool = True, timeout_s: float = 60.0) -> None:
@@ -182,11 +208,7 @@ class MLflowSweepLogger(Callback):
         if key not in pending:
             pending[key] = _RunEvents()
             order.append(key)
-        p = pending[key]
-        p.params.update(ev.params)
-        p.tags.update(ev.tags)
-        p.metrics.extend(ev.metrics)
-        p.end_status = ev.end_status or p.end_status
+        MLflowSweepLogger._merge_into(pending[key], ev)
 
     def _connect(self) -> None:
         if self._client is not None:
@@ -243,6 +265,8 @@ class MLflowSweepLogger(Callback):
             key = order[0]
             ev = pending[key]
             run_id = self._run_for(key, ev)
+            if key not in self._backfilled:
+                self._backfill(key, ev)
             floor = self._logged_step.get(key, 0)
             # per-epoch metrics at steps a previous driver already logged are replays after a restore
             metrics = [m for m in ev.metrics if m[3] > floor or m[0] in FINAL_METRICS]
@@ -258,6 +282,32 @@ class MLflowSweepLogger(Callback):
                 self._client.set_terminated(run_id, ev.end_status)
             del pending[key]
             order.pop(0)
+
+    def _backfill(self, key: str, ev: _RunEvents) -> None:
+        """Put reports this process never saw (made before a driver died) ahead of the live ones.
+
+        Ray's result.json holds every report up to the restored checkpoint; whatever of it is
+        already in MLflow is skipped by step, so the run's history ends up complete, once.
+        """
+        rows: list[dict[str, Any]] = []
+        for trial_dir in self._trial_dirs.get(key, []):
+            rows = read_result_rows(trial_dir)
+            if rows:
+                break
+        earlier = _RunEvents()
+        for row in rows:
+            self._merge_into(earlier, _result_events(row))
+        seen = {(m[0], m[3]) for m in earlier.metrics}
+        ev.metrics = earlier.metrics + [m for m in ev.metrics if (m[0], m[3]) not in seen]
+        ev.tags = {**earlier.tags, **ev.tags}
+        self._backfilled.add(key)
+
+    @staticmethod
+    def _merge_into(target: _RunEvents, ev: _RunEvents) -> None:
+        target.params.update(ev.params)
+        target.tags.update(ev.tags)
+        target.metrics.extend(ev.metrics)
+        target.end_status = ev.end_status or target.end_status
 
     def _finish_parent(self) -> None:
         if self._client is not None and getattr(self, "_end_parent", False):

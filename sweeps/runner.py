@@ -6,6 +6,7 @@ path, GPUs on local Ray, a name already used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.provenance import git_commit, package_version
-from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, tune_trainable
+from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, tune_trainable  # light: torch loads in workers
 
 from .spec import SweepError, SweepSpec, parse_sweep
 
@@ -66,7 +67,8 @@ def check_storage_writable(storage: str) -> None:
     except OSError as err:
         raise SweepError(f"storage: cannot write to {root} ({err.strerror}); choose a writable folder with free space") from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def _on_cluster() -> bool:
@@ -91,26 +93,54 @@ def init_ray() -> None:
                  log_to_driver=False, configure_logging=False)
 
 
-def check_resources(spec: SweepSpec) -> str | None:
-    """Refuse what local Ray could never schedule; on a cluster, say what it waits for."""
-    import ray
+def check_resources(spec: SweepSpec, have: dict[str, float], on_cluster: bool) -> str | None:
+    """Refuse what local Ray could never schedule; on a cluster, return what it will wait for.
 
-    have = ray.cluster_resources()
+    Ray never fails a trial whose resources no node has: it waits forever. Locally nothing will
+    ever join, so that is an error; an autoscaling cluster adds GPU nodes on demand.
+    """
     want_gpu, want_cpu = spec.resources.gpu, spec.resources.cpu
-    if _on_cluster():
+    if on_cluster:
         if want_gpu > 0 and have.get("GPU", 0) < want_gpu:
-            return (f"resources.gpu: {want_gpu} per trial; the cluster has {have.get('GPU', 0):g} GPUs now. "
+            return (f"resources.gpu: {want_gpu:g} per trial; the cluster has {have.get('GPU', 0):g} GPUs now. "
                     f"Trials wait for GPU worker nodes, which the autoscaler adds on demand.")
         return None
     if want_gpu > 0 and have.get("GPU", 0) < want_gpu:
         raise SweepError(
-            f"resources.gpu: {want_gpu} GPU per trial, but local Ray has {have.get('GPU', 0):g} GPUs; "
-            f"trials would wait forever. Set resources.gpu: 0 (e.g. --set resources.gpu=0) "
-            f"or run on a cluster (RAY_ADDRESS=... or minima submit)."
+            f"resources.gpu: {want_gpu:g} GPU per trial, but local Ray has {have.get('GPU', 0):g} GPUs, so the "
+            f"trials would wait forever. Set resources.gpu: 0 (or --set resources.gpu=0), or run on a "
+            f"cluster (RAY_ADDRESS=..., or minima submit)."
         )
     if want_cpu > have.get("CPU", 0):
-        raise SweepError(f"resources.cpu: {want_cpu} CPUs per trial, but this machine has {have.get('CPU', 0):g}; lower it.")
+        raise SweepError(f"resources.cpu: {want_cpu:g} CPUs per trial, but this machine has {have.get('CPU', 0):g}; "
+                         f"lower it (e.g. --set resources.cpu=1).")
     return None
+
+
+def local_resources() -> dict[str, float]:
+    """What local Ray would have, without starting it: this machine's CPUs and CUDA GPUs."""
+    have: dict[str, float] = {"CPU": float(os.cpu_count() or 1)}
+    if os.path.exists("/dev/nvidiactl") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        import torch
+
+        have["GPU"] = float(torch.cuda.device_count())
+    return have
+
+
+def preflight(spec: SweepSpec, source: str = "sweep") -> None:
+    """Checks that need no Ray: storage, and resources when the sweep runs on local Ray."""
+    try:
+        check_storage_writable(spec.storage)
+        if not _on_cluster():
+            check_resources(spec, local_resources(), on_cluster=False)
+    except SweepError as err:
+        raise SweepError(f"{source}: {err}") from None
+
+
+def _cluster_notice(spec: SweepSpec) -> str | None:
+    import ray
+
+    return check_resources(spec, ray.cluster_resources(), _on_cluster())
 
 
 def _write_spec(spec: SweepSpec) -> None:
@@ -196,16 +226,16 @@ def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
     return SweepOutcome(spec.name, experiment_path(spec), total, dict(counts))
 
 
-def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print) -> SweepOutcome:
+def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
     """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
     from ray import tune
 
-    check_storage_writable(spec.storage)
+    preflight(spec, source)
     if tune.Tuner.can_restore(experiment_path(spec)):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
                          f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
     init_ray()
-    notice = check_resources(spec)
+    notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
     _write_spec(spec)
@@ -222,9 +252,9 @@ def resume_sweep(name: str, storage: str = "minima_results", log_to_mlflow: bool
     path = experiment_path(spec)
     if not tune.Tuner.can_restore(path):
         raise SweepError(f"sweep {name!r} at {path} has no Ray experiment state to resume from")
-    check_storage_writable(spec.storage)
+    preflight(spec, name)
     init_ray()
-    notice = check_resources(spec)
+    notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}

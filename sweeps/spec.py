@@ -9,6 +9,7 @@ cluster.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -20,6 +21,25 @@ from trainables.config import TrialConfig, describe_validation_error
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _INT_FIELDS = {name for name, f in TrialConfig.model_fields.items() if f.annotation is int}
+
+
+class SweepLoader(yaml.SafeLoader):
+    """The safe loader (no tags that build objects), reading `5e-4` and `1e6` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so `5e-4` would
+    silently be a string; every scientist writes it that way.
+    """
+
+
+SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=SweepLoader)  # noqa: S506 - SweepLoader is a SafeLoader
 
 
 class SweepError(ValueError):
@@ -238,7 +258,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, name: 
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path}: no such sweep file") from None
     except yaml.YAMLError as err:
@@ -246,6 +266,9 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, name: 
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             _set_dotted(data, dotted, value, str(path))
+            axis = dotted.removeprefix("axes.")
+            if axis != dotted and isinstance(data.get("base"), dict):
+                data["base"].pop(axis, None)  # sweeping a field on the command line replaces its base value
         if name:
             data["name"] = name
     return parse_sweep(data, str(path))

@@ -9,9 +9,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from .checkpoint import load_state, save_state
 from .config import make_config
-from .trial import run_trial
 
 FINAL_KEY = "final"  # the last report carries the trial's summary and final=True
 CHECKPOINT_EVERY_KEY = "_checkpoint_every"
@@ -30,6 +28,9 @@ def trial_values(tune_config: dict[str, Any]) -> dict[str, Any]:
 def tune_trainable(config: dict[str, Any]) -> None:
     """Run one trial under Ray Tune, resuming from Tune's checkpoint when there is one."""
     from ray import tune
+
+    from .checkpoint import load_state, save_state  # torch: imported in the worker, not by the CLI
+    from .trial import run_trial
 
     cfg = make_config(trial_values(config))
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))

@@ -1,0 +1,329 @@
+"""cluster.yaml, checked offline: Ray's own validation plus the security rules of this project.
+
+`ray up` first runs `prepare_config` (merges Ray's AWS defaults.yaml, a file read, and fills the
+per-type min/max workers) and `validate_config` (ray-schema.json plus a few checks). Both are
+offline, and they are what we call here. What `ray up` does next needs AWS and is not called:
+`fillout_available_node_types_resources` (EC2 DescribeInstanceTypes) and `bootstrap_config`
+(IAM, key pair, subnets, security group). A fixture turns any socket connection into an error, so a
+test that reached the network would fail instead of talking to AWS.
+
+The security-group rules Ray actually writes are its two defaults plus our IpPermissions; those
+defaults come from pure functions in ray/autoscaler/_private/aws/config.py, which we run on our
+rules (see `ray_inbound_rules`).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import ipaddress
+import itertools
+import re
+import socket
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+import ray
+import ray.autoscaler
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = ROOT / "cluster.yaml"
+
+# Ports that must never face the internet: dashboard + Jobs API, MLflow, GCS, Ray Client.
+PROTECTED_PORTS = (8265, 5000, 6379, 10001)
+PRIVATE_IP = "\"$(hostname -I | awk '{print $1}')\""
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("test_cluster_config must stay offline (no AWS, no DNS)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture
+def config(raw) -> dict:
+    """A fresh copy of the file: YAML aliases share objects, so mutate only deep copies."""
+    return copy.deepcopy(raw)
+
+
+def prepared_and_validated(config: dict) -> dict:
+    """The offline part of `ray up`: prepare_config, then validate_config."""
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+# --- security checkers ---------------------------------------------------------------------------
+
+def _world_sources(rule: dict) -> list[str]:
+    """The rule's CIDRs that mean 'anyone' (a /0, IPv4 or IPv6)."""
+    cidrs = [r.get("CidrIp") for r in rule.get("IpRanges", [])]
+    cidrs += [r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])]
+    return [c for c in cidrs if c and ipaddress.ip_network(c, strict=False).prefixlen == 0]
+
+
+def _port_span(rule: dict) -> tuple[int, int] | None:
+    """(first, last) TCP/UDP port a rule opens; None for ICMP-style rules that open no port."""
+    proto = str(rule.get("IpProtocol", "-1")).lower()
+    if proto in ("-1", "all"):
+        return 0, 65535
+    if proto in ("tcp", "udp", "6", "17"):
+        lo, hi = rule.get("FromPort", -1), rule.get("ToPort", -1)
+        lo = 0 if lo in (None, -1) else int(lo)
+        hi = 65535 if hi in (None, -1) else int(hi)
+        return lo, hi
+    return None
+
+
+def world_open_problems(ip_permissions: list[dict], allowed=(22,)) -> list[str]:
+    """Rules that open to 0.0.0.0/0 or ::/0 anything but exactly the allowed ports."""
+    problems = []
+    for i, rule in enumerate(ip_permissions):
+        world, span = _world_sources(rule), _port_span(rule)
+        if not world or span is None:
+            continue
+        lo, hi = span
+        protected = [p for p in PROTECTED_PORTS if lo <= p <= hi]
+        if protected or not (lo == hi and lo in allowed):
+            problems.append(f"rule {i} opens ports {lo}-{hi} to {world} (protected: {protected})")
+    return problems
+
+
+def _ray_default_rules_function():
+    try:  # the real import needs boto3, which is in the [cluster] extra only
+        from ray.autoscaler._private.aws.config import _create_default_inbound_rules
+
+        return _create_default_inbound_rules
+    except ImportError:
+        pass
+    # Without boto3: run Ray's own three pure functions from the installed source, unchanged.
+    names = {
+        "_create_default_inbound_rules",
+        "_create_default_intracluster_inbound_rules",
+        "_create_default_ssh_inbound_rules",
+    }
+    path = Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py"
+    tree = ast.parse(path.read_text())
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert {f.name for f in funcs} == names, f"Ray moved its default security-group rules ({path})"
+    namespace = {"itertools": itertools}
+    exec(compile(ast.Module(body=funcs, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["_create_default_inbound_rules"]
+
+
+def ray_inbound_rules(config: dict, own_group="sg-0cluster") -> list[dict]:
+    """The inbound rules `ray up` writes into the security group it creates for this config."""
+    extended = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    return _ray_default_rules_function()({own_group}, extended_rules=copy.deepcopy(extended))
+
+
+def exposed_service_problems(config: dict) -> list[str]:
+    """Dashboard / Jobs API must bind 127.0.0.1, MLflow the head's private IP."""
+    problems = []
+    head = config["head_start_ray_commands"]
+    ray_head = [c for c in head if "ray start" in c and "--head" in c]
+    if len(ray_head) != 1:
+        problems.append(f"expected one `ray start --head`, got {ray_head}")
+    for cmd in ray_head:
+        if "--dashboard-host=127.0.0.1" not in cmd or re.search(r"--dashboard-host[= ](?!127\.0\.0\.1\b)", cmd):
+            problems.append(f"dashboard not bound to 127.0.0.1 only: {cmd}")
+    mlflow = [c for c in head if "mlflow server" in c]
+    if len(mlflow) != 1:
+        problems.append(f"expected one `mlflow server` start, got {mlflow}")
+    for cmd in mlflow:
+        hosts = re.findall(r"--host[= ](\"[^\"]*\"|\S+)", cmd)
+        if hosts != [PRIVATE_IP]:
+            problems.append(f"mlflow --host must be the private IP {PRIVATE_IP}, got {hosts}")
+        if "0.0.0.0" in cmd or "::" in cmd:
+            problems.append(f"mlflow command mentions a wildcard address: {cmd}")
+    return problems
+
+
+# --- 1. Ray's own validation ---------------------------------------------------------------------
+
+def test_ray_prepares_and_validates_the_config_offline(config):
+    prepared = prepared_and_validated(config)
+    assert prepared["cluster_name"] == "minima-atlas"
+    assert prepared["provider"]["type"] == "aws" and prepared["provider"]["region"] == "us-west-2"
+    assert isinstance(prepared["provider"]["cache_stopped_nodes"], bool)
+    assert prepared["auth"]["ssh_user"] == "ubuntu"
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    # our explicit blocks win over Ray's AWS defaults.yaml (which would pip-install a Ray nightly)
+    assert prepared["head_setup_commands"] == prepared["worker_setup_commands"] == config["setup_commands"]
+    assert not any("ray-wheels" in c or "nightly" in c for c in prepared["head_setup_commands"])
+
+
+def test_global_scaling_fields_are_set_in_the_file(raw):
+    # set here, not inherited from Ray's defaults.yaml
+    assert isinstance(raw["max_workers"], int) and raw["max_workers"] >= 1
+    assert raw["idle_timeout_minutes"] > 0 and raw["upscaling_speed"] > 0
+
+
+# --- 2. node types -------------------------------------------------------------------------------
+
+def test_node_types_list_integer_resources_and_workers_scale_from_zero(raw):
+    types, head = raw["available_node_types"], raw["head_node_type"]
+    for name, node in types.items():
+        res = node["resources"]
+        assert type(res["CPU"]) is int and type(res["GPU"]) is int, name
+        assert all(type(v) is int and v >= 0 for v in res.values()), (name, res)
+        if name != head:
+            assert node["min_workers"] == 0, name
+            assert type(node["max_workers"]) is int and node["max_workers"] >= 1, name
+    assert types[head]["resources"]["GPU"] == 0 and types[head]["resources"]["CPU"] == 8
+    gpu_types = {n for n, t in types.items() if t["resources"]["GPU"] >= 1}
+    assert gpu_types and head not in gpu_types
+    shapes = {t["node_config"]["InstanceType"]: t["resources"]["GPU"] for t in types.values()}
+    assert shapes["g5.xlarge"] == 1 and shapes["p3.2xlarge"] == 1 and shapes["p4d.24xlarge"] == 8
+
+
+def test_every_spot_type_has_an_on_demand_twin_of_the_same_shape(raw):
+    types = raw["available_node_types"]
+    spot = {n: t for n, t in types.items()
+            if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"}
+    assert spot, "no spot worker types"
+    assert raw["head_node_type"] not in spot
+    for name, t in spot.items():
+        twins = [n for n, o in types.items()
+                 if n not in spot and n != raw["head_node_type"]
+                 and o["node_config"]["InstanceType"] == t["node_config"]["InstanceType"]
+                 and o["resources"] == t["resources"]]
+        assert twins, f"{name} has no on-demand fallback"
+        assert all(types[n].get("priority", 0) < t.get("priority", 0) for n in twins), name
+
+
+def test_one_dlami_for_all_node_types_with_a_lookup_comment(raw):
+    images = {t["node_config"]["ImageId"] for t in raw["available_node_types"].values()}
+    assert len(images) == 1 and re.fullmatch(r"ami-[0-9a-f]{8}(?:[0-9a-f]{9})?", images.pop())
+    text = CLUSTER_YAML.read_text()
+    assert "aws ec2 describe-images" in text and "--owners amazon" in text
+    assert "Deep Learning OSS Nvidia Driver AMI GPU PyTorch*Ubuntu 22.04*" in text
+
+
+def test_repo_is_mounted_and_installed_with_the_cluster_extra_at_pinned_versions(raw):
+    assert raw["file_mounts"] == {"~/minima-atlas": "."}
+    install = [c for c in raw["setup_commands"] if "pip install" in c and "-e" in c]
+    assert len(install) == 1
+    assert "minima-atlas[cluster]" in install[0] and "-c" in install[0] and "constraints.txt" in install[0]
+    # the cluster must run the Ray of the machine that runs `ray up`
+    pins = (ROOT / "constraints.txt").read_text().split()
+    assert f"ray=={ray.__version__}" in pins
+    assert raw["worker_start_ray_commands"][0] == "ray stop"
+    assert "ray start --address=$RAY_HEAD_IP:6379" in raw["worker_start_ray_commands"][-1]
+
+
+# --- 3. security ---------------------------------------------------------------------------------
+
+def test_config_rules_open_nothing_but_ssh_and_ssh_only_to_a_range(raw):
+    rules = raw["provider"]["security_group"]["IpPermissions"]
+    assert world_open_problems(rules) == []
+    ssh = [r for r in rules if _port_span(r) == (22, 22)]
+    assert ssh and all(_world_sources(r) == [] for r in ssh)
+
+
+def test_rules_ray_writes_keep_protected_ports_inside_the_cluster(raw):
+    rules = ray_inbound_rules(raw)
+    # the only world-open port is Ray's own default SSH rule (see the comment in cluster.yaml)
+    assert world_open_problems(rules) == []
+    for port in PROTECTED_PORTS:
+        for rule in rules:
+            span = _port_span(rule)
+            if span and span[0] <= port <= span[1]:
+                assert not rule.get("IpRanges") and not rule.get("Ipv6Ranges"), (port, rule)
+                assert rule["UserIdGroupPairs"] == [{"GroupId": "sg-0cluster"}], (port, rule)
+    # intra-cluster traffic: everything, but only from members of the cluster's own group
+    assert {"FromPort": -1, "ToPort": -1, "IpProtocol": "-1",
+            "UserIdGroupPairs": [{"GroupId": "sg-0cluster"}]} in rules
+
+
+def test_dashboard_on_localhost_and_mlflow_on_the_private_ip(raw):
+    assert exposed_service_problems(raw) == []
+    head = raw["head_start_ray_commands"]
+    assert head[0] == "ray stop"
+    start = next(c for c in head if "ray start --head" in c)
+    assert "--port=6379" in start and "--autoscaling-config=~/ray_bootstrap_config.yaml" in start
+    mlflow = next(c for c in head if "mlflow server" in c)
+    for part in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+                 '--backend-store-uri "${MINIMA_MLFLOW_DB:-sqlite:////home/ubuntu/mlflow.db}"',
+                 '--artifacts-destination "${MINIMA_ARTIFACTS:-s3://CHANGE-ME-minima-artifacts}"',
+                 "--port 5000", "--workers 2", "> ~/mlflow-server.log 2>&1"):
+        assert part in mlflow, part
+    assert mlflow.rstrip().endswith("echo $! > ~/mlflow-server.pid") and "nohup" in mlflow
+
+
+# --- 4. the checks can fail ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_rule, port", [
+    ({"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, 8265),
+    ({"IpProtocol": "tcp", "FromPort": 4000, "ToPort": 7000, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}, 5000),
+    ({"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, 10001),
+    ({"IpProtocol": "tcp", "FromPort": 20, "ToPort": 25, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, None),
+])
+def test_checker_flags_a_rule_that_opens_a_port_to_the_world(config, bad_rule, port):
+    config["provider"]["security_group"]["IpPermissions"].append(bad_rule)
+    problems = world_open_problems(config["provider"]["security_group"]["IpPermissions"])
+    assert len(problems) == 1 and (port is None or str(port) in problems[0] or "0-65535" in problems[0])
+    assert world_open_problems(ray_inbound_rules(config))
+    # and Ray's validator does not catch this: the schema does not look inside IpPermissions
+    prepared_and_validated(config)
+
+
+@pytest.mark.parametrize("command, wrong", [
+    ("ray start --head --port=6379 --dashboard-host=0.0.0.0 --autoscaling-config=~/ray_bootstrap_config.yaml",
+     "dashboard"),
+    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup mlflow server --host 0.0.0.0 --port 5000 &", "mlflow"),
+])
+def test_checker_flags_a_service_bound_to_every_interface(config, command, wrong):
+    cmds = config["head_start_ray_commands"]
+    i = next(i for i, c in enumerate(cmds) if ("mlflow server" if wrong == "mlflow" else "ray start") in c)
+    cmds[i] = command
+    problems = exposed_service_problems(config)
+    assert problems and all(wrong in p for p in problems)
+
+
+def _drop_resources(c):
+    del c["available_node_types"]["gpu-a10g-spot"]["resources"]
+
+
+def _fractional_gpu(c):
+    c["available_node_types"]["gpu-a10g-spot"]["resources"]["GPU"] = 0.5
+
+
+def _misspelled_field(c):
+    c["available_node_types"]["gpu-a10g-spot"]["min_worker"] = 0
+
+
+def _unknown_top_level_key(c):
+    c["max_worker"] = 4
+
+
+def _string_max_workers(c):
+    c["available_node_types"]["gpu-v100-spot"]["max_workers"] = "4"
+
+
+@pytest.mark.parametrize("mutate", [_drop_resources, _fractional_gpu, _misspelled_field,
+                                    _unknown_top_level_key, _string_max_workers])
+def test_ray_validator_rejects_a_broken_copy(config, mutate):
+    mutate(config)
+    with pytest.raises(jsonschema.ValidationError):
+        prepared_and_validated(config)
+
+
+def test_ray_validator_rejects_more_min_workers_than_the_global_cap(config):
+    config["available_node_types"]["gpu-a10g-spot"]["min_workers"] = config["max_workers"] + 1
+    with pytest.raises(ValueError, match="max_workers"):
+        prepared_and_validated(config)

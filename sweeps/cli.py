@@ -152,21 +152,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = _load(args)  # validate here, before the cluster spends anything
+    from pathlib import Path
+
+    from .spec import SweepError
+
+    workdir = Path(args.working_dir).resolve()
+    sweep_file = Path(args.file).resolve()
+    if not sweep_file.is_relative_to(workdir):
+        raise SweepError(f"{args.file}: the sweep file must be inside --working-dir ({workdir}), which is uploaded")
+    for field, value in (("storage", spec.storage), ("tracking_uri", spec.tracking_uri.removeprefix("sqlite:///"))):
+        if "://" not in value and not value.startswith("/"):
+            raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
+                             f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
+                             f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")
     from ray.job_submission import JobSubmissionClient
 
-    sets = " ".join(f"--set {shlex.quote(s)}" for s in args.set)
+    sets = "".join(f" --set {shlex.quote(s)}" for s in args.set)
     name = f" --name {shlex.quote(args.name)}" if args.name else ""
-    entrypoint = f"minima run {shlex.quote(args.file)} {sets}{name}".strip()
+    entrypoint = f"minima run {shlex.quote(str(sweep_file.relative_to(workdir)))}{sets}{name}"
     client = JobSubmissionClient(args.address)
     job_id = client.submit_job(
         entrypoint=entrypoint,
-        runtime_env={"working_dir": args.working_dir, "excludes": [".venv", ".git", "minima_results", "mlruns",
-                                                                   "mlflow.db", "data", ".test-data"]},
+        runtime_env={"working_dir": str(workdir), "excludes": [".venv", ".git", "minima_results", "mlruns",
+                                                              "mlflow.db", "data", ".test-data", "*.pt"]},
         metadata={"sweep": spec.name},
     )
     print(job_id)
     print(f"follow it:  ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
     print(f"status:     ray job status --address {args.address} {job_id}", file=sys.stderr)
+    print(f"MLflow:     {spec.tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
     return 0
 
 

@@ -136,7 +136,11 @@ def _report(outcome) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .runner import run_sweep
+    from .runner import has_results, resume_sweep, run_sweep
+
+    if args.resume and has_results(spec):
+        print(f"sweep {spec.name} has results: resuming it (finished trials are kept)", file=sys.stderr)
+        return _report(resume_sweep(spec.name, spec.storage, on_notice=lambda m: print(m, file=sys.stderr)))
 
     print(f"sweep {spec.name}: {spec.num_trials()} trials; MLflow: {spec.tracking_uri} (experiment {spec.name!r})",
           file=sys.stderr)
@@ -184,6 +188,63 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
+    from analysis.export import export_sweep
+
+    from .runner import experiment_path, read_spec
+
+    spec = read_spec(name, storage)
+    meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
+    return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _, result = _export(args.name, args.storage, args.out, not args.no_mlflow)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.status_counts.items()))
+    print(f"{result.trials_path}: {result.trials} trials ({counts})")
+    print(f"{result.curves_path}: {result.curve_rows} rows (trial x stage x epoch)")
+    return 0
+
+
+def cmd_phase(args: argparse.Namespace) -> int:
+    from analysis.diagram import run_phase
+
+    result = run_phase(args.trials, args.x, args.y, args.by, args.delta, args.out, log_to_mlflow=not args.no_mlflow)
+    print(format_boundaries(result.phase))
+    for path in result.files:
+        print(f"wrote {path}")
+    if result.logged_to_mlflow:
+        print("attached to the sweep's parent MLflow run (artifacts/phase/)")
+    return 0
+
+
+def format_boundaries(phase: dict) -> str:
+    lines = [f"critical {phase['x']} per {phase['y']} (P(bad) = 0.5, 90% bootstrap interval over seeds):"]
+    for b in phase["boundary"]:
+        where = ", ".join([f"{phase['y']}={b['y']}"] + [f"{k}={v}" for k, v in b["by"].items()])
+        if b["x_critical"] is None:
+            lines.append(f"  {where}: none ({b['reason']}; n={b['n_trials']})")
+        else:
+            lines.append(f"  {where}: {b['x_critical']:.3g} [{b['ci_low']:.3g}, {b['ci_high']:.3g}] "
+                         f"(n={b['n_trials']} trials, {b['n_seeds']} seeds)")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    spec, export = _export(args.name, args.storage, args.out, not args.no_mlflow)
+    path = write_report(spec, export, args.out, x=args.x, y=args.y, by=args.by, delta=args.delta,
+                        log_to_mlflow=not args.no_mlflow)
+    phase = json.loads((path.parent / "phase.json").read_text())
+    print(format_boundaries(phase))
+    print(f"\nphase diagram: {path.parent / 'phase.png'}")
+    print(f"report:        {path}")
+    print(f"parquet:       {export.trials_path}  {export.curves_path}")
+    print(f"MLflow UI:     minima ui --tracking-uri {spec.tracking_uri}   (then open http://127.0.0.1:5000)")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -217,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep on local Ray, or on the cluster at RAY_ADDRESS")
     sweep_file_args(run)
     run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results stay in storage)")
+    run.add_argument("--resume", action="store_true", help="if the sweep already has results, resume it instead of refusing")
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep from its storage")
@@ -230,6 +292,34 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
     submit.set_defaults(func=cmd_submit)
 
+    export = sub.add_parser("export", help="write DIR/trials.parquet and DIR/curves.parquet from a sweep's results")
+    export.add_argument("name")
+    export.add_argument("--out", required=True)
+    export.add_argument("--storage", default="minima_results")
+    export.add_argument("--no-mlflow", action="store_true", help="do not look up MLflow run ids")
+    export.set_defaults(func=cmd_export)
+
+    phase = sub.add_parser("phase", help="label phases and fit the good/bad boundary from trials.parquet")
+    phase.add_argument("trials", help="trials.parquet from minima export")
+    phase.add_argument("--x", default="pretrain_epochs", help="the axis along which the boundary is fitted")
+    phase.add_argument("--y", required=True, help="one boundary per value of this axis")
+    phase.add_argument("--by", nargs="*", default=[], help="further axes: one diagram per combination")
+    phase.add_argument("--delta", type=float, default=0.05, help="test-accuracy drop that makes a minimum bad")
+    phase.add_argument("--out", required=True)
+    phase.add_argument("--no-mlflow", action="store_true", help="do not attach the files to the parent run")
+    phase.set_defaults(func=cmd_phase)
+
+    report = sub.add_parser("report", help="export, fit and write a self-contained HTML report")
+    report.add_argument("name")
+    report.add_argument("--out", required=True)
+    report.add_argument("--storage", default="minima_results")
+    report.add_argument("--x", default="pretrain_epochs")
+    report.add_argument("--y", help="default: the sweep's first other axis")
+    report.add_argument("--by", nargs="*", help="default: the sweep's remaining axes")
+    report.add_argument("--delta", type=float, default=0.05)
+    report.add_argument("--no-mlflow", action="store_true")
+    report.set_defaults(func=cmd_report)
+
     ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
     ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     ui.add_argument("--host", default="127.0.0.1", help="keep 127.0.0.1 unless you mean to expose it")
@@ -240,12 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from analysis.phase import PhaseInputError
     from trainables.config import ConfigError
+
     from .spec import SweepError
 
     try:
         return args.func(args)
-    except (SweepError, ConfigError) as err:
+    except (SweepError, ConfigError, PhaseInputError) as err:
         print(f"minima {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

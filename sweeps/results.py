@@ -1,7 +1,7 @@
-"""Reading what Ray Tune stored for a trial: its result.json rows, one per report.
+"""Reading what Ray Tune stored for a sweep: trial folders, their configs and result rows.
 
-The sweep's storage is the source of truth (it holds every report and checkpoint); MLflow is
-a view of it that can be re-filled from here.
+The sweep's storage is the source of truth (every report and checkpoint); MLflow is a view of
+it that can be re-filled from here, and the Parquet exports are built from it.
 """
 
 from __future__ import annotations
@@ -9,33 +9,117 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pyarrow as pa
 
-def read_result_rows(trial_dir: str) -> list[dict[str, Any]]:
-    """Rows of `trial_dir/result.json` (a local folder or a URI); [] when there is none yet.
+from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
-    After a restore Ray appends replayed reports, so rows are de-duplicated by `step`, keeping
-    the last of each (a final report has its own entry).
-    """
-    path = f"{trial_dir.rstrip('/')}/result.json"
+# The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
+RESULT_SCHEMA = pa.schema(
+    [("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), ("final", pa.bool_()),
+     ("status", pa.string()), ("diverged", pa.bool_())]
+    + [(m, pa.float64()) for m in EPOCH_METRICS]
+    + [("reached_global_min", pa.bool_()), ("epochs_to_fit", pa.int64()), ("train_epochs", pa.int64())]
+    + [(m, pa.float64()) for m in FINAL_METRICS if m not in ("reached_global_min", "epochs_to_fit", "train_epochs")]
+    + [("git_commit", pa.string()), ("package_version", pa.string()), ("device", pa.string()),
+       ("timestamp", pa.int64())]
+)
+
+
+def _fs_and_path(path: str):
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _read_bytes(path: str) -> bytes | None:
+    fs, inner = _fs_and_path(path)
     try:
-        if "://" in path:
-            import pyarrow.fs
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
 
-            fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-            with fs.open_input_stream(inner) as f:
-                text = f.read().decode()
-        else:
-            with open(path) as f:
-                text = f.read()
+
+def _read_text(path: str) -> str | None:
+    data = _read_bytes(path)
+    return None if data is None else data.decode()
+
+
+def list_trial_dirs(experiment_dir: str) -> list[str]:
+    """The trial folders of a sweep (`trial_*`), sorted."""
+    import pyarrow.fs
+
+    fs, inner = _fs_and_path(experiment_dir)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
     except (FileNotFoundError, OSError):
         return []
-    rows: dict[tuple[int, bool], dict[str, Any]] = {}
+    base = experiment_dir.rstrip("/")
+    return sorted(f"{base}/{i.base_name}" for i in infos
+                  if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("trial_"))
+
+
+def read_trial_params(trial_dir: str) -> dict[str, Any] | None:
+    """The Tune config of a trial (params.json), or None if it was never started."""
+    text = _read_text(f"{trial_dir.rstrip('/')}/params.json")
+    return json.loads(text) if text else None
+
+
+def read_trial_error(trial_dir: str) -> str | None:
+    return _read_text(f"{trial_dir.rstrip('/')}/error.txt")
+
+
+def _python_rows(text: str) -> list[dict[str, Any]]:
+    rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            rows.append(json.loads(line))  # json accepts the NaN that diverged trials report
+        except json.JSONDecodeError:  # a line cut short by a kill mid-write
             continue
-        rows[(int(row.get("step") or 0), bool(row.get("final")))] = row
-    return [rows[k] for k in sorted(rows)]
+    return rows
+
+
+def read_result_table(trial_dir: str) -> pa.Table:
+    """The trial's reports as a table in RESULT_SCHEMA, de-duplicated by (step, final).
+
+    After a restore Ray appends the replayed reports, so the last row of each step wins.
+    pyarrow's JSON reader does the common case fast; files with NaN or a torn last line go
+    through Python's json.
+    """
+    import pyarrow.json as pj
+
+    data = _read_bytes(f"{trial_dir.rstrip('/')}/result.json")
+    if not data:
+        return RESULT_SCHEMA.empty_table()
+    try:
+        table = pj.read_json(
+            pa.BufferReader(data),
+            # one file is small: parse it on this thread; callers parallelise across files
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=pj.ParseOptions(explicit_schema=RESULT_SCHEMA, unexpected_field_behavior="ignore"),
+        )
+    except pa.ArrowInvalid:
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items() if k in RESULT_SCHEMA.names}
+                for r in _python_rows(data.decode())]
+        table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    return _dedupe(table.select(RESULT_SCHEMA.names))
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    keys = list(zip(table.column("step").to_pylist(), table.column("final").to_pylist()))
+    last = {k: i for i, k in enumerate(keys)}
+    if len(last) == table.num_rows:
+        return table
+    keep = sorted(last.values(), key=lambda i: (keys[i][0] or 0, bool(keys[i][1])))
+    return table.take(pa.array(keep))
+
+
+def read_result_rows(trial_dir: str) -> list[dict[str, Any]]:
+    """The trial's reports as dicts (see read_result_table); [] when there are none yet."""
+    return read_result_table(trial_dir).to_pylist()

@@ -226,12 +226,18 @@ def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
     return SweepOutcome(spec.name, experiment_path(spec), total, dict(counts))
 
 
+def has_results(spec: SweepSpec) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(experiment_path(spec))
+
+
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
     """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
     from ray import tune
 
     preflight(spec, source)
-    if tune.Tuner.can_restore(experiment_path(spec)):
+    if has_results(spec):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
                          f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
     init_ray()
@@ -243,9 +249,10 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     return _outcome(spec, grid)
 
 
-def resume_sweep(name: str, storage: str = "minima_results", log_to_mlflow: bool = True, on_notice=print) -> SweepOutcome:
+def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) -> SweepOutcome:
     """Finish an interrupted sweep: unfinished trials resume from their last checkpoint and
-    errored ones are retried (Tuner.restore with resume_errored=True)."""
+    errored ones are retried (Tuner.restore with resume_errored=True). Its callbacks, the MLflow
+    logger included, come back from the stored experiment state."""
     from ray import tune
 
     spec = read_spec(name, storage)

@@ -55,8 +55,16 @@ def assert_complete_histories(client, children):
         assert len(steps) == expected
 
 
-def test_smoke_sweep_logs_one_child_run_per_trial(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke sweep, run once for the tests that read its results."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
     out = minima("run", SMOKE, *places(tmp_path), cwd=tmp_path)
+    return tmp_path, out
+
+
+def test_smoke_sweep_logs_one_child_run_per_trial(smoke_run):
+    tmp_path, out = smoke_run
     assert out.returncode == 0, out.stderr[-3000:]
     assert "8 ok" in out.stdout and "[minima] 8/8 done" in out.stderr
     client, parents, children = mlflow_runs(tmp_path, "smoke")
@@ -74,6 +82,38 @@ def test_smoke_sweep_logs_one_child_run_per_trial(tmp_path):
     assert set(final_rows(tmp_path, "smoke").values()) == {1}
     again = minima("run", SMOKE, *places(tmp_path), cwd=tmp_path)  # the same name twice is refused
     assert again.returncode == 2 and "minima resume smoke" in again.stderr
+
+
+def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
+    import pandas as pd
+
+    tmp_path, out = smoke_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    export = minima("export", "smoke", "--out", str(tmp_path / "export"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "export" / "trials.parquet")
+    curves = pd.read_parquet(tmp_path / "export" / "curves.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert trials["mlflow_run_id"].notna().all() and trials["mlflow_run_id"].is_unique
+    assert str(trials["width"].dtype) == "int64" and str(trials["weight_decay"].dtype) == "float64"
+    assert trials["clip_norm"].isna().all() and trials["reached_global_min"].dtype == bool
+    assert trials["model"].eq("mlp").all() and trials["git_commit"].notna().all()
+    expected_rows = int((trials["pretrain_epochs"] + trials["train_epochs"]).sum())
+    assert len(curves) == expected_rows  # one row per trial, stage and epoch
+    assert set(curves["stage"]) == {"pretrain", "train"} and curves.groupby("trial_id")["step"].is_monotonic_increasing.all()
+    phase = minima("phase", str(tmp_path / "export" / "trials.parquet"), "--y", "weight_decay",
+                   "--out", str(tmp_path / "phase"), cwd=tmp_path)
+    assert phase.returncode == 0, phase.stderr[-3000:]
+    result = json.loads((tmp_path / "phase" / "phase.json").read_text())
+    assert result["n_trials"] == 8 and len(result["boundary"]) == 2
+    assert all(b["x_critical"] is None and b["reason"] for b in result["boundary"])  # 15 epochs fit nothing
+    assert (tmp_path / "phase" / "phase.png").exists() and (tmp_path / "phase" / "curves.png").exists()
+    report = minima("report", "smoke", "--out", str(tmp_path / "report"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Phase diagram" in page and "data:image/png;base64," in page and "(n=" in page
 
 
 @pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="needs a machine without CUDA to make trials raise")

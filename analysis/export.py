@@ -1,0 +1,146 @@
+"""Parquet exports of a sweep, built from its own storage (no tracking server needed).
+
+`trials.parquet`: one row per trial, every config field as a typed column, the final metrics.
+`curves.parquet`: one row per trial, stage and epoch, with the per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+import types
+import typing
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sweeps.keys import cell_key, trial_key, trial_values
+from sweeps.results import list_trial_dirs, read_result_table, read_trial_error, read_trial_params
+from trainables.config import TrialConfig, make_config
+from trainables.trial import EPOCH_METRICS
+
+FINAL_COLUMNS = {
+    "train_acc": pa.float64(), "test_acc": pa.float64(), "train_loss": pa.float64(), "test_loss": pa.float64(),
+    "reached_global_min": pa.bool_(), "epochs_to_fit": pa.int64(), "train_epochs": pa.int64(),
+    "pretrain_final_acc": pa.float64(), "local_energy_1pct": pa.float64(), "local_energy_5pct": pa.float64(),
+    "local_energy_10pct": pa.float64(), "wall_time_s": pa.float64(),
+}
+
+
+def _arrow_type(annotation) -> pa.DataType:
+    """The Parquet column type of a TrialConfig field (Optional fields are nullable anyway)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:
+        return pa.string()
+    return {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}[annotation]
+
+
+CONFIG_COLUMNS = {name: _arrow_type(f.annotation) for name, f in TrialConfig.model_fields.items() if name != "seed"}
+TRIALS_SCHEMA = pa.schema(
+    [("sweep", pa.string()), ("trial_id", pa.string()), ("trial_key", pa.string()), ("mlflow_run_id", pa.string()),
+     ("status", pa.string()), ("cell", pa.string()), ("seed", pa.int64())]
+    + list(CONFIG_COLUMNS.items()) + list(FINAL_COLUMNS.items())
+    + [("error", pa.string()), ("git_commit", pa.string()), ("package_version", pa.string())]
+)
+CURVES_SCHEMA = pa.schema(
+    [("sweep", pa.string()), ("trial_id", pa.string()), ("stage", pa.string()), ("epoch", pa.int64()),
+     ("step", pa.int64())] + [(m, pa.float64()) for m in EPOCH_METRICS]
+)
+
+
+@dataclass
+class ExportResult:
+    trials_path: Path
+    curves_path: Path
+    trials: int
+    curve_rows: int
+    status_counts: dict[str, int]
+
+
+def _trial_records(sweep: str, trial_dir: str) -> tuple[dict[str, Any], pa.Table] | None:
+    params = read_trial_params(trial_dir)
+    if params is None:  # created but never started
+        return None
+    values = trial_values(params)
+    config = make_config(values).to_dict()
+    results = read_result_table(trial_dir)
+    trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+    is_final = results.column("final").fill_null(False)
+    finals = results.filter(is_final)
+    curves = results.filter(pc.invert(is_final))
+    final = finals.slice(finals.num_rows - 1).to_pylist()[0] if finals.num_rows else None
+    last = final or (curves.slice(curves.num_rows - 1).to_pylist()[0] if curves.num_rows else {})
+    error = None
+    if final is not None:
+        status = final["status"] or "ok"
+    else:
+        error = read_trial_error(trial_dir)
+        status = "error" if error else "unfinished"
+    record: dict[str, Any] = {
+        "sweep": sweep, "trial_id": trial_id, "trial_key": trial_key(values), "status": status,
+        "cell": cell_key(values), "seed": config["seed"],
+        **{k: config[k] for k in CONFIG_COLUMNS},
+        **{k: last.get(k) for k in FINAL_COLUMNS},
+        "error": error.strip()[-2000:] if error else None,
+        "git_commit": (final or {}).get("git_commit"), "package_version": (final or {}).get("package_version"),
+    }
+    if final is None:
+        record["reached_global_min"] = False
+    curves = curves.select(["stage", "epoch", "step", *EPOCH_METRICS])
+    curves = curves.add_column(0, "trial_id", pa.array([trial_id] * curves.num_rows, pa.string()))
+    curves = curves.add_column(0, "sweep", pa.array([sweep] * curves.num_rows, pa.string()))
+    return record, curves
+
+
+def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
+    """trial_key -> MLflow run id; {} when the tracking store cannot be reached quickly."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(sweep)
+        if experiment is None:
+            return {}
+        out, token = {}, None
+        while True:
+            page = client.search_runs([experiment.experiment_id], "tags.trial_key != ''", max_results=10_000,
+                                      page_token=token)
+            out.update({r.data.tags["trial_key"]: r.info.run_id for r in page})
+            token = page.token
+            if not token:
+                return out
+    except Exception:  # the export must not depend on the tracking server
+        return {}
+
+
+def export_sweep(experiment_dir: str, out_dir: str | Path, sweep: str, tracking_uri: str | None = None,
+                 metadata: dict[str, Any] | None = None, workers: int = 8) -> ExportResult:
+    trial_dirs = list_trial_dirs(experiment_dir)
+    if not trial_dirs:
+        raise FileNotFoundError(f"no trials under {experiment_dir}: is this the sweep's storage folder?")
+    with ThreadPoolExecutor(workers) as pool:  # file reads and pyarrow parsing release the GIL
+        parts = [p for p in pool.map(lambda d: _trial_records(sweep, d), trial_dirs) if p is not None]
+    run_ids = mlflow_run_ids(tracking_uri, sweep) if tracking_uri else {}
+    records = [r for r, _ in parts]
+    for r in records:
+        r["mlflow_run_id"] = run_ids.get(r["trial_key"])
+    trials = pa.Table.from_pylist(records, schema=TRIALS_SCHEMA)
+    curves = pa.concat_tables([c for _, c in parts]).cast(CURVES_SCHEMA) if parts else CURVES_SCHEMA.empty_table()
+    file_metadata = {"minima.sweep": sweep, "minima.storage": experiment_dir, **(metadata or {})}
+    encoded = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in file_metadata.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "trials.parquet", out / "curves.parquet")
+    for table, path in zip((trials, curves), paths):
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **encoded}), path)
+    counts = dict(Counter(r["status"] for r in records))
+    return ExportResult(paths[0], paths[1], trials.num_rows, curves.num_rows, counts)

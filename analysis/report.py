@@ -1,0 +1,112 @@
+"""`minima report`: one self-contained HTML page per sweep (figures embedded), every figure with n."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from .diagram import run_phase
+from .phase import BASELINE_AXIS, PhaseInputError, fmt
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}
+.muted{color:#666;font-size:13px}
+"""
+
+
+def default_axes(axes: list[str], x: str, y: str | None, by: list[str] | None) -> tuple[str, list[str]]:
+    if x not in axes:
+        raise PhaseInputError(f"--x {x}: the sweep's axes are {', '.join(axes)}; the phase diagram needs {x} as one")
+    others = [a for a in axes if a != x]
+    if y is None:
+        if not others:
+            raise PhaseInputError("the sweep varies only one axis: a phase diagram needs a second (--y)")
+        y = others[0]
+    return y, ([a for a in others if a != y] if by is None else by)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(df: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    return df.to_html(index=False, na_rep="", float_format=lambda v: floats.format(v), border=0, escape=True)
+
+
+def _mean_std(series: pd.Series, scale: float = 1.0) -> str:
+    s = series.dropna() * scale
+    if s.empty:
+        return ""
+    return f"{s.mean():.3g} ± {s.std():.2g} (n={len(s)})" if len(s) > 1 else f"{s.mean():.3g} (n=1)"
+
+
+def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = None, by: list[str] | None = None,
+                 delta: float = 0.05, log_to_mlflow: bool = True) -> Path:
+    y, by = default_axes(list(spec.axes), x, y, by)
+    result = run_phase(export.trials_path, x, y, by, delta, out_dir, export.curves_path, log_to_mlflow)
+    labelled, phase = result.labelled, result.phase
+
+    boundary = pd.DataFrame([{
+        y: fmt(b["y"]), **{k: fmt(v) for k, v in b["by"].items()},
+        f"critical {x}": "none" if b["x_critical"] is None else f"{b['x_critical']:.3g}",
+        "90% interval": "" if b["x_critical"] is None else f"[{b['ci_low']:.3g}, {b['ci_high']:.3g}]",
+        "trials (seeds)": f"{b['n_trials']} ({b['n_seeds']})", "note": b.get("reason", ""),
+    } for b in phase["boundary"]])
+    cells = result.cells.copy()
+    for col in (x, y, *by):
+        cells[col] = cells[col].map(fmt)
+    cells["test acc % (mean ± std)"] = [f"{100 * m:.1f} ± {100 * s:.1f}" if pd.notna(s) else f"{100 * m:.1f}"
+                                        for m, s in zip(cells["test_acc_mean"], cells["test_acc_std"])]
+    cells["drop, points"] = [f"{100 * m:.1f} ± {100 * s:.1f}" if pd.notna(s) else ("" if pd.isna(m) else f"{100 * m:.1f}")
+                             for m, s in zip(cells["drop_mean"], cells["drop_std"])]
+    shown = [*by, y, x, "n", "test acc % (mean ± std)", "drop, points", "phase",
+             *[p for p in ("good", "bad", "not_fit", "diverged", "error") if p in cells]]
+    flat = pd.DataFrame([{
+        "phase": p, "trials": int((labelled["phase"] == p).sum()),
+        "test acc %": _mean_std(labelled.loc[labelled["phase"] == p, "test_acc"], 100),
+        "local energy (5% weight noise)": _mean_std(labelled.loc[labelled["phase"] == p, "local_energy_5pct"]),
+        "epochs to fit": _mean_std(labelled.loc[labelled["phase"] == p, "epochs_to_fit"]),
+    } for p in ("good", "bad", "not_fit") if (labelled["phase"] == p).any()])
+    status = ", ".join(f"{v} {k}" for k, v in sorted(export.status_counts.items()))
+    commits = sorted({c for c in labelled.get("git_commit", pd.Series(dtype=str)).dropna()})
+    base = pd.DataFrame([{"field": k, "value": fmt(v)} for k, v in spec.base.items()])
+    axes = pd.DataFrame([{"axis": a, "values": ", ".join(fmt(v) for v in spec.axis_values(a))} for a in spec.axes])
+    out = Path(out_dir)
+    curves_png = out / "curves.png"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Minima Atlas: {html.escape(spec.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>Sweep <code>{html.escape(spec.name)}</code></h1>
+<p>{html.escape(spec.description)}</p>
+<p class="muted">{export.trials} trials ({status}); seeds {spec.seeds}; code {', '.join(c[:10] for c in commits) or 'unknown'};
+report written {dt.datetime.now().isoformat(timespec='seconds')}. Data: <code>{export.trials_path.name}</code>,
+<code>{export.curves_path.name}</code>; MLflow: <code>minima ui --tracking-uri {html.escape(spec.tracking_uri)}</code>.</p>
+<h2>Phase diagram</h2>
+<p>A trial that reached 100% train accuracy sits in a <b>bad global minimum</b> when its test accuracy is at least
+{100 * delta:g} points below the mean of the same configuration with {x} = 0 (all seeds); <b>good</b> otherwise;
+<b>not fit</b> if it never reached 100% train accuracy. Each cell: majority phase and bad/n; colour: mean drop.</p>
+{_img(out / 'phase.png')}
+<h2>Critical {html.escape(x)}</h2>
+<p>Logistic fit of P(bad) against {html.escape(x)} per row; 90% interval from {200} bootstrap resamples of seeds.</p>
+{_table(boundary)}
+<h2>Cells</h2>
+{_table(cells[[c for c in shown if c in cells]])}
+<h2>Flatness and fitting time by phase</h2>
+<p>Local energy: mean rise of train loss when every weight is multiplied by 1 + 0.05·N(0,1) (lower = flatter).</p>
+{_table(flat)}
+<h2>Learning curves</h2>
+<p>Test accuracy per epoch (pretraining epochs first), mean over seeds with ±1 std band; n per line in the legend.</p>
+{_img(curves_png) if curves_png.exists() else '<p>no curves</p>'}
+<h2>Sweep definition</h2>
+{_table(axes)}{_table(base)}
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -160,7 +160,11 @@ def _plain(v):
 
 def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, rng: np.random.Generator,
                  n_boot: int = BOOTSTRAP) -> Boundary:
-    """Logistic fit of P(bad) against x over the good/bad trials of one slice, with a seed bootstrap."""
+    """Logistic fit of P(bad) against x over the good/bad trials of one slice.
+
+    The 90% interval is the seed bootstrap's, widened to at least the swept values on either
+    side of the crossing.
+    """
     fitted = trials[trials["phase"].isin(["good", "bad"])]
     t, bad = scale.to_fit(fitted[x].to_numpy()), (fitted["phase"] == "bad").to_numpy().astype(int)
     seeds = np.unique(fitted["seed"].to_numpy())
@@ -175,6 +179,11 @@ def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: di
         if found is not None:
             draws.append(found)
     lo, hi = (np.percentile(draws, INTERVAL) if draws else (t_star, t_star))
+    # The grid cannot place the crossing more finely than the two swept values around it: when
+    # every resample agrees (phases separate perfectly) the interval is that bracket, not a point.
+    below, above = t[t <= t_star], t[t >= t_star]
+    lo = min(lo, below.max()) if below.size else lo
+    hi = max(hi, above.min()) if above.size else hi
     return Boundary(y_value, by, scale.from_fit(t_star), scale.from_fit(lo), scale.from_fit(hi), len(fitted),
                     len(seeds), None, len(draws) / n_boot)
 

@@ -292,11 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
     submit.set_defaults(func=cmd_submit)
 
+    def stored_sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name", help="the sweep's name")
+        p.add_argument("--out", required=True, help="folder for the files written")
+        p.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
+        p.add_argument("--no-mlflow", action="store_true", help="do not read from or write to MLflow")
+
     export = sub.add_parser("export", help="write DIR/trials.parquet and DIR/curves.parquet from a sweep's results")
-    export.add_argument("name")
-    export.add_argument("--out", required=True)
-    export.add_argument("--storage", default="minima_results")
-    export.add_argument("--no-mlflow", action="store_true", help="do not look up MLflow run ids")
+    stored_sweep_args(export)
     export.set_defaults(func=cmd_export)
 
     phase = sub.add_parser("phase", help="label phases and fit the good/bad boundary from trials.parquet")
@@ -310,14 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     phase.set_defaults(func=cmd_phase)
 
     report = sub.add_parser("report", help="export, fit and write a self-contained HTML report")
-    report.add_argument("name")
-    report.add_argument("--out", required=True)
-    report.add_argument("--storage", default="minima_results")
+    stored_sweep_args(report)
     report.add_argument("--x", default="pretrain_epochs")
     report.add_argument("--y", help="default: the sweep's first other axis")
     report.add_argument("--by", nargs="*", help="default: the sweep's remaining axes")
     report.add_argument("--delta", type=float, default=0.05)
-    report.add_argument("--no-mlflow", action="store_true")
     report.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")

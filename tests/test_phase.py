@@ -90,3 +90,12 @@ def test_bad_inputs_name_the_column(tmp_path):
     assert out.returncode == 2 and "no rows" in out.stderr
     with pytest.raises(PhaseInputError, match="single value"):
         run_phase(trials, "pretrain_epochs", "lr", [], 0.05, tmp_path / "o", log_to_mlflow=False)
+
+
+def test_perfect_separation_gives_the_grid_bracket_not_a_point():
+    from analysis.phase import AxisScale, fit_boundary
+
+    rows = pd.DataFrame([{"pretrain_epochs": x, "seed": s, "phase": "bad" if x >= 30 else "good"}
+                         for x in (0, 10, 30, 100) for s in range(3)])
+    b = fit_boundary(rows, "pretrain_epochs", AxisScale.of(rows["pretrain_epochs"]), 0.0, {}, np.random.default_rng(0))
+    assert 10 < b.x_critical < 30 and (b.ci_low, b.ci_high) == pytest.approx((10, 30))

@@ -109,6 +109,9 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
     assert result["n_trials"] == 8 and len(result["boundary"]) == 2
     assert all(b["x_critical"] is None and b["reason"] for b in result["boundary"])  # 15 epochs fit nothing
     assert (tmp_path / "phase" / "phase.png").exists() and (tmp_path / "phase" / "curves.png").exists()
+    client, parents, _ = mlflow_runs(tmp_path, "smoke")
+    attached = {Path(a.path).name for a in client.list_artifacts(parents[0].info.run_id, "phase")}
+    assert {"phase.json", "phase.png", "phase.svg", "curves.png"} <= attached
     report = minima("report", "smoke", "--out", str(tmp_path / "report"), "--storage", str(tmp_path / "results"),
                     cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]

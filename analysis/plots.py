@@ -72,7 +72,8 @@ def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[B
         ax.set_xticks(range(len(x_values)), [fmt(v) for v in x_values])
         ax.set_yticks(range(len(y_values)), y_labels)
         ax.set_xlabel(x)
-        ax.set_ylabel(y)
+        if ax is axes[0][0]:
+            ax.set_ylabel(y)
         ax.set_title(", ".join(f"{k}={fmt(v)}" for k, v in by_values.items()) or "all trials", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="test-accuracy drop vs. pretrain_epochs=0 (points)")
     fig.suptitle(f"Phase diagram: B = bad global minimum (drop >= {100 * delta:g} pts), G = good, N = not fit; "

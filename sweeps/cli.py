@@ -245,6 +245,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    from .mlflow_logger import MLflowSweepLogger
+    from .runner import experiment_path, read_spec
+
+    spec = read_spec(args.name, args.storage)
+    uri = args.tracking_uri or spec.tracking_uri
+    logger = MLflowSweepLogger(uri, spec.name, list(spec.axes))
+    counts = logger.sync_from_storage(experiment_path(spec))
+    print(f"sweep {spec.name}: {counts['trials']} trials synced to {uri} ({counts['finished']} finished, "
+          f"{counts['failed']} failed, {counts['unfinished']} unfinished)")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -319,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--by", nargs="*", help="default: the sweep's remaining axes")
     report.add_argument("--delta", type=float, default=0.05)
     report.set_defaults(func=cmd_report)
+
+    sync = sub.add_parser("sync-mlflow", help="re-log a sweep's trials to MLflow from its stored results (idempotent)")
+    sync.add_argument("name")
+    sync.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
+    sync.add_argument("--tracking-uri", help="default: the sweep's own tracking_uri")
+    sync.set_defaults(func=cmd_sync_mlflow)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
     ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")

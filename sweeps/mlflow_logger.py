@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
 LOGGED_STEP_TAG = "minima.logged_step"
+FINAL_LOGGED_TAG = "minima.final_logged"
 
 
 @dataclass
@@ -96,6 +97,7 @@ class MLflowSweepLogger(Callback):
         self._stop = threading.Event()
         self._runs: dict[str, str] = {}  # trial key -> run id
         self._logged_step: dict[str, int] = {}
+        self._final_logged: set[str] = set()
         self._trial_dirs: dict[str, list[str]] = {}  # where Ray keeps each trial's result.json
         self._backfilled: set[str] = set()
         self._ended: set[str] = set()  # keys whose end was queued (Tune's thread)
@@ -126,14 +128,17 @@ class MLflowSweepLogger(Callback):
         self._queue.put((key, events))
 
     def _start_events(self, trial) -> tuple[str, _RunEvents]:
+        return self._run_identity(trial.config, trial.trial_id, [d for d in (trial.local_path, trial.path) if d])
+
+    def _run_identity(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> tuple[str, _RunEvents]:
         """Params and identifying tags of a trial's run; remembers where its results live."""
-        values = trial_values(trial.config)
+        values = trial_values(config)
         key = trial_key(values)
-        self._trial_dirs[key] = [d for d in (trial.local_path, trial.path) if d]
+        self._trial_dirs[key] = dirs
         events = _RunEvents(
             params={k: str(v) for k, v in sorted(values.items())},
             tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
-                  "trial_key": key, "trial_id": trial.trial_id, "mlflow.runName": self._run_name(values),
+                  "trial_key": key, "trial_id": trial_id, "mlflow.runName": self._run_name(values),
                   **self.tags},
         )
         return key, events
@@ -243,6 +248,8 @@ class MLflowSweepLogger(Callback):
             run = found[0]
             run_id = run.info.run_id
             self._logged_step[key] = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
+            if run.data.tags.get(FINAL_LOGGED_TAG):
+                self._final_logged.add(key)
             if run.info.status != "RUNNING" and ev.end_status is None:
                 client.update_run(run_id, status="RUNNING")  # a trial resumed after an error
         else:
@@ -268,16 +275,23 @@ class MLflowSweepLogger(Callback):
             if key not in self._backfilled:
                 self._backfill(key, ev)
             floor = self._logged_step.get(key, 0)
-            # per-epoch metrics at steps a previous driver already logged are replays after a restore
-            metrics = [m for m in ev.metrics if m[3] > floor or m[0] in FINAL_METRICS]
+            # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
+            # step, the final summary by its tag
+            final_done = key in self._final_logged
+            metrics = [m for m in ev.metrics
+                       if (m[0] in FINAL_METRICS and not final_done) or (m[0] not in FINAL_METRICS and m[3] > floor)]
             top = max([floor] + [m[3] for m in metrics if m[0] not in FINAL_METRICS])
             tags = [RunTag(k, v) for k, v in ev.tags.items()] + [RunTag(LOGGED_STEP_TAG, str(top))]
+            if any(m[0] in FINAL_METRICS for m in metrics):
+                tags.append(RunTag(FINAL_LOGGED_TAG, "1"))
             batches = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)] or [[]]
             for i, chunk in enumerate(batches):
                 self._client.log_batch(
                     run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk], tags=tags if i == 0 else []
                 )
             self._logged_step[key] = top
+            if any(m[0] in FINAL_METRICS for m in metrics):
+                self._final_logged.add(key)
             if ev.end_status:
                 self._client.set_terminated(run_id, ev.end_status)
             del pending[key]
@@ -308,6 +322,41 @@ class MLflowSweepLogger(Callback):
         target.tags.update(ev.tags)
         target.metrics.extend(ev.metrics)
         target.end_status = ev.end_status or target.end_status
+
+    def sync_from_storage(self, experiment_dir: str) -> dict[str, int]:
+        """Re-log every trial of a sweep from its stored results, synchronously and idempotently.
+
+        For runs a tracking-server outage left incomplete, or a sweep run with --no-mlflow:
+        missing runs are created, missing steps added, statuses set; nothing is duplicated.
+        """
+        from .results import list_trial_dirs, read_result_rows, read_trial_error, read_trial_params
+
+        pending: dict[str, _RunEvents] = {}
+        order: list[str] = []
+        counts = {"trials": 0, "finished": 0, "failed": 0, "unfinished": 0}
+        for trial_dir in list_trial_dirs(experiment_dir):
+            params = read_trial_params(trial_dir)
+            if params is None:
+                continue
+            trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+            key, events = self._run_identity(params, trial_id, [trial_dir])
+            rows = read_result_rows(trial_dir)
+            error = None if any(r.get("final") for r in rows) else read_trial_error(trial_dir)
+            counts["trials"] += 1
+            if any(r.get("final") for r in rows):
+                events.end_status = "FINISHED"
+                counts["finished"] += 1
+            elif error:
+                events.end_status = "FAILED"
+                events.tags.update({"status": "error", "error": error.strip()[-4000:]})
+                counts["failed"] += 1
+            else:
+                counts["unfinished"] += 1
+            self._merge(pending, order, key, events)
+        self._end_parent = counts["unfinished"] == 0
+        self._flush(pending, order)  # back-fills each run from its result.json on first touch
+        self._finish_parent()
+        return counts
 
     def _finish_parent(self) -> None:
         if self._client is not None and getattr(self, "_end_parent", False):

@@ -215,3 +215,29 @@ def test_submit_runs_the_sweep_as_a_ray_job(tmp_path):
         assert len(parents) == 1 and len(children) == 8
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_sync_mlflow_replays_a_sweep_idempotently(smoke_run):
+    """`minima sync-mlflow` re-logs from the sweep's storage: for a tracking server that was down."""
+    tmp_path, out = smoke_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    other = tmp_path / "replay.db"
+    for _ in range(2):  # the second pass must change nothing
+        sync = minima("sync-mlflow", "smoke", "--storage", str(tmp_path / "results"),
+                      "--tracking-uri", f"sqlite:///{other}", cwd=tmp_path)
+        assert sync.returncode == 0, sync.stderr[-3000:]
+        assert "8 trials synced" in sync.stdout and "8 finished" in sync.stdout
+    from mlflow.tracking import MlflowClient
+
+    live_client, _, live = mlflow_runs(tmp_path, "smoke")
+    client = MlflowClient(f"sqlite:///{other}")
+    replayed = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], max_results=100)
+    children = [r for r in replayed if r.data.tags.get("minima.role") != "parent"]
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in replayed)
+    assert_complete_histories(client, children)
+    by_key = {r.data.tags["trial_key"]: r for r in live}
+    for run in children:
+        original = by_key[run.data.tags["trial_key"]]
+        assert run.data.params == original.data.params
+        assert run.data.metrics == original.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "local_energy_5pct")) == 1

@@ -8,7 +8,7 @@ never reached 100% train accuracy is *not_fit*; *diverged* and *error* keep thei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -138,7 +138,6 @@ class Boundary:
     n_seeds: int
     reason: str | None = None
     bootstrap_crossings: float = 0.0  # fraction of bootstrap resamples that had a crossing
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"y": _plain(self.y), "by": {k: _plain(v) for k, v in self.by.items()},

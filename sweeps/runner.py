@@ -238,8 +238,6 @@ def has_results(spec: SweepSpec) -> bool:
 
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
     """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
-    from ray import tune
-
     preflight(spec, source)
     if has_results(spec):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from trainables.config import ConfigError, TrialConfig, make_config
 
@@ -12,7 +13,7 @@ def test_defaults_resolve_per_model():
 
 def test_config_is_frozen_and_primitive():
     cfg = make_config({"weight_decay": 5e-4})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.weight_decay = 0.1  # type: ignore[misc]
     assert all(isinstance(v, (int, float, str, bool, type(None))) for v in cfg.to_dict().values())
 

@@ -21,7 +21,7 @@ def minima(*args, cwd, timeout=600):
 
 
 def places(tmp_path):
-    return [f"--set", f"storage={tmp_path / 'results'}", "--set", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    return ["--set", f"storage={tmp_path / 'results'}", "--set", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
 
 
 def mlflow_runs(tmp_path, experiment):

@@ -197,7 +197,7 @@ def run_trial(
             fitted = stage.stop_at_train_acc is not None and record["train_acc"] >= stage.stop_at_train_acc
             stage_over = diverged or fitted or epoch + 1 == stage.epochs
             next_position = (len(stages) if diverged else s_index + 1, 0) if stage_over else (s_index, epoch + 1)
-            if on_epoch is not None:
+            if on_epoch is not None:  # on_epoch calls the snapshot before it returns, if at all
                 on_epoch(record, lambda: {
                     "config": cfg.to_dict(),
                     "position": list(next_position),

@@ -21,16 +21,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sweeps.keys import cell_key, trial_key, trial_values
-from sweeps.results import list_trial_dirs, read_result_table, read_trial_error, read_trial_params
+from sweeps.results import RESULT_SCHEMA, list_trial_dirs, read_result_table, read_trial_error, read_trial_params
 from trainables.config import TrialConfig, make_config
-from trainables.trial import EPOCH_METRICS
+from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
-FINAL_COLUMNS = {
-    "train_acc": pa.float64(), "test_acc": pa.float64(), "train_loss": pa.float64(), "test_loss": pa.float64(),
-    "reached_global_min": pa.bool_(), "epochs_to_fit": pa.int64(), "train_epochs": pa.int64(),
-    "pretrain_final_acc": pa.float64(), "local_energy_1pct": pa.float64(), "local_energy_5pct": pa.float64(),
-    "local_energy_10pct": pa.float64(), "wall_time_s": pa.float64(),
-}
+# Final metrics as typed in the stored results: the last epoch's losses and accuracies, then the summary's own.
+FINAL_COLUMNS = {name: RESULT_SCHEMA.field(name).type
+                 for name in ("train_acc", "test_acc", "train_loss", "test_loss", *FINAL_METRICS)}
 
 
 def _arrow_type(annotation) -> pa.DataType:

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeps.keys import cell_key, trial_key, trial_values
-from sweeps.results import RESULT_SCHEMA, list_trial_dirs, read_result_table, read_trial_error, read_trial_params
+from sweeps.keys import cell_key, member_trial_id, member_values, trial_key
+from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
+                            read_trial_params)
 from trainables.config import TrialConfig, make_config
 from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
@@ -41,7 +42,8 @@ def _arrow_type(annotation) -> pa.DataType:
 
 CONFIG_COLUMNS = {name: _arrow_type(f.annotation) for name, f in TrialConfig.model_fields.items() if name != "seed"}
 TRIALS_SCHEMA = pa.schema(
-    [("sweep", pa.string()), ("trial_id", pa.string()), ("trial_key", pa.string()), ("mlflow_run_id", pa.string()),
+    [("sweep", pa.string()), ("trial_id", pa.string()), ("ray_trial_id", pa.string()), ("pack_size", pa.int64()),
+     ("trial_key", pa.string()), ("mlflow_run_id", pa.string()),
      ("status", pa.string()), ("cell", pa.string()), ("seed", pa.int64())]
     + list(CONFIG_COLUMNS.items()) + list(FINAL_COLUMNS.items())
     + [("error", pa.string()), ("git_commit", pa.string()), ("package_version", pa.string())]
@@ -61,39 +63,52 @@ class ExportResult:
     status_counts: dict[str, int]
 
 
-def _trial_records(sweep: str, trial_dir: str) -> tuple[dict[str, Any], pa.Table] | None:
+def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.Table]]:
+    """One (trials row, curves table) per trial run in this Ray trial's folder (its pack members)."""
     params = read_trial_params(trial_dir)
     if params is None:  # created but never started
-        return None
-    values = trial_values(params)
-    config = make_config(values).to_dict()
-    results = read_result_table(trial_dir)
-    trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-    is_final = results.column("final").fill_null(False)
-    finals = results.filter(is_final)
-    curves = results.filter(pc.invert(is_final))
-    final = finals.slice(finals.num_rows - 1).to_pylist()[0] if finals.num_rows else None
-    last = final or (curves.slice(curves.num_rows - 1).to_pylist()[0] if curves.num_rows else {})
-    error = None
-    if final is not None:
-        status = final["status"] or "ok"
-    else:
-        error = read_trial_error(trial_dir)
-        status = "error" if error else "unfinished"
-    record: dict[str, Any] = {
-        "sweep": sweep, "trial_id": trial_id, "trial_key": trial_key(values), "status": status,
-        "cell": cell_key(values), "seed": config["seed"],
-        **{k: config[k] for k in CONFIG_COLUMNS},
-        **{k: last.get(k) for k in FINAL_COLUMNS},
-        "error": error.strip()[-2000:] if error else None,
-        "git_commit": (final or {}).get("git_commit"), "package_version": (final or {}).get("package_version"),
-    }
-    if final is None:
-        record["reached_global_min"] = False
-    curves = curves.select(["stage", "epoch", "step", *EPOCH_METRICS])
-    curves = curves.add_column(0, "trial_id", pa.array([trial_id] * curves.num_rows, pa.string()))
-    curves = curves.add_column(0, "sweep", pa.array([sweep] * curves.num_rows, pa.string()))
-    return record, curves
+        return []
+    members = member_values(params)
+    table = read_result_table(trial_dir)
+    ray_trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+    error_text: list[str | None] = []  # read once, only if some member has no final report
+
+    def error() -> str | None:
+        if not error_text:
+            error_text.append(read_trial_error(trial_dir))
+        return error_text[0]
+
+    out = []
+    for member, values in enumerate(members):
+        results = member_table(table, member) if len(members) > 1 else table
+        trial_id = member_trial_id(ray_trial_id, member, len(members))
+        config = make_config(values).to_dict()
+        is_final = results.column("final").fill_null(False)
+        finals = results.filter(is_final)
+        curves = results.filter(pc.invert(is_final))
+        final = finals.slice(finals.num_rows - 1).to_pylist()[0] if finals.num_rows else None
+        last = final or (curves.slice(curves.num_rows - 1).to_pylist()[0] if curves.num_rows else {})
+        failure = None
+        if final is not None:
+            status = final["status"] or "ok"
+        else:
+            failure = error()
+            status = "error" if failure else "unfinished"
+        record: dict[str, Any] = {
+            "sweep": sweep, "trial_id": trial_id, "ray_trial_id": ray_trial_id, "pack_size": len(members),
+            "trial_key": trial_key(values), "status": status, "cell": cell_key(values), "seed": config["seed"],
+            **{k: config[k] for k in CONFIG_COLUMNS},
+            **{k: last.get(k) for k in FINAL_COLUMNS},
+            "error": failure.strip()[-2000:] if failure else None,
+            "git_commit": (final or {}).get("git_commit"), "package_version": (final or {}).get("package_version"),
+        }
+        if final is None:
+            record["reached_global_min"] = False
+        curves = curves.select(["stage", "epoch", "step", *EPOCH_METRICS])
+        curves = curves.add_column(0, "trial_id", pa.array([trial_id] * curves.num_rows, pa.string()))
+        curves = curves.add_column(0, "sweep", pa.array([sweep] * curves.num_rows, pa.string()))
+        out.append((record, curves))
+    return out
 
 
 def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
@@ -125,7 +140,7 @@ def export_sweep(experiment_dir: str, out_dir: str | Path, sweep: str, tracking_
     if not trial_dirs:
         raise FileNotFoundError(f"no trials under {experiment_dir}: is this the sweep's storage folder?")
     with ThreadPoolExecutor(workers) as pool:  # file reads and pyarrow parsing release the GIL
-        parts = [p for p in pool.map(lambda d: _trial_records(sweep, d), trial_dirs) if p is not None]
+        parts = [p for trial in pool.map(lambda d: _trial_records(sweep, d), trial_dirs) for p in trial]
     run_ids = mlflow_run_ids(tracking_uri, sweep) if tracking_uri else {}
     records = [r for r, _ in parts]
     for r in records:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from trainables.config import make_config
-from trainables.tune_trainable import SEEDS_KEY, trial_values  # noqa: F401  (re-exported)
+from trainables.tune_trainable import MEMBER_KEY, MEMBERS_KEY, SEEDS_KEY, member_values, trial_values  # noqa: F401  (re-exported)
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -25,3 +25,8 @@ def cell_key(values: dict[str, Any]) -> str:
     resolved = make_config(values).to_dict()
     resolved.pop("seed")
     return _digest(resolved)
+
+
+def member_trial_id(ray_trial_id: str, member: int, pack_size: int) -> str:
+    """A trial's id in the exports and MLflow: Ray's id, plus the member index when packed."""
+    return ray_trial_id if pack_size == 1 else f"{ray_trial_id}-{member:02d}"

@@ -23,7 +23,7 @@ from ray.tune import Callback
 
 from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
-from .keys import cell_key, trial_key, trial_values
+from .keys import MEMBER_KEY, cell_key, member_trial_id, member_values, trial_key
 from .results import read_result_rows
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def _result_events(result: dict[str, Any]) -> _RunEvents:
 
 
 class MLflowSweepLogger(Callback):
-    """One MLflow experiment per sweep, one parent run, one child run per trial."""
+    """One MLflow experiment per sweep, one parent run, one child run per trial (per member
+    of a packed Ray trial: reports carry a `member` index)."""
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
                  flush_interval_s: float = 2.0):
@@ -98,7 +99,9 @@ class MLflowSweepLogger(Callback):
         self._runs: dict[str, str] = {}  # trial key -> run id
         self._logged_step: dict[str, int] = {}
         self._final_logged: set[str] = set()
-        self._trial_dirs: dict[str, list[str]] = {}  # where Ray keeps each trial's result.json
+        self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
+        self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
+        self._finals_seen: set[str] = set()  # keys whose final report passed (Tune's thread)
         self._backfilled: set[str] = set()
         self._ended: set[str] = set()  # keys whose end was queued (Tune's thread)
         self._end_parent = False
@@ -124,35 +127,53 @@ class MLflowSweepLogger(Callback):
             self._thread.start()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        key, events = self._start_events(trial)
-        self._queue.put((key, events))
+        for key, events in self._start_events(trial):
+            self._queue.put((key, events))
 
-    def _start_events(self, trial) -> tuple[str, _RunEvents]:
-        return self._run_identity(trial.config, trial.trial_id, [d for d in (trial.local_path, trial.path) if d])
+    def _start_events(self, trial) -> list[tuple[str, _RunEvents]]:
+        return self._run_identities(trial.config, trial.trial_id, [d for d in (trial.local_path, trial.path) if d])
 
-    def _run_identity(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> tuple[str, _RunEvents]:
-        """Params and identifying tags of a trial's run; remembers where its results live."""
-        values = trial_values(config)
-        key = trial_key(values)
-        self._trial_dirs[key] = dirs
-        events = _RunEvents(
-            params={k: str(v) for k, v in sorted(values.items())},
-            tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
-                  "trial_key": key, "trial_id": trial_id, "mlflow.runName": self._run_name(values),
-                  **self.tags},
-        )
-        return key, events
+    def _run_identities(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, _RunEvents]]:
+        """Params and identifying tags of the runs of a Ray trial (one per pack member);
+        remembers where their results live."""
+        members = member_values(config)
+        out = []
+        for member, values in enumerate(members):
+            key = trial_key(values)
+            self._trial_dirs[key] = (dirs, member if len(members) > 1 else None)
+            events = _RunEvents(
+                params={k: str(v) for k, v in sorted(values.items())},
+                tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
+                      "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
+                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **self.tags},
+            )
+            out.append((key, events))
+        self._member_keys[trial_id] = [key for key, _ in out]
+        return out
+
+    def _keys(self, trial) -> list[str]:
+        if trial.trial_id not in self._member_keys:
+            self._member_keys[trial.trial_id] = [trial_key(v) for v in member_values(trial.config)]
+        return self._member_keys[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._queue.put((trial_key(trial_values(trial.config)), _result_events(result)))
+        key = self._keys(trial)[result.get(MEMBER_KEY) or 0]
+        if result.get("final"):
+            self._finals_seen.add(key)
+        self._queue.put((key, _result_events(result)))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end(trial_key(trial_values(trial.config)), _RunEvents(end_status="FINISHED"))
+        for key in self._keys(trial):
+            self._end(key, _RunEvents(end_status="FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         message = _error_text(trial)[-4000:]
-        events = _RunEvents(tags={"status": "error", "error": message or "trial raised"}, end_status="FAILED")
-        self._end(trial_key(trial_values(trial.config)), events)
+        for key in self._keys(trial):
+            if key in self._finals_seen:  # a pack member that finished before its pack failed
+                self._end(key, _RunEvents(end_status="FINISHED"))
+            else:
+                self._end(key, _RunEvents(tags={"status": "error", "error": message or "trial raised"},
+                                          end_status="FAILED"))
 
     def _end(self, key: str, events: _RunEvents) -> None:
         self._ended.add(key)
@@ -160,11 +181,14 @@ class MLflowSweepLogger(Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:  # trials finished before a restore were never seen ending here
-            key = trial_key(trial_values(trial.config))
-            if trial.status in ("TERMINATED", "ERROR") and key not in self._ended:
-                key, events = self._start_events(trial)  # its run may not even exist yet
-                events.end_status = "FAILED" if trial.status == "ERROR" else "FINISHED"
-                if trial.status == "ERROR":
+            if trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            for key, events in self._start_events(trial):  # their runs may not even exist yet
+                if key in self._ended:
+                    continue
+                failed = trial.status == "ERROR" and key not in self._finals_seen
+                events.end_status = "FAILED" if failed else "FINISHED"
+                if failed:
                     events.tags.update({"status": "error", "error": _error_text(trial)[-4000:] or "trial raised"})
                 self._end(key, events)
         self.close(end_parent=all(t.status in ("TERMINATED", "ERROR") for t in trials))
@@ -304,8 +328,9 @@ class MLflowSweepLogger(Callback):
         already in MLflow is skipped by step, so the run's history ends up complete, once.
         """
         rows: list[dict[str, Any]] = []
-        for trial_dir in self._trial_dirs.get(key, []):
-            rows = read_result_rows(trial_dir)
+        dirs, member = self._trial_dirs.get(key, ([], None))
+        for trial_dir in dirs:
+            rows = read_result_rows(trial_dir, member)
             if rows:
                 break
         earlier = _RunEvents()
@@ -339,20 +364,21 @@ class MLflowSweepLogger(Callback):
             if params is None:
                 continue
             trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-            key, events = self._run_identity(params, trial_id, [trial_dir])
-            rows = read_result_rows(trial_dir)
-            error = None if any(r.get("final") for r in rows) else read_trial_error(trial_dir)
-            counts["trials"] += 1
-            if any(r.get("final") for r in rows):
-                events.end_status = "FINISHED"
-                counts["finished"] += 1
-            elif error:
-                events.end_status = "FAILED"
-                events.tags.update({"status": "error", "error": error.strip()[-4000:]})
-                counts["failed"] += 1
-            else:
-                counts["unfinished"] += 1
-            self._merge(pending, order, key, events)
+            identities = self._run_identities(params, trial_id, [trial_dir])
+            finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get("final")}
+            error = None if len(finals) == len(identities) else read_trial_error(trial_dir)
+            for member, (key, events) in enumerate(identities):
+                counts["trials"] += 1
+                if member in finals:
+                    events.end_status = "FINISHED"
+                    counts["finished"] += 1
+                elif error:
+                    events.end_status = "FAILED"
+                    events.tags.update({"status": "error", "error": error.strip()[-4000:]})
+                    counts["failed"] += 1
+                else:
+                    counts["unfinished"] += 1
+                self._merge(pending, order, key, events)
         self._end_parent = counts["unfinished"] == 0
         self._flush(pending, order)  # back-fills each run from its result.json on first touch
         self._finish_parent()

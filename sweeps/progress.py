@@ -12,6 +12,8 @@ from collections import Counter
 
 from ray.tune import Callback
 
+from .keys import MEMBER_KEY, member_values
+
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
@@ -26,6 +28,7 @@ class SweepProgress(Callback):
         self._started = time.monotonic()
         self._last = 0.0
         self._done_here = 0  # completed since this driver started: the rate behind the ETA
+        self._finals: dict[str, dict[int, str]] = {}  # Ray trial id -> member -> status (packs)
         self.outcomes: Counter = Counter()
 
     def __getstate__(self):
@@ -37,11 +40,19 @@ class SweepProgress(Callback):
     def setup(self, **info):
         self._started = time.monotonic()
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._done_here += 1
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("final"):
+            finals = self._finals.setdefault(trial.trial_id, {})
+            if result.get(MEMBER_KEY) not in finals:
+                self._done_here += 1
+            finals[result.get(MEMBER_KEY)] = str(result.get("status", "ok"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._done_here += 1
+        self._done_here += self._size(trial) - len(self._finals.get(trial.trial_id, {}))
+
+    @staticmethod
+    def _size(trial) -> int:
+        return len(member_values(trial.config))
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
@@ -53,19 +64,30 @@ class SweepProgress(Callback):
         self._print(trials, final=True)
 
     def _print(self, trials, final: bool = False) -> None:
-        status = Counter(t.status for t in trials)
-        outcomes = Counter(
-            "error" if t.status == "ERROR" else (t.last_result or {}).get("status", "ok")
-            for t in trials if t.status in ("TERMINATED", "ERROR")
-        )
+        """Counts of trials, a pack's members counted one by one as each finishes."""
+        outcomes: Counter = Counter()
+        running = pending_known = 0
+        for t in trials:
+            size, seen = self._size(t), self._finals.get(t.trial_id, {})
+            outcomes.update(seen.values())
+            if t.status == "TERMINATED" and size == 1 and not seen:
+                outcomes[(t.last_result or {}).get("status", "ok")] += 1
+            elif t.status == "TERMINATED":  # a pack finished before this driver: members unseen
+                outcomes["ok"] += size - len(seen)
+            elif t.status == "ERROR":
+                outcomes["error"] += size - len(seen)
+            elif t.status == "RUNNING":
+                running += size - len(seen)
+            else:
+                pending_known += size
         self.outcomes = outcomes
-        done = status["TERMINATED"] + status["ERROR"]
-        pending = max(self.total - done - status["RUNNING"], status["PENDING"])
+        done = sum(outcomes.values())
+        pending = max(self.total - done - running, pending_known)
         elapsed = time.monotonic() - self._started
         eta = "--"
         if self._done_here and not final:
             eta = _clock(elapsed / self._done_here * (self.total - done))
-        parts = [f"{done}/{self.total} done", f"{status['RUNNING']} running", f"{pending} pending",
+        parts = [f"{done}/{self.total} done", f"{running} running", f"{pending} pending",
                  f"{outcomes['diverged']} diverged", f"{outcomes['error']} failed",
                  f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
         print("[minima] " + " | ".join(parts), file=self.stream or sys.stderr, flush=True)

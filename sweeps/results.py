@@ -15,7 +15,7 @@ from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
 RESULT_SCHEMA = pa.schema(
-    [("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), ("final", pa.bool_()),
+    [("member", pa.int64()), ("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), ("final", pa.bool_()),
      ("status", pa.string()), ("diverged", pa.bool_())]
     + [(m, pa.float64()) for m in EPOCH_METRICS]
     + [("reached_global_min", pa.bool_()), ("epochs_to_fit", pa.int64()), ("train_epochs", pa.int64())]
@@ -84,7 +84,7 @@ def _python_rows(text: str) -> list[dict[str, Any]]:
 
 
 def read_result_table(trial_dir: str) -> pa.Table:
-    """The trial's reports as a table in RESULT_SCHEMA, de-duplicated by (step, final).
+    """The trial's reports as a table in RESULT_SCHEMA, de-duplicated by (member, step, final).
 
     After a restore Ray appends the replayed reports, so the last row of each step wins.
     pyarrow's JSON reader does the common case fast; files with NaN or a torn last line go
@@ -112,14 +112,23 @@ def read_result_table(trial_dir: str) -> pa.Table:
 def _dedupe(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
-    keys = list(zip(table.column("step").to_pylist(), table.column("final").to_pylist()))
+    keys = list(zip(table.column("member").to_pylist(), table.column("step").to_pylist(),
+                    table.column("final").to_pylist()))
     last = {k: i for i, k in enumerate(keys)}
     if len(last) == table.num_rows:
         return table
-    keep = sorted(last.values(), key=lambda i: (keys[i][0] or 0, bool(keys[i][1])))
+    keep = sorted(last.values(), key=lambda i: (keys[i][0] or 0, keys[i][1] or 0, bool(keys[i][2])))
     return table.take(pa.array(keep))
 
 
-def read_result_rows(trial_dir: str) -> list[dict[str, Any]]:
-    """The trial's reports as dicts (see read_result_table); [] when there are none yet."""
-    return read_result_table(trial_dir).to_pylist()
+def member_table(table: pa.Table, member: int) -> pa.Table:
+    """The rows of one pack member (an unpacked trial's rows are member 0)."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("member").fill_null(0), member))
+
+
+def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str, Any]]:
+    """The trial's reports as dicts (see read_result_table), of one member if given; [] if none yet."""
+    table = read_result_table(trial_dir)
+    return (table if member is None else member_table(table, member)).to_pylist()

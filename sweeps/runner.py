@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.provenance import git_commit, package_version
-from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, tune_trainable  # light: torch loads in workers
+from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, member_values, tune_trainable  # light: torch loads in workers
 
 from .spec import SweepError, SweepSpec, parse_sweep
 
@@ -187,13 +187,65 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def snapshot_store(spec: SweepSpec) -> str:
+    """Where a sweep's shared pretraining snapshots live: beside its trials, in its storage."""
+    return f"{experiment_path(spec)}/pretrained"
+
+
+def planned(spec: SweepSpec) -> SweepSpec:
+    """The spec with `pack: auto` resolved for where it runs (stored, so a resume agrees)."""
+    from .plan import pack_size
+
+    slots = None
+    if not _on_cluster():
+        have = local_resources()
+        slots = int(have.get("GPU", 0) // spec.resources.gpu) if spec.resources.gpu > 0 else int(have["CPU"] // spec.resources.cpu)
+        slots = max(1, min(slots, spec.max_concurrent or slots))
+    return spec.model_copy(update={"pack": pack_size(spec, slots)})
+
+
+def run_pretraining_phase(spec: SweepSpec, on_notice=print) -> None:
+    """Run the sweep's shared pretrainings (those without all their snapshots) as Ray tasks.
+
+    They run before any trial, with a trial's resources, so no trial waits holding a slot. A
+    pretraining that fails is reported; its trials then pretrain by themselves.
+    """
+    import ray
+
+    from trainables.pretraining import SnapshotStore, run_shared_pretraining
+
+    from .plan import pretraining_jobs
+
+    store = snapshot_store(spec)
+    jobs = [j for j in pretraining_jobs(spec) if not all(SnapshotStore(store).has(j.key, d) for d in j.durations)]
+    if not jobs:
+        return
+    longest = max(j.durations[-1] for j in jobs)
+    on_notice(f"shared pretraining: {len(jobs)} runs (up to {longest} epochs) for "
+              f"{sum(j.trials for j in jobs)} trials, before the trials start")
+    task = ray.remote(run_shared_pretraining).options(
+        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
+    refs = {task.remote(j.values, j.durations, store): j for j in jobs}
+    failed = 0
+    for ref, job in refs.items():
+        try:
+            ray.get(ref)
+        except Exception as err:  # the trials of this group pretrain by themselves instead
+            failed += 1
+            on_notice(f"shared pretraining {job.key} failed ({type(err).__name__}: {str(err)[-300:]}); "
+                      f"its {job.trials} trials will pretrain by themselves")
+    on_notice(f"shared pretraining: {len(jobs) - failed}/{len(jobs)} done")
+
+
 def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
     from ray import tune
 
     from .search_space import build_search
 
-    space, num_samples, search_alg = build_search(spec)
+    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
+    if spec.share_pretraining and spec.search.kind == "grid":
+        space[SNAPSHOTS_KEY] = snapshot_store(spec)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.Tuner(
         tune.with_resources(tune_trainable, resources),
@@ -217,17 +269,25 @@ def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
 
 
 def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
+    """Counts per trial (pack members counted one by one, from their own final reports)."""
+    from .results import read_result_rows
+
     counts: Counter = Counter()
+    seen = 0
     for result in grid:
-        if result.error is not None:
-            counts["error"] += 1
-        elif (result.metrics or {}).get("final"):
-            counts[result.metrics.get("status", "ok")] += 1
+        members = len(member_values(result.config or {}))
+        seen += members
+        if members == 1:
+            finals = {0: result.metrics} if (result.metrics or {}).get("final") else {}
         else:
-            counts["unfinished"] += 1
+            trial_dir = f"{experiment_path(spec)}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
+            finals = {r.get("member") or 0: r for r in read_result_rows(trial_dir) if r.get("final")}
+        for status in (finals[i].get("status") or "ok" for i in finals):
+            counts[status] += 1
+        counts["error" if result.error is not None else "unfinished"] += members - len(finals)
     total = spec.num_trials()
-    counts["unfinished"] += max(0, total - len(grid))
-    return SweepOutcome(spec.name, experiment_path(spec), total, dict(counts))
+    counts["unfinished"] += max(0, total - seen)
+    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v})
 
 
 def has_results(spec: SweepSpec) -> bool:
@@ -246,7 +306,14 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
+    spec = planned(spec)
+    if spec.pack != 1:
+        from .plan import make_packs
+
+        on_notice(f"packing: {spec.num_trials()} trials as {len(make_packs(spec, spec.pack))} Ray trials of up to "
+                  f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
     _write_spec(spec)
+    run_pretraining_phase(spec, on_notice)
     grid = build_tuner(spec, log_to_mlflow).fit()
     return _outcome(spec, grid)
 
@@ -266,6 +333,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
+    run_pretraining_phase(spec, on_notice)  # snapshots a killed driver never finished
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True)
     return _outcome(spec, tuner.fit())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .keys import SEEDS_KEY
+from .keys import MEMBERS_KEY, SEEDS_KEY
 from .spec import RangeAxis, SweepSpec, _INT_FIELDS
 
 
@@ -17,12 +17,19 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec) -> tuple[dict[str, Any], int, Any]:
-    """(param_space, num_samples, search_alg or None) for `tune.Tuner`."""
+def build_search(spec: SweepSpec, pack: int = 1) -> tuple[dict[str, Any], int, Any]:
+    """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
+
+    With `pack` > 1 (grid only) each Ray trial is a list of member configs (see sweeps.plan).
+    """
     from ray import tune
+
+    from .plan import make_packs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
+    if kind == "grid" and pack > 1:
+        return {MEMBERS_KEY: tune.grid_search(make_packs(spec, pack))}, 1, None
     if kind == "grid":
         for name in spec.axes:
             space[name] = tune.grid_search(spec.axis_values(name))

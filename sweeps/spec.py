@@ -109,6 +109,9 @@ class SweepSpec(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, description="trials at once; null = as many as resources allow")
     max_failures: int = Field(0, ge=0, description="retries of a trial that raises (node loss, OOM)")
     checkpoint_every: int = Field(5, ge=1, description="epochs between trial checkpoints (and at each stage end)")
+    share_pretraining: bool = Field(True, description="grid: run each distinct pretraining once, trials start from its snapshots")
+    pack: int | Literal["auto"] = Field("auto", description="grid: trials per Ray trial, trained as one stacked model; "
+                                                        "auto = by device and model, 1 = no packing")
     storage: str = Field("minima_results", description="local folder or s3:// / gs:// URI for Ray results")
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
 
@@ -155,6 +158,20 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"axis {name!r} repeats a value")
         return axes
 
+    @field_validator("pack")
+    @classmethod
+    def _pack_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("pack must be >= 1 (1 = one trial per Ray trial) or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _check_pack(self) -> "SweepSpec":
+        if isinstance(self.pack, int) and self.pack > 1 and self.search.kind != "grid":
+            raise ValueError(f"pack: {self.pack} needs search: grid (packs are formed from the whole grid "
+                             f"before it runs); use pack: 1 or auto with {self.search.kind} search")
+        return self
+
     @model_validator(mode="after")
     def _check_trials(self) -> "SweepSpec":
         overlap = sorted(set(self.base) & set(self.axes))
@@ -181,6 +198,10 @@ class SweepSpec(BaseModel):
         """Every combination of axis values (without seeds), as overrides of `base`."""
         names = list(self.axes)
         return [dict(zip(names, combo)) for combo in itertools.product(*(self.axis_values(n) for n in names))]
+
+    def trial_values(self) -> list[dict[str, Any]]:
+        """Every trial config of a grid sweep (cells x seeds, seeds innermost), as plain values."""
+        return [{**self.base, **cell, "seed": seed} for cell in self.grid_cells() for seed in self.seeds]
 
     def num_trials(self) -> int:
         per_seed = len(self.grid_cells()) if self.search.kind == "grid" else self.search.num_samples

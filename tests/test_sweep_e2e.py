@@ -36,12 +36,13 @@ def mlflow_runs(tmp_path, experiment):
 
 
 def final_rows(tmp_path, name):
-    """trial folder -> number of final reports in Ray's result.json (each trial must have one)."""
-    out = {}
+    """(trial folder, pack member) -> number of final reports in Ray's result.json (each trial
+    must have one)."""
+    out: Counter = Counter()
     for result in (tmp_path / "results" / name).glob("trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        out[result.parent.name] = sum(1 for r in rows if r.get("final"))
-    return out
+        out.update((result.parent.name, r.get("member")) for r in rows if r.get("final"))
+    return dict(out)
 
 
 def assert_complete_histories(client, children):
@@ -67,6 +68,9 @@ def test_smoke_sweep_logs_one_child_run_per_trial(smoke_run):
     tmp_path, out = smoke_run
     assert out.returncode == 0, out.stderr[-3000:]
     assert "8 ok" in out.stdout and "[minima] 8/8 done" in out.stderr
+    assert "shared pretraining: 2 runs (up to 5 epochs) for 4 trials" in out.stderr  # one per seed
+    assert "packing: 8 trials as 2 Ray trials of up to 4" in out.stderr  # auto on 2 CPUs
+    assert len(list((tmp_path / "results" / "smoke").glob("trial_*"))) == 2  # auto: 2 packs of 4 on 2 CPUs
     client, parents, children = mlflow_runs(tmp_path, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 8
@@ -119,6 +123,34 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
     assert "Phase diagram" in page and "data:image/png;base64," in page and "(n=" in page
 
 
+def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):
+    """Every trial's metrics, final and per epoch, match exactly with sharing and packing off."""
+    import pandas as pd
+
+    tmp_path, out = smoke_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain = minima("run", SMOKE, *places(tmp_path), "--name", "plain", "--set", "pack=1",
+                   "--set", "share_pretraining=false", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "shared pretraining" not in plain.stderr and "packing" not in plain.stderr
+    assert len(list((tmp_path / "results" / "plain").glob("trial_*"))) == 8
+    tables = {}
+    for name in ("smoke", "plain"):
+        export = minima("export", name, "--out", str(tmp_path / f"eq_{name}"), "--storage", str(tmp_path / "results"),
+                        cwd=tmp_path)
+        assert export.returncode == 0, export.stderr[-3000:]
+        trials = pd.read_parquet(tmp_path / f"eq_{name}" / "trials.parquet").set_index("trial_key").sort_index()
+        curves = pd.read_parquet(tmp_path / f"eq_{name}" / "curves.parquet").merge(
+            trials.reset_index()[["trial_id", "trial_key"]], on="trial_id")
+        tables[name] = (trials, curves.set_index(["trial_key", "step"]).sort_index())
+    (packed, packed_curves), (alone, alone_curves) = tables["smoke"], tables["plain"]
+    assert set(packed["pack_size"]) == {4} and set(alone["pack_size"]) == {1}
+    metrics = ["status", "test_acc", "train_acc", "test_loss", "train_epochs", "local_energy_1pct", "local_energy_10pct"]
+    pd.testing.assert_frame_equal(packed[metrics], alone[metrics])
+    per_epoch = ["stage", "epoch", "test_acc", "train_loss", "step_loss", "grad_norm", "weight_norm", "dist_from_init"]
+    pd.testing.assert_frame_equal(packed_curves[per_epoch], alone_curves[per_epoch])
+
+
 @pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="needs a machine without CUDA to make trials raise")
 def test_raising_and_diverging_trials_do_not_stop_the_sweep(tmp_path):
     out = minima("run", SMOKE, *places(tmp_path), "--name", "faults", "--set", "axes.pretrain_epochs=[0]",
@@ -143,8 +175,10 @@ def wait_for(predicate, timeout_s, what):
 
 
 def test_killed_driver_resumes_with_one_run_per_trial(tmp_path):
+    # packs of 4 whose members stop at 10 or 150 epochs: killed after some members finished
     args = [sys.executable, "-m", "sweeps.cli", "run", SMOKE, *places(tmp_path), "--name", "killed",
-            "--set", "base.epochs=40", "--set", "base.stop_at_train_acc=null", "--set", "checkpoint_every=2"]
+            "--set", "axes.weight_decay=[0.0]", "--set", "axes.epochs=[10, 150]",
+            "--set", "base.stop_at_train_acc=null", "--set", "checkpoint_every=2"]
     driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:

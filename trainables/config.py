@@ -98,6 +98,15 @@ class TrialConfig(BaseModel):
         return self.model_dump()
 
 
+# Trials that agree on these can be trained together as one stacked model (trainables.packed).
+PACK_FIELDS = ("dataset", "model", "width", "depth", "batch_size", "device", "torch_threads")
+
+
+def pack_signature(cfg: TrialConfig) -> tuple:
+    values = cfg.to_dict()
+    return tuple(values[name] for name in PACK_FIELDS)
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names each bad field and what is allowed."""
 

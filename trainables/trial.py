@@ -146,11 +146,14 @@ def run_trial(
     *,
     resume: dict[str, Any] | None = None,
     on_epoch: OnEpoch | None = None,
+    pretrain_only: bool = False,
 ) -> TrialResult:
     """Run one trial to the end and return its summary and per-epoch history.
 
-    `resume` is a state from a checkpoint (see `trainables.checkpoint`); `on_epoch(record,
-    snapshot)` is called after every epoch, and `snapshot()` returns the resumable state.
+    `resume` is a state from a checkpoint (see `trainables.checkpoint`) or a shared pretraining
+    snapshot (see `trainables.pretraining`); `on_epoch(record, snapshot)` is called after every
+    epoch, and `snapshot()` returns the resumable state. `pretrain_only` stops after the
+    pretraining stage, with an empty summary: how shared pretraining runs the same code.
     """
     cfg = config if isinstance(config, TrialConfig) else make_config(config)
     torch.set_num_threads(cfg.torch_threads)
@@ -210,9 +213,11 @@ def run_trial(
                 })
             if stage_over:
                 break
-        if diverged:
+        if diverged or (pretrain_only and stage.name == "pretrain"):
             break
 
+    if pretrain_only:
+        return TrialResult({}, history)
     summary = _summary(cfg, model, data, device, history, diverged)
     summary["wall_time_s"] = elapsed_before + time.perf_counter() - started
     return TrialResult(summary, history)
@@ -267,7 +272,7 @@ def _summary(cfg: TrialConfig, model, data: TensorData, device, history, diverge
         "device": device.type,
         "git_commit": git_commit(),
         "package_version": package_version(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: summaries go into weights_only checkpoints
         "config": cfg.to_dict(),
     })
     return summary

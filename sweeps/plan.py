@@ -1,0 +1,89 @@
+"""What a grid sweep shares and packs, decided before anything runs (no torch, no Ray).
+
+Shared pretraining: the grid's trials grouped by their pretraining (`pretrain_key`), each group
+run once to its longest duration. Packing: trials that can share one stacked model
+(`pack_signature`) cut into packs of K, K chosen per device and model unless the sweep says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.config import make_config, pack_signature
+from trainables.pretraining import pretrain_key
+
+from .spec import SweepSpec
+
+PACK_CAP = 16  # members per pack when auto: measured on CPU for MLPs, the gain flattens past it
+# auto packs only what was measured to pay: MLPs (bit-exact, 3x on CPU). Conv nets run under
+# vmap, measured 1.2x on CPU and not yet on a GPU (memory grows K-fold): set `pack` by hand.
+AUTO_PACKED_MODELS = ("mlp",)
+
+
+@dataclass
+class PretrainJob:
+    """One shared pretraining: any member config, the durations to snapshot, trials served."""
+
+    values: dict[str, Any]
+    durations: list[int]
+    trials: int
+    key: str  # for the device type the sweep is expected to run on
+
+
+def expected_device(spec: SweepSpec, values: dict[str, Any]) -> str:
+    """The device type trials will resolve: `auto` means CUDA when the sweep asks for GPUs."""
+    device = make_config(values).device
+    if device == "auto":
+        return "cuda" if spec.resources.gpu > 0 else "cpu"
+    return device
+
+
+def pretraining_jobs(spec: SweepSpec) -> list[PretrainJob]:
+    """The distinct pretrainings of a grid sweep (none for random/Optuna or when sharing is off)."""
+    if spec.search.kind != "grid" or not spec.share_pretraining:
+        return []
+    groups: dict[str, PretrainJob] = {}
+    durations: dict[str, set[int]] = defaultdict(set)
+    for values in spec.trial_values():
+        cfg = make_config(values)
+        if cfg.pretrain_epochs == 0:
+            continue
+        key = pretrain_key(cfg, expected_device(spec, values))
+        durations[key].add(cfg.pretrain_epochs)
+        job = groups.setdefault(key, PretrainJob(values, [], 0, key))
+        job.trials += 1
+    for key, job in groups.items():
+        job.durations = sorted(durations[key])
+    return list(groups.values())
+
+
+def pack_size(spec: SweepSpec, slots: int | None) -> int:
+    """Members per pack: the sweep's `pack`, or auto (see PACK_CAP), spread so every slot gets
+    the same number of packs (`slots`: trials that run at once; None on a cluster)."""
+    if spec.search.kind != "grid":
+        return 1
+    if isinstance(spec.pack, int):
+        return spec.pack
+    if make_config(spec.trial_values()[0]).model not in AUTO_PACKED_MODELS:
+        return 1
+    n = spec.num_trials()
+    packs = math.ceil(n / PACK_CAP)
+    if slots:
+        packs = math.ceil(packs / slots) * slots  # whole rounds: no slot idles at the end
+    return max(1, math.ceil(n / packs))
+
+
+def make_packs(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
+    """The grid's trial configs cut into packs of at most `size` trials that can share a model."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for values in spec.trial_values():
+        groups[pack_signature(make_config(values))].append(values)
+    packs = []
+    for members in groups.values():
+        count = math.ceil(len(members) / size)
+        per = math.ceil(len(members) / count)  # even packs: 72 in 16s -> 5 x 15 (not 4 x 16 + 8)
+        packs += [members[i : i + per] for i in range(0, len(members), per)]
+    return packs

@@ -1,0 +1,160 @@
+"""Shared pretraining and packed trials give the results of trials run one by one.
+
+Both are exact on CPU for MLPs (bit for bit): the snapshot resumes `run_trial` at the stage
+boundary, and the stacked MLP computes each member's products, norms and updates with the
+same kernels and rounding as `nn.Linear` and `torch.optim.SGD`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sweeps.plan import make_packs, pack_size, pretraining_jobs
+from sweeps.spec import SweepError, parse_sweep
+from trainables.config import make_config
+from trainables.packed import run_pack
+from trainables.pretraining import pretrain_key, resume_state_from_snapshot, run_shared_pretraining
+from trainables.trial import run_trial
+
+TIMING = ("epoch_time_s", "wall_time_s")
+
+
+def comparable(result) -> tuple[dict, list[dict]]:
+    """Summary and history without wall-clock fields (NaN made comparable)."""
+    def clean(d):
+        return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items() if k not in TIMING}
+    return clean(result.summary), [clean(r) for r in result.history]
+
+
+SMALL = dict(width=32, epochs=6, flatness_samples=1, stop_at_train_acc=None)
+
+
+def test_shared_snapshots_give_exactly_the_standalone_trials(tmp_path):
+    # one pretraining run to 6 epochs serves the trials pretraining 2 and 6 epochs
+    done = run_shared_pretraining({**SMALL, "seed": 3}, [2, 6], str(tmp_path))
+    assert done["saved"] == [2, 6] and done["epochs_run"] == 6
+    assert run_shared_pretraining({**SMALL, "seed": 3}, [2, 6], str(tmp_path))["epochs_run"] == 0  # kept
+    for pretrain, clean in ((2, dict(weight_decay=1e-3, augmentation="shift")), (6, dict(momentum=0.9, clip_norm=0.5))):
+        cfg = make_config({**SMALL, "seed": 3, "pretrain_epochs": pretrain, **clean})
+        state = resume_state_from_snapshot(cfg, str(tmp_path), "cpu")
+        assert state is not None and len(state["history"]) == pretrain
+        assert comparable(run_trial(cfg, resume=state)) == comparable(run_trial(cfg))
+    other_seed = make_config({**SMALL, "seed": 4, "pretrain_epochs": 2})
+    assert resume_state_from_snapshot(other_seed, str(tmp_path), "cpu") is None  # content-addressed
+
+
+def test_a_pretraining_that_diverges_ends_its_trials_as_diverged(tmp_path):
+    values = {**SMALL, "pretrain_lr": 1e6, "pretrain_epochs": 4}
+    run_shared_pretraining(values, [4], str(tmp_path))
+    cfg = make_config(values)
+    shared = run_trial(cfg, resume=resume_state_from_snapshot(cfg, str(tmp_path), "cpu"))
+    assert shared.summary["status"] == "diverged"
+    assert comparable(shared) == comparable(run_trial(cfg))
+
+
+def test_pretrain_key_ignores_the_clean_phase_only():
+    a = make_config({"seed": 1, "weight_decay": 0.0, "pretrain_epochs": 10})
+    b = make_config({"seed": 1, "weight_decay": 1e-3, "augmentation": "shift", "pretrain_epochs": 30})
+    assert pretrain_key(a, "cpu") == pretrain_key(b, "cpu")
+    assert pretrain_key(a, "cpu") != pretrain_key(a, "cuda")
+    assert pretrain_key(a, "cpu") != pretrain_key(make_config({"seed": 1, "pretrain_lr": 0.01}), "cpu")
+
+
+MEMBERS = [
+    dict(SMALL, seed=0),
+    dict(SMALL, seed=1, weight_decay=1e-3, momentum=0.9),
+    dict(SMALL, seed=2, augmentation="shift", aug_noise=0.05, clip_norm=0.3),
+    dict(SMALL, seed=0, lr=0.05, lr_schedule="cosine", epochs=4),  # leaves the pack early
+    dict(SMALL, seed=1, pretrain_epochs=2, stop_at_train_acc=0.3),  # pretrains alone first, stops on accuracy
+    dict(SMALL, seed=2, lr=1e3),  # diverges in its first epoch: dropped, the rest go on
+]
+
+
+def test_a_pack_gives_each_member_exactly_its_standalone_result():
+    done, epochs = [], []
+    packed = run_pack(MEMBERS, on_done=lambda i, r: done.append(i),
+                      on_epoch=lambda i, record: epochs.append(i))
+    standalone = [run_trial(m) for m in MEMBERS]
+    assert [r.summary["status"] for r in standalone][-1] == "diverged"
+    assert standalone[3].summary["train_epochs"] == 4 and standalone[4].summary["train_epochs"] < 6
+    for p, s in zip(packed, standalone):
+        assert comparable(p) == comparable(s)
+    assert sorted(done) == list(range(len(MEMBERS)))
+    assert epochs.count(4) == len(standalone[4].history)  # its pretraining epochs are reported too
+
+
+def test_a_pack_starts_members_from_shared_snapshots(tmp_path):
+    members = [dict(SMALL, seed=s, pretrain_epochs=3, weight_decay=wd) for s in (0, 1) for wd in (0.0, 1e-3)]
+    for s in (0, 1):
+        run_shared_pretraining(dict(SMALL, seed=s), [3], str(tmp_path))
+    starts = [resume_state_from_snapshot(make_config(m), str(tmp_path), "cpu") for m in members]
+    packed = run_pack(members, pretrained=starts)
+    assert [comparable(r) for r in packed] == [comparable(run_trial(m)) for m in members]
+
+
+def test_a_resumed_pack_finishes_as_if_never_stopped(tmp_path):
+    import torch
+
+    snapshots = []
+    run_pack(MEMBERS[:4], on_pack_epoch=lambda snap, finished: snapshots.append(snap() if snap else None))
+    torch.save([s for s in snapshots if s is not None][4], tmp_path / "pack.pt")  # after 5 epochs
+    mid = torch.load(tmp_path / "pack.pt", weights_only=True)  # as the trainable reloads it
+    assert mid["epoch"] == 5 and mid["members"][3]["summary"] is not None  # member 3 stopped at 4
+    uninterrupted = run_pack(MEMBERS[:4])
+    announced = []
+    resumed = run_pack(MEMBERS[:4], resume=mid, on_done=lambda i, r: announced.append(i))
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in uninterrupted]
+    assert announced == [0, 1, 2]  # member 3 ended before the snapshot: announced then, not again
+    with pytest.raises(ValueError, match="different member configs"):
+        run_pack(MEMBERS[1:5], resume=mid)
+
+
+def test_a_pack_refuses_members_of_different_architectures():
+    with pytest.raises(ValueError, match="width"):
+        run_pack([dict(SMALL), dict(SMALL, width=16)])
+
+
+def test_conv_nets_pack_under_vmap_to_float_tolerance():
+    members = [dict(model="cnn", width=8, depth=2, epochs=2, flatness_samples=0, stop_at_train_acc=None, seed=s,
+                    weight_decay=wd) for s, wd in ((0, 0.0), (1, 1e-3))]
+    for p, s in zip(run_pack(members), [run_trial(m) for m in members]):
+        for a, b in zip(p.history, s.history):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+            assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.01)
+
+
+def _grid(**extra):
+    return parse_sweep({
+        "name": "g", "base": {"width": 32, "epochs": 5}, "seeds": 3,
+        "axes": {"pretrain_epochs": [0, 10, 30], "weight_decay": [0.0, 1e-3], "augmentation": ["none", "shift"]},
+        **extra,
+    })
+
+
+def test_the_plan_runs_each_pretraining_once_to_its_longest_duration():
+    jobs = pretraining_jobs(_grid())
+    assert len(jobs) == 3  # one per seed
+    assert all(j.durations == [10, 30] and j.trials == 8 for j in jobs)
+    assert pretraining_jobs(_grid(share_pretraining=False)) == []
+    assert pretraining_jobs(_grid(search={"kind": "random", "num_samples": 2})) == []
+
+
+def test_packs_are_even_and_fill_every_slot():
+    spec = _grid()  # 36 trials
+    assert pack_size(spec, slots=2) == 9  # 36 / 16 -> 3 packs, rounded up to 4 for 2 slots
+    assert pack_size(spec, slots=None) == 12
+    assert pack_size(_grid(pack=5), slots=2) == 5
+    assert pack_size(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
+    packs = make_packs(spec, 16)
+    assert sorted(len(p) for p in packs) == [12, 12, 12]
+    assert sorted(tuple(sorted(v.items())) for p in packs for v in p) == sorted(
+        tuple(sorted(v.items())) for v in spec.trial_values())
+
+
+def test_pack_needs_a_grid_and_says_so():
+    with pytest.raises(SweepError, match="pack: 4 needs search: grid"):
+        _grid(pack=4, search={"kind": "random", "num_samples": 2})
+    with pytest.raises(SweepError, match="pack"):
+        _grid(pack=0)

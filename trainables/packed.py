@@ -1,0 +1,308 @@
+"""Pack trials of one architecture into one process: `run_pack(configs)`.
+
+Members share model, width, depth, dataset, batch size, device and threads, and differ in
+anything else: seed, pretraining, lr, schedule, weight decay, momentum, clip threshold,
+augmentation and its draws, stopping point. Each member keeps its own random streams, so its
+batches and augmentations are those it draws alone; only the floating-point order of the
+batched kernels differs, so a member's metrics equal its standalone run to float tolerance.
+A member that fits, hits its epoch cap or diverges leaves the pack; the rest go on.
+
+Pretraining is not packed: a member starts from its shared snapshot, or pretrains alone
+first (`run_trial(..., pretrain_only=True)`), so the clean phase is all that is packed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import measures
+from .augment import augment
+from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
+from .data import TensorData, load_dataset
+from .stacked import StackedModel
+from .trial import (Stage, TrialResult, _summary, init_model, plan_stages, resolve_device, run_trial)
+
+PACK_FORMAT = 1
+
+OnMemberEpoch = Callable[[int, dict[str, Any]], None]
+OnMemberDone = Callable[[int, TrialResult], None]
+# after each pack epoch: (snapshot of the whole pack or None before the pack exists, whether
+# a member finished); reports are made here, so a checkpoint covers every earlier report
+OnPackEpoch = Callable[[Callable[[], dict[str, Any]] | None, bool], None]
+
+
+@dataclass
+class _Member:
+    index: int
+    cfg: TrialConfig
+    stage: Stage | None = None  # the clean stage
+    init_params: list[torch.Tensor] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    result: TrialResult | None = None  # set once it has finished
+
+
+def run_pack(
+    configs: list[TrialConfig | dict[str, Any]],
+    *,
+    resume: dict[str, Any] | None = None,
+    pretrained: list[dict[str, Any] | None] | None = None,
+    on_epoch: OnMemberEpoch | None = None,
+    on_done: OnMemberDone | None = None,
+    on_pack_epoch: OnPackEpoch | None = None,
+) -> list[TrialResult]:
+    """Train every member to its end; return their results in the order given.
+
+    `resume` is a pack state from `snapshot()`; `pretrained[i]` a shared-pretraining resume
+    state for member i (see `trainables.pretraining`). `on_epoch(i, record)` is called for
+    each member's epoch once the whole pack finished it; `on_done(i, result)` when member i
+    leaves the pack; then `on_pack_epoch(snapshot, any_finished)`, where `snapshot()` is the
+    resumable state of the whole pack. A snapshot holds the summaries of members already done,
+    which a resumed pack does not announce again: their reports came before the snapshot.
+    """
+    cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
+    signatures = {pack_signature(c) for c in cfgs}
+    if len(signatures) != 1:
+        raise ValueError(f"a pack needs one value of each of {', '.join(PACK_FIELDS)}; "
+                         f"got {len(signatures)} different combinations")
+    first = cfgs[0]
+    torch.set_num_threads(first.torch_threads)
+    device = resolve_device(first.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    data = load_dataset(first.dataset, device)
+    members = [_Member(i, c) for i, c in enumerate(cfgs)]
+    if resume is not None and [m["config"] for m in resume["members"]] != [c.to_dict() for c in cfgs]:
+        raise ValueError("pack checkpoint belongs to different member configs; delete it or fix the sweep")
+
+    started = time.perf_counter()
+    models, buffers_momentum, epoch = _start_members(members, data, device, resume, pretrained, on_epoch,
+                                                     on_pack_epoch)
+    restored = {i for i, state in enumerate(resume["members"]) if state["summary"] is not None} if resume else set()
+    for m in members:  # members that ended before the pack formed (pretraining diverged)
+        if m.result is not None and m.index not in restored and on_done is not None:
+            on_done(m.index, m.result)
+    if on_pack_epoch is not None:
+        on_pack_epoch(None, False)
+    active = [m for m in members if m.result is None]
+    if not active:
+        return [m.result for m in members]  # type: ignore[misc]
+
+    net = StackedModel([models[m.index] for m in active])
+    momentum_buf = [torch.stack([buffers_momentum[m.index][j] for m in active]) for j in range(len(net.params))]
+    init = [torch.stack([m.init_params[j] for m in active]) for j in range(len(net.params))]
+
+    while active:
+        t0 = time.perf_counter()
+        stats = _train_epoch(net, momentum_buf, active, epoch, data, first.batch_size)
+        evals = _evaluate(net, data)
+        norms = _norms(net.params, init)
+        epoch_time = (time.perf_counter() - t0) / len(active)  # the pack's epoch, shared by its members
+        finished: list[int] = []
+        for k, m in enumerate(active):
+            record = {
+                "stage": "train", "epoch": epoch + 1, "lr": m.stage.lr_at(epoch),
+                "train_loss": evals["train_loss"][k], "train_acc": evals["train_acc"][k],
+                "test_loss": evals["test_loss"][k], "test_acc": evals["test_acc"][k], "pretrain_acc": None,
+                "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
+                "clipped_frac": stats["clipped_frac"][k],
+                "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
+                "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
+                "epoch_time_s": epoch_time, "step": len(m.history) + 1,
+            }
+            m.history.append(record)
+            m.elapsed_s += epoch_time
+            stop = m.stage.stop_at_train_acc
+            if record["diverged"] or (stop is not None and record["train_acc"] >= stop) or epoch + 1 == m.stage.epochs:
+                finished.append(k)
+        for k in finished:
+            m = active[k]
+            model = init_model(m.cfg, data, device)
+            model.load_state_dict(net.member_state(k))
+            m.result = TrialResult(_summary(m.cfg, model, data, device, m.history, m.history[-1]["diverged"]),
+                                   m.history)
+            m.result.summary["wall_time_s"] = m.elapsed_s
+        epoch += 1
+        for m in active:
+            if on_epoch is not None:
+                on_epoch(m.index, m.history[-1])
+        for k in finished:
+            if on_done is not None:
+                on_done(active[k].index, active[k].result)  # type: ignore[arg-type]
+        keep = [k for k in range(len(active)) if k not in finished]
+        active = [active[k] for k in keep]
+        if finished and active:
+            net.keep(keep)
+            momentum_buf = [b[keep] for b in momentum_buf]
+            init = [p[keep] for p in init]
+        if on_pack_epoch is not None:
+            on_pack_epoch(_snapshotter(members, active, net, momentum_buf, epoch, started), bool(finished))
+    return [m.result for m in members]  # type: ignore[misc]
+
+
+def _start_members(members, data: TensorData, device, resume, pretrained, on_epoch, on_pack_epoch):
+    """Each member's model at the start of its clean phase (pretrained, resumed or fresh)."""
+    models: dict[int, nn.Module] = {}
+    momentum: dict[int, list[torch.Tensor]] = {}
+    epoch = 0
+    saved = {i: s for i, s in enumerate(resume["members"])} if resume is not None else {}
+    if resume is not None:
+        epoch = resume["epoch"]
+    for m in members:
+        model = init_model(m.cfg, data, device)
+        m.init_params = [p.detach().clone() for p in model.parameters()]
+        stages = plan_stages(m.cfg, data, device)
+        m.stage = stages[-1]
+        state = saved.get(m.index)
+        if state is not None:
+            m.history = list(state["history"])
+            m.elapsed_s = state["elapsed_s"]
+            if state["summary"] is not None:
+                m.result = TrialResult(dict(state["summary"]), m.history)
+                continue
+            model.load_state_dict(state["model"])
+            m.stage.gen.set_state(state["generator"])
+            momentum[m.index] = [b.to(device) for b in state["momentum"]]
+            models[m.index] = model
+            continue
+        start = (pretrained or [None] * len(members))[m.index]
+        if m.cfg.pretrain_epochs > 0 and start is None:
+            start = _pretrain_alone(m, on_epoch, on_pack_epoch)
+        if start is not None:
+            model.load_state_dict(start["model"])
+            m.history = list(start["history"])
+            m.elapsed_s = start["elapsed_s"]
+            if start["position"][0] >= len(stages):  # diverged while pretraining: no clean phase
+                m.result = run_trial(m.cfg, resume=start)
+                continue
+        momentum[m.index] = [torch.zeros_like(p) for p in model.parameters()]
+        models[m.index] = model
+    return models, momentum, epoch
+
+
+def _pretrain_alone(m: _Member, on_epoch, on_pack_epoch) -> dict[str, Any]:
+    """A member without a shared snapshot pretrains by itself, reporting as it goes."""
+    captured: dict[str, Any] = {}
+
+    def keep_last(record, snapshot):
+        if on_epoch is not None:
+            on_epoch(m.index, record)
+        if on_pack_epoch is not None:
+            on_pack_epoch(None, False)  # no pack to checkpoint yet
+        if record["diverged"] or record["epoch"] == m.cfg.pretrain_epochs:
+            state = snapshot()
+            captured.update({**state, "model": {k: v.clone() for k, v in state["model"].items()},
+                             "history": list(state["history"])})
+
+    run_trial(m.cfg, on_epoch=keep_last, pretrain_only=True)
+    return captured
+
+
+def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: int, data: TensorData,
+                 batch_size: int) -> dict[str, list[float]]:
+    """One epoch for every member: its own order, augmentation draws, lr, decay, momentum, clip."""
+    device = data.x_train.device
+    n, k_count = len(data.x_train), len(active)
+    net.train()
+    perms = torch.stack([torch.randperm(n, generator=m.stage.gen, device=device) for m in active])
+    column = lambda values: torch.tensor(values, device=device, dtype=net.params[0].dtype)  # noqa: E731
+    lr = column([m.stage.lr_at(epoch) for m in active])
+    decay = column([m.stage.weight_decay for m in active])
+    mom = column([m.stage.momentum for m in active])
+    clip = column([m.stage.clip_norm if m.stage.clip_norm is not None else math.inf for m in active])
+    augmented = [k for k, m in enumerate(active) if m.stage.augmentation != "none" or m.stage.aug_noise > 0]
+    loss_sum = torch.zeros(k_count, device=device)
+    norm_sum = torch.zeros(k_count, device=device)
+    clipped = torch.zeros(k_count, device=device)
+    steps = 0
+    for start in range(0, n, batch_size):
+        idx = perms[:, start : start + batch_size]
+        xb, yb = data.x_train[idx], data.y_train[idx]  # (K, B, ...)
+        if augmented:
+            xb = xb.clone()
+            for k in augmented:
+                s = active[k].stage
+                xb[k] = augment(xb[k], s.augmentation, s.aug_noise, s.gen)
+        logits = net.forward(xb, shared_input=False)
+        b = idx.shape[1]
+        losses = nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(k_count, b).mean(1)
+        grads = torch.autograd.grad(losses.sum(), net.params)
+        with torch.no_grad():
+            norms = _member_norms(grads, k_count)
+            # torch's clip_grads_with_norm_ and SGD(foreach) step, with a per-member coefficient
+            # in place of each scalar; addcmul rounds as add(alpha=...) does
+            coef = ((norms + 1e-6).reciprocal() * clip).clamp(max=1.0)
+            for p, g, buf in zip(net.params, grads, momentum_buf):
+                shape = (k_count,) + (1,) * (p.dim() - 1)
+                d_p = torch.addcmul(g * coef.view(shape), p, decay.view(shape))
+                buf.mul_(mom.view(shape)).add_(d_p)
+                p.addcmul_(buf, -lr.view(shape))
+            # the reported loss as nn.functional.cross_entropy's own mean rounds it (the
+            # gradient above is already bit-equal; only this printed value would differ)
+            loss_sum += torch.stack([nn.functional.cross_entropy(logits[k], yb[k]) for k in range(k_count)]) * b
+            norm_sum += norms
+            clipped += norms > clip
+        steps += 1
+    return {"step_loss": [v / n for v in loss_sum.tolist()], "grad_norm": [v / steps for v in norm_sum.tolist()],
+            "clipped_frac": [v / steps for v in clipped.tolist()]}
+
+
+def _member_norms(tensors, k_count: int) -> torch.Tensor:
+    """Each member's global L2 norm, reduced in the order `get_total_norm` uses (bit-equal)."""
+    per_tensor = torch.stack(torch._foreach_norm([t[k] for t in tensors for k in range(k_count)]))
+    return torch.linalg.vector_norm(per_tensor.view(len(tensors), k_count).t().contiguous(), dim=1)
+
+
+@torch.no_grad()
+def _evaluate(net: StackedModel, data: TensorData) -> dict[str, list[float]]:
+    """Loss and accuracy per member, summed batch by batch as `measures.loss_and_accuracy` does."""
+    net.train(False)
+    out = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        loss = torch.zeros(net.size, device=x.device)
+        correct = torch.zeros(net.size, device=x.device, dtype=torch.long)
+        batch = measures.EVAL_BATCH.get(x.device.type, 2048)
+        for i in range(0, len(x), batch):
+            logits = net.forward(x[i : i + batch], shared_input=True).float()  # (K, B, C)
+            target = y[i : i + batch]
+            for k in range(net.size):
+                loss[k] += nn.functional.cross_entropy(logits[k], target, reduction="sum")
+            correct += (logits.argmax(2) == target).sum(1)
+        out[f"{split}_loss"] = [v / len(x) for v in loss.tolist()]
+        out[f"{split}_acc"] = [v / len(x) for v in correct.tolist()]
+    net.train(True)
+    return out
+
+
+@torch.no_grad()
+def _norms(params: list[torch.Tensor], init: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Weight norm and distance from init per member, as `measures.weight_norm` computes them."""
+    members = range(params[0].shape[0])
+    return {"weight_norm": [measures.weight_norm([p[k] for p in params]) for k in members],
+            "dist_from_init": [measures.distance([p[k] for p in params], [q[k] for q in init]) for k in members]}
+
+
+def _snapshotter(members: list[_Member], active: list[_Member], net: StackedModel, momentum_buf, epoch: int,
+                 started: float):
+    def snapshot() -> dict[str, Any]:
+        slot = {m.index: k for k, m in enumerate(active)}
+        states = []
+        for m in members:
+            k = slot.get(m.index)
+            states.append({
+                "config": m.cfg.to_dict(), "history": list(m.history), "elapsed_s": m.elapsed_s,
+                "summary": m.result.summary if m.result is not None else None,
+                "model": net.member_state(k) if k is not None else None,
+                "momentum": [b[k].clone() for b in momentum_buf] if k is not None else None,
+                "generator": m.stage.gen.get_state() if k is not None else None,
+            })
+        return {"format": PACK_FORMAT, "epoch": epoch, "members": states,
+                "elapsed_s": time.perf_counter() - started}
+    return snapshot

@@ -1,0 +1,145 @@
+"""Shared label-noise pretraining: run each distinct pretraining once, snapshot every duration.
+
+In a phase-diagram sweep every clean-phase setting with the same seed, model and pretraining
+config starts from the same weights, and a shorter pretraining is an exact prefix of a longer
+one (the pretraining and label streams do not depend on the clean phase, see
+`trainables.seeding`). So one run to the longest duration, snapshotted at each duration the
+sweep asks for, replaces one pretraining per trial. A trial started from a snapshot resumes
+`run_trial` at the stage boundary, so its metrics are exactly those of pretraining by itself.
+
+Snapshots are content-addressed by `pretrain_key`: the config fields pretraining reads, plus
+the device type it ran on (results differ between CPU and GPU). A trial that finds no
+snapshot for its key simply pretrains by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from typing import Any, Iterable
+
+from .config import TrialConfig, make_config
+
+FORMAT = 1
+# Everything the pretraining stage depends on; the clean-phase fields are deliberately absent.
+PRETRAIN_FIELDS = ("dataset", "model", "width", "depth", "seed", "label_noise", "pretrain_copies",
+                   "pretrain_zero_out", "pretrain_lr", "pretrain_momentum", "batch_size", "torch_threads")
+
+
+def pretrain_fields(cfg: TrialConfig) -> dict[str, Any]:
+    values = cfg.to_dict()
+    return {name: values[name] for name in PRETRAIN_FIELDS}
+
+
+def pretrain_key(cfg: TrialConfig, device_type: str) -> str:
+    """Content address of a pretraining: equal keys mean bit-identical pretraining runs."""
+    identity = {**pretrain_fields(cfg), "device": device_type, "format": FORMAT}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+class SnapshotStore:
+    """Pretraining snapshots under one folder or URI: `<key>/epochs_<n>.pt`, written atomically."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self._fs, self._inner = _fs(self.root)
+
+    def _path(self, key: str, epochs: int) -> str:
+        return f"{self._inner}/{key}/epochs_{epochs:05d}.pt"
+
+    def has(self, key: str, epochs: int) -> bool:
+        import pyarrow.fs
+
+        return self._fs.get_file_info(self._path(key, epochs)).type == pyarrow.fs.FileType.File
+
+    def save(self, key: str, epochs: int, snapshot: dict[str, Any], fields: dict[str, Any]) -> None:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "key": key, "pretrain_epochs": epochs, **snapshot}, buffer)
+        folder = f"{self._inner}/{key}"
+        self._fs.create_dir(folder, recursive=True)
+        with self._fs.open_output_stream(f"{folder}/pretraining.json") as f:  # what the key stands for
+            f.write(json.dumps(fields, indent=2, sort_keys=True).encode())
+        final = self._path(key, epochs)
+        tmp = f"{final}.tmp"
+        with self._fs.open_output_stream(tmp) as f:
+            f.write(buffer.getvalue())
+        self._fs.move(tmp, final)  # a reader never sees half a snapshot
+
+    def load(self, key: str, epochs: int) -> dict[str, Any] | None:
+        """The snapshot, or None when there is none (or it is unreadable: the trial then pretrains)."""
+        import torch
+
+        try:
+            with self._fs.open_input_stream(self._path(key, epochs)) as f:
+                data = f.read()
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except (FileNotFoundError, OSError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+            return None
+        if state.get("format") != FORMAT or state.get("key") != key or state.get("pretrain_epochs") != epochs:
+            return None
+        return state
+
+
+def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], store_root: str) -> dict[str, Any]:
+    """Pretrain once to the longest of `durations`, saving a snapshot at each; skip what exists.
+
+    `values` is any trial config of the group (its clean-phase fields are ignored). Returns
+    what was done, for the sweep's log.
+    """
+    from .trial import resolve_device, run_trial
+
+    durations = sorted({int(d) for d in durations if int(d) > 0})
+    longest = make_config({**values, "pretrain_epochs": durations[-1]})
+    device = resolve_device(longest.device)
+    key = pretrain_key(longest, device.type)
+    store = SnapshotStore(store_root)
+    missing = [d for d in durations if not store.has(key, d)]
+    if not missing:
+        return {"key": key, "saved": [], "epochs_run": 0}
+    fields = {**pretrain_fields(longest), "device": device.type}
+    saved: list[int] = []
+
+    def snapshot_at(record: dict[str, Any], snapshot) -> None:
+        epoch, done = record["epoch"], record["diverged"]
+        due = [d for d in missing if d == epoch or (done and d > epoch)]  # a diverged run ends every longer one
+        if not due:
+            return
+        state = snapshot()
+        shared = {"model": state["model"], "history": list(state["history"]), "elapsed_s": state["elapsed_s"],
+                  "diverged": done}
+        for d in due:
+            store.save(key, d, shared, fields)
+            saved.append(d)
+
+    result = run_trial(longest, on_epoch=snapshot_at, pretrain_only=True)
+    return {"key": key, "saved": saved, "epochs_run": len(result.history)}
+
+
+def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:
+    """A `run_trial` resume state at the end of this trial's pretraining, if a snapshot exists."""
+    if cfg.pretrain_epochs == 0:
+        return None
+    snap = SnapshotStore(store_root).load(pretrain_key(cfg, device_type), cfg.pretrain_epochs)
+    if snap is None:
+        return None
+    return {
+        "config": cfg.to_dict(),
+        # after the pretraining stage: the clean stage next, or nothing if pretraining diverged
+        "position": [2 if snap["diverged"] else 1, 0],
+        "state_stage": 0,  # the clean stage builds its own optimizer and stream
+        "model": snap["model"],
+        "history": snap["history"],
+        "elapsed_s": snap["elapsed_s"],
+    }

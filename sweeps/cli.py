@@ -132,6 +132,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _report(outcome) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.counts.items()))
     print(f"sweep {outcome.name}: {outcome.total} trials: {counts}")
+    audit = outcome.mlflow
+    if audit is not None and not audit.complete:
+        why = f" (tracking server: {audit.error})" if audit.error else ""
+        print(f"MLflow: {audit.missing} of {audit.trials} finished trials are not fully logged at "
+              f"{outcome.tracking_uri}{why}. Nothing is lost: every result is in {outcome.path}. Replay them with:\n"
+              f"  minima sync-mlflow {outcome.name} --storage {outcome.storage}"
+              + (f" --tracking-uri {outcome.tracking_uri}" if outcome.tracking_uri else ""), file=sys.stderr)
     print(f"results: {outcome.path}")
     if not outcome.all_finished:
         print(f"unfinished trials remain: `minima resume {outcome.name}` finishes them")

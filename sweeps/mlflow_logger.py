@@ -55,6 +55,15 @@ def _metric_items(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, f
     return out
 
 
+def short_error(err: Exception) -> str:
+    """One line about a tracking-store failure (MLflow's own messages run to a paragraph)."""
+    text = str(err)
+    for cause in ("Connection refused", "Read timed out", "Name or service not known", "database is locked"):
+        if cause in text:
+            return f"{type(err).__name__}: {cause.lower()}"
+    return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
 def _error_text(trial) -> str:
     """The traceback Ray wrote for a failed trial (driver staging copy first, then storage)."""
     try:
@@ -84,16 +93,19 @@ class MLflowSweepLogger(Callback):
     of a packed Ray trial: reports carry a `member` index)."""
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
-                 flush_interval_s: float = 2.0):
+                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
         self.tags = dict(tags or {})
         self.flush_interval_s = flush_interval_s
+        self.give_up_after_s = give_up_after_s  # retrying at the end of a sweep, then `minima sync-mlflow`
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._queue: queue.Queue = queue.Queue()
+        self._pending: dict[str, _RunEvents] = {}  # the writer's unsent events, per trial key
+        self._order: list[str] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._runs: dict[str, str] = {}  # trial key -> run id
@@ -113,8 +125,8 @@ class MLflowSweepLogger(Callback):
 
     # Tune pickles callbacks with the experiment state; threads and clients are rebuilt in setup().
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s")
-        return {k: self.__dict__[k] for k in keep}
+        keep = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s")
+        return {k: self.__dict__.get(k, 30.0) for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -204,9 +216,9 @@ class MLflowSweepLogger(Callback):
 
     # --- writer thread -------------------------------------------------------------------
     def _writer(self) -> None:
-        pending: dict[str, _RunEvents] = {}
-        order: list[str] = []
+        pending, order = self._pending, self._order
         backoff = self.flush_interval_s
+        stop_seen: float | None = None
         while True:
             deadline = time.monotonic() + backoff
             while True:
@@ -222,11 +234,16 @@ class MLflowSweepLogger(Callback):
                 backoff = self.flush_interval_s
             except Exception as err:  # server down, lock timeout: keep everything, retry later
                 self.failed_flushes += 1
-                self.last_error = f"{type(err).__name__}: {err}"
-                log.warning("MLflow logging failed (%s); %d runs queued, retrying", self.last_error, len(pending))
+                self.last_error = short_error(err)
+                if self.failed_flushes & (self.failed_flushes - 1) == 0:  # 1st, 2nd, 4th, 8th ... failure
+                    log.warning("MLflow logging failed %d times (%s); %d runs queued, retrying",
+                                self.failed_flushes, self.last_error, len(pending))
                 backoff = min(30.0, backoff * 2)
-                if self._stop.is_set() and backoff >= 30.0:
-                    return
+                if self._stop.is_set():
+                    stop_seen = stop_seen or time.monotonic()
+                    if time.monotonic() - stop_seen >= self.give_up_after_s:
+                        return  # what is left is in `unlogged`; the sweep's storage has all of it
+                    backoff = min(backoff, self.give_up_after_s / 4)
                 continue
             if self._stop.is_set() and self._queue.empty():
                 self._finish_parent()
@@ -239,9 +256,17 @@ class MLflowSweepLogger(Callback):
             order.append(key)
         MLflowSweepLogger._merge_into(pending[key], ev)
 
+    @property
+    def unlogged(self) -> int:
+        """Trials with events MLflow has not received (after close: given up on)."""
+        return len(set(self._pending) | {k for k, _ in list(self._queue.queue)})
+
     def _connect(self) -> None:
         if self._client is not None:
             return
+        # MLflow's own HTTP retries would block a flush for minutes; this thread retries instead
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.tracking_uri)

@@ -132,3 +132,20 @@ def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str
     """The trial's reports as dicts (see read_result_table), of one member if given; [] if none yet."""
     table = read_result_table(trial_dir)
     return (table if member is None else member_table(table, member)).to_pylist()
+
+
+def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
+    """Every started trial of a sweep (pack members one by one): its folder, member index,
+    config values and whether its final report is stored."""
+    from .keys import member_values
+
+    out = []
+    for trial_dir in list_trial_dirs(experiment_dir):
+        params = read_trial_params(trial_dir)
+        if params is None:
+            continue
+        members = member_values(params)
+        finals = {r.get("member") or 0 for r in read_result_rows(trial_dir) if r.get("final")}
+        out += [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
+                for m, v in enumerate(members)]
+    return out

@@ -20,6 +20,7 @@ from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, membe
 from .spec import SweepError, SweepSpec, parse_sweep
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
+RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not)
 CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
 
 
@@ -29,6 +30,9 @@ class SweepOutcome:
     path: str
     total: int
     counts: dict[str, int]  # ok / diverged / error / unfinished
+    mlflow: "MlflowAudit | None" = None  # None when the sweep was not logged
+    storage: str = ""
+    tracking_uri: str = ""
 
     @property
     def all_finished(self) -> bool:
@@ -147,7 +151,7 @@ def _cluster_notice(spec: SweepSpec) -> str | None:
     return check_resources(spec, ray.cluster_resources(), _on_cluster())
 
 
-def _write_spec(spec: SweepSpec) -> None:
+def _write_spec(spec: SweepSpec, log_to_mlflow: bool) -> None:
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec)) if is_uri(spec.storage) else (
@@ -155,6 +159,8 @@ def _write_spec(spec: SweepSpec) -> None:
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
         f.write(json.dumps(spec.model_dump(), indent=2).encode())
+    with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
+        f.write(json.dumps({"log_to_mlflow": log_to_mlflow}).encode())
 
 
 def read_spec(name: str, storage: str) -> SweepSpec:
@@ -287,7 +293,20 @@ def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
         counts["error" if result.error is not None else "unfinished"] += members - len(finals)
     total = spec.num_trials()
     counts["unfinished"] += max(0, total - seen)
-    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v})
+    audit = None
+    if _logs_to_mlflow(spec):
+        from .mlflow_audit import audit_mlflow
+
+        audit = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name)
+    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v}, audit,
+                        spec.storage, spec.tracking_uri)
+
+
+def _logs_to_mlflow(spec: SweepSpec) -> bool:
+    from .results import _read_text
+
+    text = _read_text(f"{experiment_path(spec)}/{RUN_FILE}")
+    return bool(text and json.loads(text).get("log_to_mlflow"))
 
 
 def has_results(spec: SweepSpec) -> bool:
@@ -312,7 +331,7 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
 
         on_notice(f"packing: {spec.num_trials()} trials as {len(make_packs(spec, spec.pack))} Ray trials of up to "
                   f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
-    _write_spec(spec)
+    _write_spec(spec, log_to_mlflow)
     run_pretraining_phase(spec, on_notice)
     grid = build_tuner(spec, log_to_mlflow).fit()
     return _outcome(spec, grid)

@@ -1,0 +1,55 @@
+"""After a sweep: does MLflow hold every trial the sweep's storage holds?
+
+The storage is the source of truth; MLflow is a view that a tracking-server outage can leave
+incomplete. The audit compares the two, so the sweep can say how many runs are missing and
+how to replay them (`minima sync-mlflow`), instead of letting a gap pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .keys import trial_key
+from .mlflow_logger import FINAL_LOGGED_TAG, short_error
+from .results import stored_trials
+
+
+@dataclass
+class MlflowAudit:
+    trials: int  # finished trials in storage
+    missing: int  # of them without a FINISHED MLflow run holding their final metrics
+    error: str | None = None  # the tracking server could not be asked
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.missing == 0
+
+
+def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str) -> MlflowAudit:
+    finished = [t for t in stored_trials(experiment_dir) if t["finished"]]
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(sweep)
+        runs = {}
+        if experiment is not None:
+            token = None
+            while True:
+                page = client.search_runs([experiment.experiment_id], "tags.trial_key != ''", max_results=10_000,
+                                          page_token=token)
+                runs.update({r.data.tags["trial_key"]: r for r in page})
+                token = page.token
+                if not token:
+                    break
+    except Exception as err:  # unreachable server: nothing can be confirmed
+        return MlflowAudit(len(finished), len(finished), short_error(err))
+    missing = 0
+    for t in finished:
+        run = runs.get(trial_key(t["values"]))
+        if run is None or run.info.status != "FINISHED" or not run.data.tags.get(FINAL_LOGGED_TAG):
+            missing += 1
+    return MlflowAudit(len(finished), missing)

@@ -14,8 +14,10 @@ final test accuracy between the runs (asserted to be within float tolerance; her
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,14 +77,16 @@ def main() -> None:
     init_ray()
     warm = argparse.Namespace(**{**vars(args), "durations": "0,1", "weight_decays": "0", "augmentations": "none",
                                  "seeds": 2, "epochs": 1})
-    run_sweep(make_spec("warmup", root, warm, "auto", True), on_notice=lambda m: None)
+    with contextlib.redirect_stdout(sys.stderr):
+        run_sweep(make_spec("warmup", root, warm, "auto", True), on_notice=lambda m: None)
 
     results, accs = {}, {}
     for mode in args.modes.split(","):
         pack, share = MODES[mode]
         spec = make_spec(mode, root, args, pack, share)
         t0 = time.perf_counter()
-        outcome = run_sweep(spec, on_notice=lambda m: None)
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's tables: keep stdout for the JSON
+            outcome = run_sweep(spec, on_notice=lambda m: None)
         wall = time.perf_counter() - t0
         assert outcome.counts.get("ok") == outcome.total, outcome.counts
         accs[mode] = accuracies(spec, root)

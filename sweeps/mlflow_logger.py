@@ -23,7 +23,7 @@ from ray.tune import Callback
 
 from trainables.trial import EPOCH_METRICS, FINAL_METRICS
 
-from .keys import MEMBER_KEY, cell_key, member_trial_id, member_values, trial_key
+from .keys import MEMBER_KEY, cell_key, member_trial_id, member_values, report_rows, trial_key
 from .results import read_result_rows
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _error_text(trial) -> str:
 def _result_events(result: dict[str, Any]) -> _RunEvents:
     """The metrics and tags of one Tune report (an epoch, or the trial's final summary)."""
     step = int(result.get("step") or result.get("training_iteration") or 0)
-    stamp = int(result.get("timestamp", time.time()) * 1000)
+    stamp = int((result.get("timestamp") or time.time()) * 1000)
     if result.get("final"):
         items = _metric_items(result, FINAL_METRICS)
         tags = {"status": str(result.get("status"))}
@@ -169,10 +169,12 @@ class MLflowSweepLogger(Callback):
         return self._member_keys[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        key = self._keys(trial)[result.get(MEMBER_KEY) or 0]
-        if result.get("final"):
-            self._finals_seen.add(key)
-        self._queue.put((key, _result_events(result)))
+        keys = self._keys(trial)
+        for row in report_rows(result):
+            key = keys[row.get(MEMBER_KEY) or 0]
+            if row.get("final"):
+                self._finals_seen.add(key)
+            self._queue.put((key, _result_events({"timestamp": result.get("timestamp"), **row})))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):

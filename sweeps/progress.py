@@ -12,7 +12,7 @@ from collections import Counter
 
 from ray.tune import Callback
 
-from .keys import MEMBER_KEY, member_values
+from .keys import MEMBER_KEY, member_values, report_rows
 
 
 def _clock(seconds: float) -> str:
@@ -41,11 +41,12 @@ class SweepProgress(Callback):
         self._started = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("final"):
-            finals = self._finals.setdefault(trial.trial_id, {})
-            if result.get(MEMBER_KEY) not in finals:
-                self._done_here += 1
-            finals[result.get(MEMBER_KEY)] = str(result.get("status", "ok"))
+        for row in report_rows(result):
+            if row.get("final"):
+                finals = self._finals.setdefault(trial.trial_id, {})
+                if row.get(MEMBER_KEY) not in finals:
+                    self._done_here += 1
+                finals[row.get(MEMBER_KEY)] = str(row.get("status", "ok"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._done_here += self._size(trial) - len(self._finals.get(trial.trial_id, {}))

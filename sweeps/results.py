@@ -83,8 +83,30 @@ def _python_rows(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+# A report may batch rows under `records` (packs: one report per epoch); each row takes the
+# report's timestamp.
+_ROW_SCHEMA = pa.schema([f for f in RESULT_SCHEMA if f.name != "timestamp"])
+_FILE_SCHEMA = RESULT_SCHEMA.append(pa.field("records", pa.list_(pa.struct(list(_ROW_SCHEMA)))))
+
+
+def _explode(table: pa.Table) -> pa.Table:
+    """Top-level rows and batched `records` rows, as one table in RESULT_SCHEMA."""
+    import pyarrow.compute as pc
+
+    records = table.column("records")
+    batched = pc.invert(pc.is_null(records))
+    if not pc.any(batched).as_py():
+        return table.select(RESULT_SCHEMA.names)
+    plain = table.filter(pc.invert(batched)).select(RESULT_SCHEMA.names)
+    lists = records.combine_chunks()
+    rows = pa.Table.from_struct_array(pc.list_flatten(lists))
+    stamps = pc.take(table.column("timestamp"), pc.list_parent_indices(lists))
+    rows = rows.append_column("timestamp", stamps).select(RESULT_SCHEMA.names)
+    return pa.concat_tables([plain, rows.cast(RESULT_SCHEMA)])
+
+
 def read_result_table(trial_dir: str) -> pa.Table:
-    """The trial's reports as a table in RESULT_SCHEMA, de-duplicated by (member, step, final).
+    """The trial's rows as a table in RESULT_SCHEMA, de-duplicated by (member, step, final).
 
     After a restore Ray appends the replayed reports, so the last row of each step wins.
     pyarrow's JSON reader does the common case fast; files with NaN or a torn last line go
@@ -100,13 +122,19 @@ def read_result_table(trial_dir: str) -> pa.Table:
             pa.BufferReader(data),
             # one file is small: parse it on this thread; callers parallelise across files
             read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
-            parse_options=pj.ParseOptions(explicit_schema=RESULT_SCHEMA, unexpected_field_behavior="ignore"),
+            parse_options=pj.ParseOptions(explicit_schema=_FILE_SCHEMA, unexpected_field_behavior="ignore"),
         )
+        table = _explode(table)
     except pa.ArrowInvalid:
-        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items() if k in RESULT_SCHEMA.names}
-                for r in _python_rows(data.decode())]
+        def clean(row: dict[str, Any]) -> dict[str, Any]:
+            return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k in RESULT_SCHEMA.names}
+
+        rows = []
+        for r in _python_rows(data.decode()):
+            rows += [clean({"timestamp": r.get("timestamp"), **row}) for row in r["records"]] if r.get("records") \
+                else [clean(r)]
         table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
-    return _dedupe(table.select(RESULT_SCHEMA.names))
+    return _dedupe(table)
 
 
 def _dedupe(table: pa.Table) -> pa.Table:

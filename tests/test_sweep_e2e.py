@@ -41,6 +41,7 @@ def final_rows(tmp_path, name):
     out: Counter = Counter()
     for result in (tmp_path / "results" / name).glob("trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        rows = [row for r in rows for row in (r.get("records") or [r])]  # packs batch rows per report
         out.update((result.parent.name, r.get("member")) for r in rows if r.get("final"))
     return dict(out)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .phase import PhaseInputError, cell_table, check_columns, fit_boundaries, label_phases
-from .plots import curves_figure, phase_figure, save
+from .plots import measures_figure, curves_figure, phase_figure, save
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def run_phase(trials_path: str | Path, x: str, y: str, by: list[str], delta: flo
         curves = pd.read_parquet(curves_path)
         if not curves.empty:
             files += save(curves_figure(curves, df, x, y, by), out / "curves", formats=("png",))
+            files += save(measures_figure(labelled, curves), out / "measures", formats=("png",))
     logged = bool(log_to_mlflow and meta.get("minima.tracking_uri")) and attach_to_parent_run(
         meta["minima.tracking_uri"], meta.get("minima.sweep", ""), files)
     return PhaseResult(phase, files, labelled, cells, logged)

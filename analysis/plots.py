@@ -112,6 +112,49 @@ def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, by
     return fig
 
 
+PHASE_COLORS = {"good": "#2a9d8f", "bad": "#e76f51"}
+
+
+def measures_figure(labelled: pd.DataFrame, curves: pd.DataFrame):
+    """Good vs bad global minima: local-energy flatness, and mu_Y(F; L) over the clean phase.
+
+    Left: each trial's local energy at 5% weight noise, mean +- std per phase, n in the label.
+    Right: mu (information the net shares with a linear classifier about the label) against the
+    fraction of the clean phase done, mean +- std over the phase's trials at each tenth.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    phases = [p for p in PHASE_COLORS if (labelled["phase"] == p).any()]
+    for i, phase in enumerate(phases):
+        values = labelled.loc[labelled["phase"] == phase, "local_energy_5pct"].dropna()
+        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
+        left.scatter(i + jitter, values, s=10, color=PHASE_COLORS[phase], alpha=0.6)
+        if len(values):
+            left.errorbar(i + 0.3, values.mean(), yerr=values.std() if len(values) > 1 else 0, fmt="o",
+                          color="black", capsize=3)
+    left.set_xticks(range(len(phases)), [f"{p}\n(n={int((labelled['phase'] == p).sum())})" for p in phases])
+    left.set_ylabel("local energy, 5% weight noise")
+    left.set_title("flatness at the minimum (lower = flatter)", fontsize=9)
+    clean = curves[(curves["stage"] == "train") & curves["mu_linear"].notna()] if "mu_linear" in curves else curves.iloc[:0]
+    clean = clean.merge(labelled[["trial_id", "phase", "epochs"]], on="trial_id")
+    if not clean.empty:
+        clean = clean.assign(tenth=np.ceil(10 * clean["epoch"] / clean["epochs"]).clip(1, 10) / 10)
+        for phase in phases:
+            rows = clean[clean["phase"] == phase]
+            if rows.empty:
+                continue
+            stats = rows.groupby("tenth")["mu_linear"].agg(["mean", "std", "size"])
+            right.plot(stats.index, stats["mean"], "o-", color=PHASE_COLORS[phase], ms=3,
+                       label=f"{phase} (n={rows['trial_id'].nunique()})")
+            right.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
+                               stats["mean"] + stats["std"].fillna(0), color=PHASE_COLORS[phase], alpha=0.15, lw=0)
+        right.legend(fontsize=7)
+    right.set_xlabel("fraction of the clean phase's epoch cap")
+    right.set_ylabel("mu_Y(F; L), nats")
+    right.set_title("performance correlation with a linear classifier", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path_stem: Path, formats=("png", "svg")) -> list[Path]:
     paths = []
     for ext in formats:

@@ -69,11 +69,15 @@ def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = 
                              for m, s in zip(cells["drop_mean"], cells["drop_std"])]
     shown = [*by, y, x, "n", "test acc % (mean ± std)", "drop, points", "phase",
              *[p for p in ("good", "bad", "not_fit", "diverged", "error") if p in cells]]
+    curves = pd.read_parquet(export.curves_path, columns=["trial_id", "step", "mu_linear"])
+    final_mu = curves.dropna(subset=["mu_linear"]).sort_values("step").groupby("trial_id")["mu_linear"].last()
+    labelled = labelled.assign(final_mu=labelled["trial_id"].map(final_mu))
     flat = pd.DataFrame([{
         "phase": p, "trials": int((labelled["phase"] == p).sum()),
         "test acc %": _mean_std(labelled.loc[labelled["phase"] == p, "test_acc"], 100),
         "local energy (5% weight noise)": _mean_std(labelled.loc[labelled["phase"] == p, "local_energy_5pct"]),
         "epochs to fit": _mean_std(labelled.loc[labelled["phase"] == p, "epochs_to_fit"]),
+        "mu_Y(F; L) at the end, nats": _mean_std(labelled.loc[labelled["phase"] == p, "final_mu"]),
     } for p in ("good", "bad", "not_fit") if (labelled["phase"] == p).any()])
     status = ", ".join(f"{v} {k}" for k, v in sorted(export.status_counts.items()))
     commits = sorted({c for c in labelled.get("git_commit", pd.Series(dtype=str)).dropna()})
@@ -101,6 +105,10 @@ report written {dt.datetime.now().isoformat(timespec='seconds')}. Data: <code>{e
 <h2>Flatness and fitting time by phase</h2>
 <p>Local energy: mean rise of train loss when every weight is multiplied by 1 + 0.05·N(0,1) (lower = flatter).</p>
 {_table(flat)}
+<p>mu_Y(F; L) = I(F; Y) − I(F; Y | L) (Nakkiran et al. 2019): how much of what the net's test predictions F
+tell about the label Y a logistic regression's predictions L also tell; measured at every tenth of the clean
+phase. Left: flatness per trial; right: mu over training, mean ± std per phase.</p>
+{_img(out / 'measures.png') if (out / 'measures.png').exists() else ''}
 <h2>Learning curves</h2>
 <p>Test accuracy per epoch (pretraining epochs first), mean over seeds with ±1 std band; n per line in the legend.</p>
 {_img(curves_png) if curves_png.exists() else '<p>no curves</p>'}

@@ -122,6 +122,9 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
     assert report.returncode == 0, report.stderr[-3000:]
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Phase diagram" in page and "data:image/png;base64," in page and "(n=" in page
+    assert "mu_Y(F; L)" in page and 'alt="measures"' in page  # mu and flatness by phase
+    curves = pd.read_parquet(tmp_path / "export" / "curves.parquet")
+    assert curves["l1_path_norm"].notna().all() and curves.loc[curves["stage"] == "train", "mu_linear"].notna().any()
 
 
 def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):

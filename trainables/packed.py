@@ -26,7 +26,9 @@ from .augment import augment
 from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from .data import TensorData, load_dataset
 from .stacked import StackedModel
-from .trial import (Stage, TrialResult, _summary, init_model, plan_stages, resolve_device, run_trial)
+from .models import MLP
+from .trial import (Stage, TrialResult, _summary, init_model, linear_mu, mu_due, plan_stages, resolve_device,
+                    run_trial)
 
 PACK_FORMAT = 1
 
@@ -104,6 +106,7 @@ def run_pack(
         stats = _train_epoch(net, momentum_buf, active, epoch, data, first.batch_size)
         evals = _evaluate(net, data)
         norms = _norms(net.params, init)
+        paths = _path_norms(net, data, device, active)
         epoch_time = (time.perf_counter() - t0) / len(active)  # the pack's epoch, shared by its members
         finished: list[int] = []
         for k, m in enumerate(active):
@@ -114,14 +117,18 @@ def run_pack(
                 "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
                 "clipped_frac": stats["clipped_frac"][k],
                 "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
+                **paths[k], "mu_linear": None,
                 "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
                 "epoch_time_s": epoch_time, "step": len(m.history) + 1,
             }
             m.history.append(record)
             m.elapsed_s += epoch_time
             stop = m.stage.stop_at_train_acc
-            if record["diverged"] or (stop is not None and record["train_acc"] >= stop) or epoch + 1 == m.stage.epochs:
+            over = record["diverged"] or (stop is not None and record["train_acc"] >= stop) or epoch + 1 == m.stage.epochs
+            if over:
                 finished.append(k)
+            if not record["diverged"] and (over or mu_due(epoch, m.stage.epochs)):
+                record["mu_linear"] = linear_mu(evals["test_predictions"][k], data, m.cfg.dataset)
         for k in finished:
             m = active[k]
             model = init_model(m.cfg, data, device)
@@ -264,19 +271,22 @@ def _member_norms(tensors, k_count: int) -> torch.Tensor:
 def _evaluate(net: StackedModel, data: TensorData) -> dict[str, list[float]]:
     """Loss and accuracy per member, summed batch by batch as `measures.loss_and_accuracy` does."""
     net.train(False)
-    out = {}
+    out: dict[str, Any] = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         loss = torch.zeros(net.size, device=x.device)
         correct = torch.zeros(net.size, device=x.device, dtype=torch.long)
+        predicted = []
         batch = measures.EVAL_BATCH.get(x.device.type, 2048)
         for i in range(0, len(x), batch):
             logits = net.forward(x[i : i + batch], shared_input=True).float()  # (K, B, C)
             target = y[i : i + batch]
             for k in range(net.size):
                 loss[k] += nn.functional.cross_entropy(logits[k], target, reduction="sum")
-            correct += (logits.argmax(2) == target).sum(1)
+            predicted.append(logits.argmax(2))
+            correct += (predicted[-1] == target).sum(1)
         out[f"{split}_loss"] = [v / len(x) for v in loss.tolist()]
         out[f"{split}_acc"] = [v / len(x) for v in correct.tolist()]
+        out[f"{split}_predictions"] = torch.cat(predicted, dim=1)  # (K, N)
     net.train(True)
     return out
 
@@ -287,6 +297,20 @@ def _norms(params: list[torch.Tensor], init: list[torch.Tensor]) -> dict[str, li
     members = range(params[0].shape[0])
     return {"weight_norm": [measures.weight_norm([p[k] for p in params]) for k in members],
             "dist_from_init": [measures.distance([p[k] for p in params], [q[k] for q in init]) for k in members]}
+
+
+@torch.no_grad()
+def _path_norms(net: StackedModel, data: TensorData, device, active: list[_Member]) -> list[dict[str, float]]:
+    """Each member's path norms, computed as `measures.path_norms` computes them alone."""
+    if isinstance(net.base, MLP):
+        weights = net.params[0::2]  # (weight, bias) per layer
+        return [measures.mlp_path_norms([w[k] for w in weights]) for k in range(net.size)]
+    out = []
+    for k, m in enumerate(active):
+        model = init_model(m.cfg, data, device)
+        model.load_state_dict(net.member_state(k))
+        out.append(measures.path_norms(model, data.input_shape))
+    return out
 
 
 def _snapshotter(members: list[_Member], active: list[_Member], net: StackedModel, momentum_buf, epoch: int,

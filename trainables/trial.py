@@ -29,7 +29,9 @@ STEP_SCHEDULE = ((0.5, 0.1), (0.75, 0.01))  # lr_schedule=step: x0.1 at 50%, x0.
 
 # Numeric per-epoch metrics and the summary's own, as loggers and exports name them.
 EPOCH_METRICS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "pretrain_acc", "step_loss",
-                 "grad_norm", "clipped_frac", "weight_norm", "dist_from_init", "epoch_time_s")
+                 "grad_norm", "clipped_frac", "weight_norm", "dist_from_init", "l1_path_norm", "l2_path_norm",
+                 "mu_linear", "epoch_time_s")
+MU_POINTS = 10  # mu_linear at every 10% of the clean phase's epoch cap, and where it ends
 FINAL_METRICS = ("reached_global_min", "epochs_to_fit", "train_epochs", "pretrain_final_acc",
                  "local_energy_1pct", "local_energy_5pct", "local_energy_10pct", "wall_time_s")
 
@@ -199,6 +201,8 @@ def run_trial(
             diverged = record["diverged"]
             fitted = stage.stop_at_train_acc is not None and record["train_acc"] >= stage.stop_at_train_acc
             stage_over = diverged or fitted or epoch + 1 == stage.epochs
+            if stage.name == "train" and not diverged and (stage_over or mu_due(epoch, stage.epochs)):
+                record["mu_linear"] = linear_mu(measures.predictions(model, data.x_test), data, cfg.dataset)
             next_position = (len(stages) if diverged else s_index + 1, 0) if stage_over else (s_index, epoch + 1)
             if on_epoch is not None:  # on_epoch calls the snapshot before it returns, if at all
                 on_epoch(record, lambda: {
@@ -223,6 +227,19 @@ def run_trial(
     return TrialResult(summary, history)
 
 
+def mu_due(epoch: int, epochs: int) -> bool:
+    """Whether epoch index `epoch` (0-based) ends one of the MU_POINTS tenths of `epochs`."""
+    return epoch + 1 in {math.ceil(k * epochs / MU_POINTS) for k in range(1, MU_POINTS + 1)}
+
+
+def linear_mu(predicted: torch.Tensor, data: TensorData, dataset: str) -> float:
+    """mu_Y(F; L) of the net's test predictions against the dataset's linear classifier."""
+    from .linear_probe import linear_test_predictions, mu_linear
+
+    linear = linear_test_predictions(dataset, data)
+    return mu_linear(predicted.cpu().numpy(), data.y_test.cpu().numpy(), linear.numpy())
+
+
 def _epoch_record(model, params, init_params, data: TensorData, stage: Stage, epoch: int, step_stats) -> dict[str, Any]:
     pretrain_acc = None
     if stage.name == "pretrain" and stage.x is data.x_train:  # same inputs: one pass scores both label sets
@@ -244,6 +261,8 @@ def _epoch_record(model, params, init_params, data: TensorData, stage: Stage, ep
         **step_stats,
         "weight_norm": measures.weight_norm(params),
         "dist_from_init": measures.distance(params, init_params),
+        **measures.path_norms(model, data.input_shape),
+        "mu_linear": None,
         "diverged": not (math.isfinite(step_stats["step_loss"]) and math.isfinite(train_loss)),
     }
 

@@ -120,6 +120,25 @@ def test_unwritable_storage_fails_before_anything_runs(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # nothing started
 
 
+def test_a_full_disk_fails_before_anything_runs(tmp_path):
+    import subprocess
+
+    disk = tmp_path / "tiny-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs permission to mount a 256 KiB tmpfs as a full disk")
+    try:
+        out = minima("run", str(SWEEPS / "smoke.yaml"), "--set", f"storage={disk / 'results'}",
+                     "--set", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
+        assert out.returncode == 2, out.stderr
+        assert "storage: cannot write to" in out.stderr and "No space left on device" in out.stderr
+        assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
+        assert not any(disk.rglob("*.json"))  # no sweep state was left on the full disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_exponent_floats_in_yaml_are_numbers(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\nbase: {width: 16}\naxes:\n  weight_decay: [0, 5e-4, 1e-3]\n")

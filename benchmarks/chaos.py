@@ -6,14 +6,16 @@ nodes (`ray.cluster_utils.Cluster`, each node its own raylet and processes), a r
 `mlflow server` (SQLite) as the tracking URI, the sweep's storage on a path every node shares.
 One chaos run: start the sweep; once a trial has checkpointed, SIGKILL a worker node (a spare
 joins, as an autoscaler would add one) and stop the MLflow server; restart it 20 s later;
-SIGKILL the driver once more trials finished; `minima resume` the sweep; then count, against
+SIGKILL the driver at its next checkpoint; `minima resume` the sweep; then count, against
 the same trials run uninterrupted in this process:
 
 - lost: trials without exactly one `ok` row in the Parquet export or one FINISHED MLflow run
   with its final metrics;
 - duplicated: extra export rows, extra MLflow runs, repeated steps in an MLflow history;
 - mis_resumed: trials whose final metrics differ from the uninterrupted run, or whose curves
-  (export or MLflow) have gaps.
+  (export or MLflow) have gaps;
+- and how the Ray trials restarted: from a checkpoint (their stored steps go back, not to 1)
+  or from scratch (a lost checkpoint: must be 0).
 
     python benchmarks/chaos.py [--runs 3]      # prints JSON, one entry per chaos run
 """
@@ -39,7 +41,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "name": "chaos",
-    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 120,
+    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 160,
              "stop_at_train_acc": None, "flatness_samples": 1},
     "axes": {"pretrain_epochs": [0, 5], "weight_decay": [0.0, 5.0e-4]},
     "seeds": 2,
@@ -137,6 +139,10 @@ def _checkpointed(experiment: Path) -> bool:
     return any(experiment.glob("trial_*/checkpoint_*"))
 
 
+def _checkpoints(experiment: Path) -> set[str]:
+    return {str(p.relative_to(experiment)) for p in experiment.glob("trial_*/checkpoint_*")}
+
+
 def reference_results(spec) -> dict[str, dict]:
     """Every trial of the sweep run uninterrupted in this process (one pack: bit-equal to alone)."""
     from sweeps.keys import trial_key
@@ -189,9 +195,9 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
         server.start()
         mark(f"mlflow server back after {OUTAGE_S:.0f} s")
         if kill_driver:
-            finals_now = _finals(experiment)
-            wait_for(lambda: _finals(experiment) > finals_now or driver.poll() is not None, 300,
-                     "another trial to finish")
+            seen = _checkpoints(experiment)
+            wait_for(lambda: bool(_checkpoints(experiment) - seen) or driver.poll() is not None, 300,
+                     "a new checkpoint after the outage")
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
                 driver.wait()
@@ -210,6 +216,23 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
     counts = audit(spec, root, server.uri)
     server.stop()
     return {"timeline": events, **counts}
+
+
+def restarts(experiment: Path) -> tuple[int, int]:
+    """(restarts, restarts from scratch) of Ray trials, read from the order of their stored
+    rows: a restored trial replays from its checkpoint, so its steps go back, but not to 1."""
+    total = scratch = 0
+    for result in experiment.glob("trial_*/result.json"):
+        last = 0
+        for line in result.read_text().splitlines():
+            report = json.loads(line)
+            steps = [r["step"] for r in report.get("records") or [report] if not r.get("final") and (r.get("member") or 0) == 0]
+            for step in steps:
+                if step <= last:
+                    total += 1
+                    scratch += step == 1
+                last = step
+    return total, scratch
 
 
 def audit(spec, root: Path, tracking_uri: str) -> dict:
@@ -255,7 +278,9 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
         duplicated += len(history) - len(set(history))
         if sorted(set(history)) != list(range(1, len(steps) + 1)):
             mis_resumed.add(key)
+    restarted, from_scratch = restarts(Path(experiment_path(spec)))
     return {"trials": len(reference), "lost": len(lost), "duplicated": duplicated,
+            "ray_trial_restarts": restarted, "restarts_from_scratch": from_scratch,
             "mis_resumed": len(mis_resumed), "mlflow_runs": len(runs),
             "running_runs": sum(r.info.status == "RUNNING" for r in runs), "export_rows": len(trials)}
 
@@ -274,7 +299,8 @@ def main() -> None:
         out.append(result)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    totals = {k: sum(r[k] for r in out) for k in ("lost", "duplicated", "mis_resumed", "running_runs")}
+    totals = {k: sum(r[k] for r in out) for k in ("lost", "duplicated", "mis_resumed", "running_runs",
+                                                   "ray_trial_restarts", "restarts_from_scratch")}
     print(json.dumps({"benchmark": "chaos", "runs": args.runs, "trials_per_run": out[0]["trials"],
                       "totals": totals, "per_run": out}, indent=2))
 

@@ -15,7 +15,7 @@ the same trials run uninterrupted in this process:
 - mis_resumed: trials whose final metrics differ from the uninterrupted run, or whose curves
   (export or MLflow) have gaps;
 - and how the Ray trials restarted: from a checkpoint (their stored steps go back, not to 1)
-  or from scratch (a lost checkpoint: must be 0).
+  or from scratch (right for a trial that had not checkpointed yet).
 
     python benchmarks/chaos.py [--runs 3]      # prints JSON, one entry per chaos run
 """

@@ -13,7 +13,7 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
 
     from trainables.tune_trainable import tune_trainable
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster found on the machine
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune_trainable, {"cpu": 1}),

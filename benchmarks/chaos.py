@@ -258,6 +258,7 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
     for c in curves:
         steps_by_trial.setdefault(c["trial_id"], []).append(c["step"])
     lost, duplicated, mis_resumed = set(), 0, set()
+    lost_detail: list[dict] = []  # why each lost trial counts as lost, to diagnose it
     duplicated += sum(n - 1 for n in rows.values() if n > 1)
     duplicated += sum(n - 1 for n in run_count.values() if n > 1)
     by_key = {t["trial_key"]: t for t in trials}
@@ -267,6 +268,10 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
         if row is None or row["status"] != "ok" or run is None or run.info.status != "FINISHED" \
                 or "test_acc" not in run.data.metrics or "train_epochs" not in run.data.metrics:
             lost.add(key)
+            lost_detail.append({"trial_key": key, "export_status": row and row["status"],
+                                "export_error": row and (row["error"] or "")[-300:],
+                                "mlflow_status": run and run.info.status,
+                                "mlflow_final_logged": bool(run and "train_epochs" in run.data.metrics)})
             continue
         for metric in ("test_acc", "train_acc", "test_loss", "local_energy_5pct"):
             if row[metric] != expected[metric] or run.data.metrics.get(metric) != expected[metric]:
@@ -280,7 +285,7 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
             mis_resumed.add(key)
     restarted, from_scratch = restarts(Path(experiment_path(spec)))
     return {"trials": len(reference), "lost": len(lost), "duplicated": duplicated,
-            "ray_trial_restarts": restarted, "restarts_from_scratch": from_scratch,
+            "ray_trial_restarts": restarted, "restarts_from_scratch": from_scratch, "lost_detail": lost_detail,
             "mis_resumed": len(mis_resumed), "mlflow_runs": len(runs),
             "running_runs": sum(r.info.status == "RUNNING" for r in runs), "export_rows": len(trials)}
 

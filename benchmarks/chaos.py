@@ -41,7 +41,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "name": "chaos",
-    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 160,
+    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 400,
              "stop_at_train_acc": None, "flatness_samples": 1},
     "axes": {"pretrain_epochs": [0, 5], "weight_decay": [0.0, 5.0e-4]},
     "seeds": 2,

@@ -38,7 +38,6 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-REPO = Path(__file__).resolve().parent.parent
 SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "name": "chaos",
     "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 400,

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .phase import PhaseInputError, cell_table, check_columns, fit_boundaries, label_phases
+from .phase import PhaseInputError, cell_table, check_columns, declared_scale, fit_boundaries, label_phases
 from .plots import measures_figure, curves_figure, phase_figure, save
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def run_phase(trials_path: str | Path, x: str, y: str, by: list[str], delta: flo
     if not 0 < delta < 1:
         raise PhaseInputError(f"--delta {delta}: a test-accuracy drop between 0 and 1 (0.05 = 5 points)")
     labelled = label_phases(df, delta)
-    boundaries = fit_boundaries(labelled, x, y, by)
+    scale = declared_scale(meta, x, df[x].to_numpy(dtype=float))
+    boundaries = fit_boundaries(labelled, x, y, by, scale=scale)
     cells = cell_table(labelled, x, y, by)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def run_phase(trials_path: str | Path, x: str, y: str, by: list[str], delta: flo
     }
     files = [out / "phase.json"]
     files[0].write_text(json.dumps(phase, indent=2))
-    files += save(phase_figure(labelled, cells, boundaries, x, y, by, delta), out / "phase")
+    files += save(phase_figure(labelled, cells, boundaries, x, y, by, delta, scale), out / "phase")
     curves_path = Path(curves_path) if curves_path else Path(trials_path).with_name("curves.parquet")
     if curves_path.exists():
         curves = pd.read_parquet(curves_path)

@@ -38,11 +38,11 @@ def _index_of(x_value: float, x_values: list, scale: AxisScale) -> float:
 
 
 def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[Boundary], x: str, y: str,
-                 by: list[str], delta: float):
+                 by: list[str], delta: float, scale: AxisScale | None = None):
     x_values = sorted_values(labelled[x])
     y_values = sorted_values(labelled[y])
     y_labels = [fmt(v) for v in y_values]
-    scale = AxisScale.of(np.asarray(x_values, dtype=float))
+    scale = scale or AxisScale.of(np.asarray(x_values, dtype=float))
     groups = list(_groups(labelled, by))
     fig, axes = plt.subplots(1, len(groups), figsize=(1.4 + 1.3 * len(x_values) * len(groups), 1.6 + 0.75 * len(y_values)),
                              squeeze=False)

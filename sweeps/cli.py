@@ -208,9 +208,12 @@ def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     from analysis.export import export_sweep
 
     from .runner import experiment_path, read_spec
+    from .spec import RangeAxis
 
     spec = read_spec(name, storage)
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
+    if spec.search.kind == "boundary":  # its x values are uneven: the fit must not guess their scale
+        meta["minima.axis_scales"] = {n: a.scale for n, a in spec.axes.items() if isinstance(a, RangeAxis)}
     return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta)
 
 

@@ -292,6 +292,8 @@ def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
             counts[status] += 1
         counts["error" if result.error is not None else "unfinished"] += members - len(finals)
     total = spec.num_trials()
+    if spec.search.kind == "boundary":  # its budget is a cap, not a count of trials owed
+        total = seen
     counts["unfinished"] += max(0, total - seen)
     audit = None
     if _logs_to_mlflow(spec):

@@ -30,6 +30,10 @@ def build_search(spec: SweepSpec, pack: int = 1) -> tuple[dict[str, Any], int, A
     kind = spec.search.kind
     if kind == "grid" and pack > 1:
         return {MEMBERS_KEY: tune.grid_search(make_packs(spec, pack))}, 1, None
+    if kind == "boundary":
+        from .boundary_searcher import BoundarySearcher
+
+        return space, spec.search.max_trials, BoundarySearcher(spec)
     if kind == "grid":
         for name in spec.axes:
             space[name] = tune.grid_search(spec.axis_values(name))

@@ -67,13 +67,24 @@ class RangeAxis(BaseModel):
 Axis = Union[RangeAxis, list[Any]]
 
 
+BOUNDARY_FIELDS = ("x", "max_trials", "ci_width", "delta", "per_round")
+
+
 class SearchSpec(BaseModel):
     model_config = _STRICT
-    kind: Literal["grid", "random", "optuna"] = "grid"
+    kind: Literal["grid", "random", "optuna", "boundary"] = "grid"
     num_samples: int | None = Field(None, ge=1, description="random/optuna: configs to draw (each runs every seed)")
     metric: str | None = Field(None, description="optuna: a final metric, e.g. test_acc")
     mode: Literal["max", "min"] | None = None
-    seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler)")
+    seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler, bootstrap)")
+    # boundary: refine a coarse grid where the fitted phase boundary is uncertain (sweeps.boundary)
+    x: str = Field("pretrain_epochs", description="boundary: the axis along which each slice's x_critical is located")
+    max_trials: int | None = Field(None, ge=1, description="boundary: trial budget, coarse grid included (each seed counts)")
+    ci_width: float | None = Field(None, gt=0, description="boundary: stop once every slice's x_critical 90% "
+                                                            "interval is narrower than this (in x units)")
+    delta: float = Field(0.05, gt=0, lt=1, description="boundary: test-accuracy drop that makes a minimum bad "
+                                                        "(as minima phase --delta)")
+    per_round: int = Field(1, ge=1, description="boundary: configs proposed per uncertain slice each round")
 
     @model_validator(mode="after")
     def _check_kind(self) -> "SearchSpec":
@@ -81,6 +92,17 @@ class SearchSpec(BaseModel):
             raise ValueError(f"search kind {self.kind!r} needs num_samples (configs to draw)")
         if self.kind == "optuna" and (self.metric is None or self.mode is None):
             raise ValueError("search kind 'optuna' needs metric (e.g. test_acc) and mode (max or min)")
+        if self.kind == "boundary":
+            if self.max_trials is None:
+                raise ValueError("search kind 'boundary' needs max_trials (the trial budget, coarse grid included)")
+            if self.num_samples is not None:
+                raise ValueError("num_samples is for random/optuna search; boundary search stops at max_trials "
+                                 "or ci_width")
+        else:
+            # a stored spec lists every field: only a value other than the default is misplaced
+            misplaced = [f for f in BOUNDARY_FIELDS if getattr(self, f) != SearchSpec.model_fields[f].default]
+            if misplaced:
+                raise ValueError(f"{', '.join(misplaced)}: only for search kind 'boundary' (this is {self.kind!r})")
         return self
 
 
@@ -173,6 +195,25 @@ class SweepSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_boundary(self) -> "SweepSpec":
+        if self.search.kind != "boundary":
+            return self
+        x = self.search.x
+        if not isinstance(self.axes.get(x), RangeAxis):
+            got = "a list" if x in self.axes else "not an axis"
+            raise ValueError(f"search.x: {x} must be an axis given as a range {{low, high, count}} ({got}): count "
+                             f"is the coarse grid, the search refines between its points")
+        if self.axes[x].count < 2:
+            raise ValueError(f"axes.{x}.count: the coarse grid needs at least 2 points (got {self.axes[x].count})")
+        from .boundary import coarse_trials  # the plan needs the validated spec
+
+        coarse = coarse_trials(self)
+        if coarse > self.search.max_trials:
+            raise ValueError(f"search.max_trials: {self.search.max_trials} is below the {coarse} trials of the "
+                             f"coarse grid and its baselines; raise it, or lower axes.{x}.count or the seeds")
+        return self
+
+    @model_validator(mode="after")
     def _check_trials(self) -> "SweepSpec":
         overlap = sorted(set(self.base) & set(self.axes))
         if overlap:
@@ -204,6 +245,9 @@ class SweepSpec(BaseModel):
         return [{**self.base, **cell, "seed": seed} for cell in self.grid_cells() for seed in self.seeds]
 
     def num_trials(self) -> int:
+        """Trials the sweep runs; for boundary search, at most (its budget)."""
+        if self.search.kind == "boundary":
+            return self.search.max_trials
         per_seed = len(self.grid_cells()) if self.search.kind == "grid" else self.search.num_samples
         return per_seed * len(self.seeds)
 

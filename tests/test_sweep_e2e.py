@@ -279,3 +279,30 @@ def test_sync_mlflow_replays_a_sweep_idempotently(smoke_run):
         assert run.data.params == original.data.params
         assert run.data.metrics == original.data.metrics
         assert len(client.get_metric_history(run.info.run_id, "local_energy_5pct")) == 1
+
+
+def test_boundary_search_runs_real_trials_in_rounds_and_exports_them(tmp_path):
+    """Wiring on real Ray, MLflow and trials: the coarse grid, a refit round, one MLflow run and
+    one export row per trial, the rounds saved with the experiment, the declared x scale used."""
+    import pandas as pd
+
+    out = minima("run", SMOKE, *places(tmp_path), "--name", "edge", "--set", "base.epochs=4",
+                 "--set", "axes.pretrain_epochs={low: 0, high: 6, count: 2}",
+                 "--set", "search={kind: boundary, max_trials: 12}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "boundary search round 1: 8 trials done" in out.stdout + out.stderr
+    history = json.loads((tmp_path / "results" / "edge" / "boundary_search.json").read_text())
+    assert history["x"] == "pretrain_epochs" and history["rounds"][0]["queued"] == 8  # 2 x 2 cells, 2 seeds
+    assert len(history["rounds"][1]["fits"]) == 2  # one per weight decay
+    ran = sum(r["queued"] for r in history["rounds"])
+    _, parents, children = mlflow_runs(tmp_path, "edge")
+    assert len(parents) == 1 and len(children) == ran and all(r.info.status == "FINISHED" for r in children)
+    export = minima("export", "edge", "--out", str(tmp_path / "export"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "export" / "trials.parquet")
+    assert len(trials) == ran and trials["trial_id"].is_unique and trials["pretrain_epochs"].between(0, 6).all()
+    import pyarrow.parquet as pq
+
+    assert json.loads(pq.read_schema(tmp_path / "export" / "trials.parquet").metadata[b"minima.axis_scales"]) == {
+        "pretrain_epochs": "linear"}

@@ -59,7 +59,7 @@ def test_grid_counts_trials_and_expands_ranges():
         ({"seeds": "three"}, "seeds:"),
         ({"search": {"kind": "random"}}, "needs num_samples"),
         ({"search": {"kind": "optuna", "num_samples": 4}}, "needs metric"),
-        ({"search": "annealing"}, "search.kind: Input should be 'grid', 'random' or 'optuna'"),
+        ({"search": "annealing"}, "search.kind: Input should be 'grid', 'random', 'optuna' or 'boundary'"),
         ({"resources": {"gpu": -1}}, "resources.gpu: Input should be greater than or equal to 0"),
         ({"resources": {"gpu": 1.5}}, "more than one GPU per trial must be a whole number"),
         ({"max_failures": "many"}, "max_failures: Input should be a valid integer"),

@@ -1,0 +1,141 @@
+"""Boundary search as a Ray Tune `Searcher`, so it runs on a cluster like any search and resumes
+with the sweep (Tune saves and restores its state with the experiment).
+
+It works in rounds: it hands out one round's trials (cells x seeds), waits until all of them
+have finished, refits the boundaries (sweeps.boundary) and hands out the next round, until
+every slice is settled or the budget is spent. Each round's fits are saved with the experiment
+as `<experiment>/boundary_search.json`, so the path to the answer can be read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from ray.tune.search import Searcher
+
+from .boundary import RESULT_FIELDS, cell_key, coarse_cells, fit_slices, next_cells
+from .spec import SweepSpec, parse_sweep
+
+HISTORY_FILE = "boundary_search.json"
+
+
+def _plain(v):
+    """numpy scalars in results and fits as JSON numbers."""
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+class BoundarySearcher(Searcher):
+    def __init__(self, spec: SweepSpec, on_notice=print):
+        super().__init__()
+        self.spec_data = spec.model_dump()
+        self.on_notice = on_notice
+        self.queue: list[dict[str, Any]] = []  # trial values not yet handed out
+        self.pending: dict[str, dict[str, Any]] = {}  # Tune trial id -> values, running
+        self.rows: list[dict[str, Any]] = []  # finished trials: values and results
+        self.cells: set[str] = set()  # every cell handed out or queued
+        self.rounds: list[dict[str, Any]] = []
+        self.issued = 0
+        self.finished = False
+
+    @property
+    def spec(self) -> SweepSpec:
+        return parse_sweep(self.spec_data)
+
+    # --- the Searcher API ----------------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is the sweep file's; the param space only holds constants
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.finished:
+            return Searcher.FINISHED
+        if not self.queue and not self.pending:
+            self._plan_round()
+            if self.finished:
+                return Searcher.FINISHED
+        if not self.queue:
+            return None  # the round's trials are still running: refit once they are all in
+        values = self.queue.pop(0)
+        self.pending[trial_id] = values
+        self.issued += 1
+        return dict(values)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        values = self.pending.pop(trial_id, None)
+        if values is None:
+            return
+        final = result if (result and result.get("final") and not error) else {}
+        self.rows.append({**values, **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "error"})
+
+    # --- rounds --------------------------------------------------------------------------
+    def _plan_round(self) -> None:
+        spec = self.spec
+        budget = spec.search.max_trials - self.issued
+        if not self.rounds:
+            cells, fits = coarse_cells(spec), []
+        else:
+            rng = np.random.default_rng(spec.search.seed + len(self.rounds))
+            fits = fit_slices(spec, self.rows, rng)
+            cells = next_cells(spec, fits, self.cells)
+        trials = [{**spec.base, **c, "seed": s} for c in cells for s in spec.seeds][: max(budget, 0)]
+        self.rounds.append({"round": len(self.rounds), "trials_done": len(self.rows),
+                            "fits": [f.as_dict() for f in fits], "queued": len(trials)})
+        if fits:
+            self._notice(fits, len(trials), budget)
+        if not trials:
+            self.finished = True
+            return
+        self.cells |= {cell_key(c) for c in cells}
+        self.queue = trials
+
+    def _notice(self, fits, queued: int, budget: int) -> None:
+        open_ = [f for f in fits if f.settled is None]
+        lines = [f"boundary search round {len(self.rounds) - 1}: {len(self.rows)} trials done, "
+                 f"{len(open_)} of {len(fits)} slices open, {queued} trials next"
+                 + (" (budget spent)" if budget <= 0 and open_ else "")]
+        for f in fits:
+            b = f.boundary
+            where = ", ".join(f"{k}={v}" for k, v in f.slice.items()) or "all"
+            at = (f"{self.spec.search.x}_critical {b['x_critical']:.4g} [{b['ci_low']:.4g}, {b['ci_high']:.4g}]"
+                  if b["x_critical"] is not None else "no crossing")
+            lines.append(f"  {where}: {at}" + (f"; next {f.proposed}" if f.proposed else f"; settled: {f.settled}"))
+        self.on_notice("\n".join(lines))
+
+    # --- saved with the experiment -------------------------------------------------------
+    STATE = ("spec_data", "queue", "pending", "rows", "cells", "rounds", "issued", "finished")
+
+    def get_state(self) -> dict[str, Any]:
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in ((k, getattr(self, k)) for k in self.STATE)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for k in self.STATE:
+            setattr(self, k, state[k])
+        self.cells = set(self.cells)
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune's experiment snapshot: the state, and the rounds as `boundary_search.json` (written
+        here, in the folder Tune syncs to storage, so a restored run does not overwrite it)."""
+        super().save_to_dir(checkpoint_dir, session_str)
+        tmp = os.path.join(checkpoint_dir, f".{HISTORY_FILE}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"sweep": self.spec_data["name"], "x": self.spec_data["search"]["x"], "rounds": self.rounds},
+                      f, indent=1, default=_plain)
+        os.replace(tmp, os.path.join(checkpoint_dir, HISTORY_FILE))
+
+    def save(self, checkpoint_path: str) -> None:
+        """JSON, not pickle: the state is plain values, and reading it back runs no code."""
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f, default=_plain)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+    def __getstate__(self):  # Tune pickles the searcher with the Tuner: not the print function
+        return {**self.__dict__, "on_notice": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.on_notice = self.on_notice or print

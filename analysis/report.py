@@ -82,7 +82,7 @@ def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = 
     status = ", ".join(f"{v} {k}" for k, v in sorted(export.status_counts.items()))
     commits = sorted({c for c in labelled.get("git_commit", pd.Series(dtype=str)).dropna()})
     base = pd.DataFrame([{"field": k, "value": fmt(v)} for k, v in spec.base.items()])
-    axes = pd.DataFrame([{"axis": a, "values": ", ".join(fmt(v) for v in spec.axis_values(a))} for a in spec.axes])
+    axes = pd.DataFrame([{"axis": a, "values": _axis_text(spec, a, labelled)} for a in spec.axes])
     out = Path(out_dir)
     curves_png = out / "curves.png"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Minima Atlas: {html.escape(spec.name)}</title>
@@ -118,3 +118,12 @@ phase. Left: flatness per trial; right: mu over training, mean ± std per phase.
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _axis_text(spec, axis: str, trials: pd.DataFrame) -> str:
+    """An axis's values; for a boundary search's x, its range and the values the search ran."""
+    if spec.search.kind == "boundary" and axis == spec.search.x:
+        ran = ", ".join(fmt(v) for v in sorted(trials[axis].dropna().unique()))
+        a = spec.axes[axis]
+        return f"boundary search over {fmt(a.low)}..{fmt(a.high)} ({a.scale}); ran: {ran}"
+    return ", ".join(fmt(v) for v in spec.axis_values(axis))

@@ -109,7 +109,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     info = spec.summary()
     print(f"{args.file}: ok")
     print(f"  sweep     {info['name']} ({info['search']} search)")
-    print(f"  trials    {info['trials']}  ({len(info['seeds'])} seeds: {info['seeds']})")
+    print(f"  trials    {'at most ' if spec.search.kind == 'boundary' else ''}{info['trials']}  "
+          f"({len(info['seeds'])} seeds: {info['seeds']})")
+    if spec.search.kind == "boundary":
+        from .boundary import candidate_values, coarse_trials, slices
+
+        print(f"  boundary  {len(slices(spec))} slices along {spec.search.x}; coarse grid {coarse_trials(spec)} trials; "
+              f"then up to {len(candidate_values(spec))} x values; stop at ci_width {spec.search.ci_width or 'none'}")
     for axis, values in info["axes"].items():
         print(f"  axis      {axis}: {values}")
     res = info["resources"]

@@ -306,3 +306,7 @@ def test_boundary_search_runs_real_trials_in_rounds_and_exports_them(tmp_path):
 
     assert json.loads(pq.read_schema(tmp_path / "export" / "trials.parquet").metadata[b"minima.axis_scales"]) == {
         "pretrain_epochs": "linear"}
+    report = minima("report", "edge", "--out", str(tmp_path / "report"), "--storage", str(tmp_path / "results"),
+                    "--y", "weight_decay", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "boundary search over 0..6 (linear); ran: 0, " in (tmp_path / "report" / "report.html").read_text()

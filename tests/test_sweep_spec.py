@@ -108,6 +108,10 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     bad = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", "axes.weight_decay=[-1]", "--set", "resources.gpu=0.5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "smoke.yaml" in bad.stderr and "axes.weight_decay = -1" in bad.stderr
+    edge = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}",
+                  "--set", "axes.pretrain_epochs={low: 0, high: 8, count: 3}", "--set", "search={kind: boundary, max_trials: 40}")
+    assert edge.returncode == 0, edge.stderr
+    assert "trials    at most 40" in edge.stdout and "2 slices along pretrain_epochs; coarse grid 12 trials" in edge.stdout
 
 
 def test_unwritable_storage_fails_before_anything_runs(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -22,16 +23,21 @@ from .spec import SweepSpec, parse_sweep
 HISTORY_FILE = "boundary_search.json"
 
 
+def _to_stderr(message: str) -> None:
+    """Round notices go where the CLI's notices go, never into a command's stdout (JSON)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _plain(v):
     """numpy scalars in results and fits as JSON numbers."""
     return v.item() if isinstance(v, np.generic) else str(v)
 
 
 class BoundarySearcher(Searcher):
-    def __init__(self, spec: SweepSpec, on_notice=print):
+    def __init__(self, spec: SweepSpec, on_notice=None):
         super().__init__()
         self.spec_data = spec.model_dump()
-        self.on_notice = on_notice
+        self.on_notice = on_notice or _to_stderr
         self.queue: list[dict[str, Any]] = []  # trial values not yet handed out
         self.pending: dict[str, dict[str, Any]] = {}  # Tune trial id -> values, running
         self.rows: list[dict[str, Any]] = []  # finished trials: values and results
@@ -138,4 +144,4 @@ class BoundarySearcher(Searcher):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.on_notice = self.on_notice or print
+        self.on_notice = self.on_notice or _to_stderr

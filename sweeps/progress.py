@@ -21,8 +21,9 @@ def _clock(seconds: float) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, total: int, every_s: float = 10.0, stream=None):
+    def __init__(self, total: int, every_s: float = 10.0, stream=None, capped: bool = False):
         self.total = total
+        self.capped = capped  # total is a budget (boundary search), not the trials owed: no ETA
         self.every_s = every_s
         self.stream = stream
         self._started = time.monotonic()
@@ -32,10 +33,10 @@ class SweepProgress(Callback):
         self.outcomes: Counter = Counter()
 
     def __getstate__(self):
-        return {"total": self.total, "every_s": self.every_s}
+        return {"total": self.total, "every_s": self.every_s, "capped": self.capped}
 
     def __setstate__(self, state):
-        self.__init__(state["total"], state["every_s"])
+        self.__init__(state["total"], state["every_s"], capped=state.get("capped", False))
 
     def setup(self, **info):
         self._started = time.monotonic()
@@ -83,12 +84,12 @@ class SweepProgress(Callback):
                 pending_known += size
         self.outcomes = outcomes
         done = sum(outcomes.values())
-        pending = max(self.total - done - running, pending_known)
+        pending = pending_known if self.capped else max(self.total - done - running, pending_known)
         elapsed = time.monotonic() - self._started
         eta = "--"
-        if self._done_here and not final:
+        if self._done_here and not final and not self.capped:
             eta = _clock(elapsed / self._done_here * (self.total - done))
-        parts = [f"{done}/{self.total} done", f"{running} running", f"{pending} pending",
-                 f"{outcomes['diverged']} diverged", f"{outcomes['error']} failed",
-                 f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
+        parts = [f"{done} done (budget {self.total})" if self.capped else f"{done}/{self.total} done",
+                 f"{running} running", f"{pending} pending", f"{outcomes['diverged']} diverged",
+                 f"{outcomes['error']} failed", f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
         print("[minima] " + " | ".join(parts), file=self.stream or sys.stderr, flush=True)

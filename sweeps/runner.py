@@ -160,7 +160,7 @@ def _write_spec(spec: SweepSpec, log_to_mlflow: bool) -> None:
     with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
         f.write(json.dumps(spec.model_dump(), indent=2).encode())
     with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
-        f.write(json.dumps({"log_to_mlflow": log_to_mlflow}).encode())
+        f.write(json.dumps({"log_to_mlflow": log_to_mlflow, "json_logger_only": True}).encode())
 
 
 def read_spec(name: str, storage: str) -> SweepSpec:
@@ -177,11 +177,27 @@ def read_spec(name: str, storage: str) -> SweepSpec:
     return parse_sweep(data, path)
 
 
+AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def _only_json_results(on: bool) -> None:
+    """Ray's result.json (the source of truth for exports) without its CSV and TensorBoard loggers:
+    they print a pack's batched `records` in full as an 'invalid value' warning and copy it into
+    progress.csv. Sweeps started before this stored no JSON logger of their own, so they resume
+    with Ray's defaults."""
+    if on:
+        os.environ[AUTO_LOGGERS_OFF] = "1"
+    else:
+        os.environ.pop(AUTO_LOGGERS_OFF, None)
+
+
 def _callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
+    from ray.tune.logger import JsonLoggerCallback
+
     from .mlflow_logger import MLflowSweepLogger
     from .progress import SweepProgress
 
-    callbacks: list = [SweepProgress(spec.num_trials())]
+    callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary"), JsonLoggerCallback()]
     if log_to_mlflow:
         tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
         callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
@@ -304,11 +320,15 @@ def _outcome(spec: SweepSpec, grid) -> SweepOutcome:
                         spec.storage, spec.tracking_uri)
 
 
-def _logs_to_mlflow(spec: SweepSpec) -> bool:
+def _run_settings(spec: SweepSpec) -> dict:
     from .results import _read_text
 
     text = _read_text(f"{experiment_path(spec)}/{RUN_FILE}")
-    return bool(text and json.loads(text).get("log_to_mlflow"))
+    return json.loads(text) if text else {}
+
+
+def _logs_to_mlflow(spec: SweepSpec) -> bool:
+    return bool(_run_settings(spec).get("log_to_mlflow"))
 
 
 def has_results(spec: SweepSpec) -> bool:
@@ -335,6 +355,7 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
                   f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
     _write_spec(spec, log_to_mlflow)
     run_pretraining_phase(spec, on_notice)
+    _only_json_results(True)
     grid = build_tuner(spec, log_to_mlflow).fit()
     return _outcome(spec, grid)
 
@@ -356,5 +377,6 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
         on_notice(notice)
     run_pretraining_phase(spec, on_notice)  # snapshots a killed driver never finished
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    _only_json_results(bool(_run_settings(spec).get("json_logger_only")))
     tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True)
     return _outcome(spec, tuner.fit())

@@ -131,7 +131,7 @@ def synthetic_trainable(config):
 
     from ray import tune
 
-    time.sleep(0.2)
+    time.sleep(0.05)
     tune.report(synthetic_result(config))
 
 
@@ -167,7 +167,8 @@ def test_the_searcher_resumes_with_a_restored_tune_experiment(tmp_path):
     try:
         searcher = BoundarySearcher(spec, on_notice=lambda m: None)
         first = tune.Tuner(synthetic_trainable, param_space=dict(spec.base),
-                           tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.search.max_trials),
+                           tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.search.max_trials,
+                                                       reuse_actors=True),
                            run_config=tune.RunConfig(name="edge", storage_path=str(tmp_path), verbose=0,
                                                      callbacks=[InterruptAfter(21, str(tmp_path / 'fired'))])).fit()
         assert 21 <= len(first) < len(expected), "the interruption came too late to test a resume"

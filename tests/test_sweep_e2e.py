@@ -72,6 +72,8 @@ def test_smoke_sweep_logs_one_child_run_per_trial(smoke_run):
     assert "shared pretraining: 2 runs (up to 5 epochs) for 4 trials" in out.stderr  # one per seed
     assert "packing: 8 trials as 2 Ray trials of up to 4" in out.stderr  # auto on 2 CPUs
     assert len(list((tmp_path / "results" / "smoke").glob("trial_*"))) == 2  # auto: 2 packs of 4 on 2 CPUs
+    assert "invalid value" not in out.stderr  # Ray's TensorBoard logger would print each pack's records
+    assert not list((tmp_path / "results" / "smoke").glob("trial_*/progress.csv"))  # result.json only
     client, parents, children = mlflow_runs(tmp_path, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 8
@@ -291,6 +293,7 @@ def test_boundary_search_runs_real_trials_in_rounds_and_exports_them(tmp_path):
                  "--set", "search={kind: boundary, max_trials: 12}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "boundary search round 1: 8 trials done" in out.stdout + out.stderr
+    assert "done (budget 12)" in out.stderr and "ETA --" in out.stderr  # a budget, not a count owed
     history = json.loads((tmp_path / "results" / "edge" / "boundary_search.json").read_text())
     assert history["x"] == "pretrain_epochs" and history["rounds"][0]["queued"] == 8  # 2 x 2 cells, 2 seeds
     assert len(history["rounds"][1]["fits"]) == 2  # one per weight decay

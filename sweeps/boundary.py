@@ -160,9 +160,11 @@ def _targets(spec: SweepSpec, b: dict[str, Any], inside: list[Any], scale: AxisS
 
 def next_cells(spec: SweepSpec, fits: list[SliceFit], known: set[str]) -> list[dict[str, Any]]:
     """The next round's cells: proposals of the widest intervals first (budget goes to them)."""
-    span = fit_scale(spec).to_fit(spec.axes[spec.search.x].high) - fit_scale(spec).to_fit(spec.axes[spec.search.x].low)
-    open_fits = sorted((f for f in fits if f.settled is None),
-                       key=lambda f: -(fit_scale(spec).to_fit(f.boundary["ci_high"])
-                                       - fit_scale(spec).to_fit(f.boundary["ci_low"])) / span)
+    scale = fit_scale(spec)
+
+    def width(f: SliceFit) -> float:
+        return float(scale.to_fit(f.boundary["ci_high"]) - scale.to_fit(f.boundary["ci_low"]))
+
+    open_fits = sorted((f for f in fits if f.settled is None), key=width, reverse=True)
     cells = [{**f.slice, spec.search.x: v} for f in open_fits for v in f.proposed]
     return with_baselines(spec, cells, known)

@@ -7,7 +7,8 @@ minimum) along x in each slice, with the fit `minima phase` uses (`analysis.phas
 proposes the configs where that fit is least certain: the untried x values nearest the crossing
 P = 0.5, inside its bootstrap interval. A slice is settled when its interval is narrower than
 `ci_width`, when it has no crossing (one phase throughout the range), or when no untried x is
-left inside its interval (x is refined at most REFINE times finer than the coarse grid).
+left inside its interval (x is refined to every integer of an integer axis, else REFINE times
+finer than the coarse grid).
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from analysis.phase import BASELINE_AXIS, AxisScale, fit_boundary, fmt, label_ph
 
 from .spec import SweepSpec, _INT_FIELDS
 
-REFINE = 16  # candidate x values: the coarse grid, 16 times finer
+REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
+MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
 
 
 def candidate_values(spec: SweepSpec) -> list[Any]:
-    """Every x the search may propose: the coarse grid refined REFINE times (ints deduplicated)."""
+    """Every x the search may propose: every integer of an integer axis (epochs: a grid cannot
+    be finer), else the coarse grid refined REFINE times."""
     x = spec.search.x
     axis = spec.axes[x]
+    if x in _INT_FIELDS and axis.high - axis.low <= MAX_INT_CANDIDATES:
+        return list(range(int(round(axis.low)), int(round(axis.high)) + 1))
     points = (np.geomspace if axis.scale == "log" else np.linspace)(axis.low, axis.high, (axis.count - 1) * REFINE + 1)
     if x in _INT_FIELDS:
         return sorted({int(round(p)) for p in points})
@@ -139,7 +144,7 @@ def _next_for_slice(spec: SweepSpec, s: dict[str, Any], b: dict[str, Any], tried
         return SliceFit(s, b, f"interval {width:g} <= ci_width {spec.search.ci_width:g}")
     inside = [v for v in candidate_values(spec) if b["ci_low"] < v < b["ci_high"] and fmt(v) not in tried]
     if not inside:
-        return SliceFit(s, b, f"no untried {spec.search.x} inside the interval (refined {REFINE}x the coarse grid)")
+        return SliceFit(s, b, f"no untried {spec.search.x} inside the interval")
     return SliceFit(s, b, None, _targets(spec, b, inside, scale))
 
 

@@ -47,12 +47,14 @@ def drive(searcher, stop_after=None):
             return issued
 
 
-def test_the_coarse_grid_covers_every_slice_and_seed_and_refines_16_times():
+def test_the_coarse_grid_covers_every_slice_and_seed_and_refines_x():
     spec = boundary_sweep()
     assert len(coarse_cells(spec)) == 3 * 2 and coarse_trials(spec) == 18
-    values = candidate_values(spec)
-    assert values[0] == 0 and values[-1] == 100 and len(values) == 2 * REFINE + 1
-    assert {0, 50, 100} <= set(values)
+    assert candidate_values(spec) == list(range(0, 101))  # epochs: every integer
+    wd = parse_sweep({"name": "w", "axes": {"weight_decay": {"low": 1e-5, "high": 1e-3, "count": 3, "scale": "log"}},
+                      "search": {"kind": "boundary", "x": "weight_decay", "max_trials": 10}})
+    values = candidate_values(wd)
+    assert len(values) == 2 * REFINE + 1 and {1e-5, 1e-4, 1e-3} <= set(values)  # a float axis: 16x the coarse grid
 
 
 def test_proposals_concentrate_near_a_known_boundary_and_locate_it():
@@ -67,7 +69,7 @@ def test_proposals_concentrate_near_a_known_boundary_and_locate_it():
         truth = TRUE_X[fit["slice"]["weight_decay"]]
         assert fit["ci_low"] <= truth + 4 and truth - 4 <= fit["ci_high"], fit
         assert fit["settled"] is not None
-    dense_grid = (2 * REFINE + 1) * 2 * 3
+    dense_grid = len(range(0, 101, 3)) * 2 * 3  # a grid every 3 epochs, about the intervals found
     assert len(issued) < dense_grid / 3
 
 

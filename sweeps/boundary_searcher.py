@@ -9,6 +9,7 @@ as `<experiment>/boundary_search.json`, so the path to the answer can be read ba
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -46,8 +47,9 @@ class BoundarySearcher(Searcher):
         self.issued = 0
         self.finished = False
 
-    @property
+    @functools.cached_property
     def spec(self) -> SweepSpec:
+        """Parsed once: validating a sweep checks every config it can produce."""
         return parse_sweep(self.spec_data)
 
     # --- the Searcher API ----------------------------------------------------------------
@@ -118,6 +120,7 @@ class BoundarySearcher(Searcher):
     def set_state(self, state: dict[str, Any]) -> None:
         for k in self.STATE:
             setattr(self, k, state[k])
+        self.__dict__.pop("spec", None)  # parsed again from the restored spec_data
         self.cells = set(self.cells)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:

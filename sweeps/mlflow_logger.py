@@ -316,7 +316,7 @@ class MLflowSweepLogger(Callback):
     def _flush(self, pending: dict[str, _RunEvents], order: list[str]) -> None:
         if not pending:
             return
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         self._connect()
         while order:
@@ -329,24 +329,41 @@ class MLflowSweepLogger(Callback):
             # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
             # step, the final summary by its tag
             final_done = key in self._final_logged
-            metrics = [m for m in ev.metrics
-                       if (m[0] in FINAL_METRICS and not final_done) or (m[0] not in FINAL_METRICS and m[3] > floor)]
-            top = max([floor] + [m[3] for m in metrics if m[0] not in FINAL_METRICS])
-            tags = [RunTag(k, v) for k, v in ev.tags.items()] + [RunTag(LOGGED_STEP_TAG, str(top))]
-            if any(m[0] in FINAL_METRICS for m in metrics):
-                tags.append(RunTag(FINAL_LOGGED_TAG, "1"))
-            batches = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)] or [[]]
-            for i, chunk in enumerate(batches):
-                self._client.log_batch(
-                    run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk], tags=tags if i == 0 else []
-                )
-            self._logged_step[key] = top
-            if any(m[0] in FINAL_METRICS for m in metrics):
-                self._final_logged.add(key)
+            epochs = sorted((m for m in ev.metrics if m[0] not in FINAL_METRICS and m[3] > floor), key=lambda m: m[3])
+            finals = [m for m in ev.metrics if m[0] in FINAL_METRICS and not final_done]
+            self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in ev.tags.items()])
             if ev.end_status:
                 self._client.set_terminated(run_id, ev.end_status)
             del pending[key]
             order.pop(0)
+
+    def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
+        """Log a run's metrics in chunks (MLflow's batch limit), epochs in step order.
+
+        Each chunk's logged-step tag names only steps whose every metric is in MLflow so far:
+        a driver killed between two chunks leaves a mark that its successor can trust, so the
+        steps after it are sent again (MLflow drops exact repeats) rather than skipped forever.
+        """
+        from mlflow.entities import Metric, RunTag
+
+        metrics = epochs + finals
+        chunks = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)] or [[]]
+        sent = 0
+        for i, chunk in enumerate(chunks):
+            sent += len(chunk)
+            done = self._logged_step.get(key, 0)
+            if sent >= len(epochs) and epochs:
+                done = max(done, epochs[-1][3])
+            elif 0 < sent < len(epochs):
+                done = max(done, epochs[sent][3] - 1 if epochs[sent][3] == epochs[sent - 1][3] else epochs[sent - 1][3])
+            marks = [RunTag(LOGGED_STEP_TAG, str(done))]
+            if finals and sent == len(metrics):
+                marks.append(RunTag(FINAL_LOGGED_TAG, "1"))
+            self._client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk],
+                                   tags=(tags if i == 0 else []) + marks)
+            self._logged_step[key] = done
+        if finals:
+            self._final_logged.add(key)
 
     def _backfill(self, key: str, ev: _RunEvents) -> None:
         """Put reports this process never saw (made before a driver died) ahead of the live ones.

@@ -1,0 +1,68 @@
+"""The MLflow callback's bookkeeping against a real (SQLite) tracking store."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import mlflow_logger
+from sweeps.mlflow_logger import LOGGED_STEP_TAG, MLflowSweepLogger, _RunEvents
+
+KEY = "trial-under-test"
+NAMES = ("train_loss", "train_acc", "test_acc")
+
+
+def _events(steps: range) -> _RunEvents:
+    return _RunEvents(params={"seed": "0"}, tags={"trial_key": KEY},
+                      metrics=[(name, step / 100, 1_000 + step, step) for step in steps for name in NAMES])
+
+
+class _DiesAfter:
+    """The real client, whose process dies (raises) after `calls` log_batch calls."""
+
+    def __init__(self, client, calls: int):
+        self._client, self.calls = client, calls
+
+    def log_batch(self, *args, **kwargs):
+        if self.calls == 0:
+            raise ConnectionError("driver killed")
+        self.calls -= 1
+        return self._client.log_batch(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def _flush(logger: MLflowSweepLogger, events: _RunEvents) -> None:
+    pending, order = {}, []
+    logger._merge(pending, order, KEY, events)
+    logger._flush(pending, order)
+
+
+@pytest.mark.parametrize("dies_after, expected_mark", [(1, 0), (2, 3), (4, 10)])
+def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, dies_after, expected_mark):
+    """A flush bigger than MLflow's batch limit goes out in chunks; the logged-step mark must
+    never claim a step whose metrics are not all stored, or the resumed driver skips them."""
+    monkeypatch.setattr(mlflow_logger, "MAX_METRICS_PER_BATCH", 10)  # 3 metrics a step: chunks split steps
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = MLflowSweepLogger(uri, "sweep", axes=[])
+    first._connect()
+    first._client = _DiesAfter(first._client, dies_after)
+    with pytest.raises(ConnectionError):
+        _flush(first, _events(range(1, 21)))
+
+    client = MlflowClient(uri)
+    run = client.search_runs([first._experiment_id], f"tags.trial_key = '{KEY}'")[0]
+    # the params batch is call 1; each metrics chunk after it stores 10 metrics (3 a step)
+    mark = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
+    assert mark == expected_mark
+    for name in NAMES:
+        stored = {m.step for m in client.get_metric_history(run.info.run_id, name)}
+        assert set(range(1, mark + 1)) <= stored, f"{name}: mark {mark} claims steps not stored"
+
+    resumed = MLflowSweepLogger(uri, "sweep", axes=[])  # a new driver replays every report
+    _flush(resumed, _events(range(1, 21)))
+    for name in NAMES:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+        assert sorted(steps) == list(range(1, 21)), f"{name}: history has gaps or repeats"
+    assert client.get_run(run.info.run_id).data.tags[LOGGED_STEP_TAG] == "20"

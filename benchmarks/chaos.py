@@ -240,7 +240,7 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     from analysis.export import export_sweep
-    from sweeps.runner import experiment_path
+    from sweeps.runner import CHECKPOINTS_TO_KEEP, experiment_path
 
     reference = reference_results(spec)
     export_sweep(experiment_path(spec), root / "export", spec.name, tracking_uri)
@@ -283,7 +283,9 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
         if sorted(set(history)) != list(range(1, len(steps) + 1)):
             mis_resumed.add(key)
     restarted, from_scratch = restarts(Path(experiment_path(spec)))
+    kept = [len(list(t.glob("checkpoint_*"))) for t in Path(experiment_path(spec)).glob("trial_*")]
     return {"trials": len(reference), "lost": len(lost), "duplicated": duplicated,
+            "checkpoints_beyond_kept": sum(max(0, n - CHECKPOINTS_TO_KEEP) for n in kept),
             "ray_trial_restarts": restarted, "restarts_from_scratch": from_scratch, "lost_detail": lost_detail,
             "mis_resumed": len(mis_resumed), "mlflow_runs": len(runs),
             "running_runs": sum(r.info.status == "RUNNING" for r in runs), "export_rows": len(trials)}
@@ -304,7 +306,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     totals = {k: sum(r[k] for r in out) for k in ("lost", "duplicated", "mis_resumed", "running_runs",
-                                                   "ray_trial_restarts", "restarts_from_scratch")}
+                                                   "ray_trial_restarts", "restarts_from_scratch",
+                                                   "checkpoints_beyond_kept")}
     print(json.dumps({"benchmark": "chaos", "runs": args.runs, "trials_per_run": out[0]["trials"],
                       "totals": totals, "per_run": out}, indent=2))
 

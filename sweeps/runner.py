@@ -17,6 +17,7 @@ from pathlib import Path
 from trainables.provenance import git_commit, package_version
 from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, member_values, tune_trainable  # light: torch loads in workers
 
+from .safe_storage import prune_unreferenced_checkpoints, storage_filesystem
 from .spec import SweepError, SweepSpec, parse_sweep
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
@@ -282,6 +283,7 @@ def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=storage_root(spec.storage),
+            storage_filesystem=storage_filesystem(spec.storage),
             callbacks=_callbacks(spec, log_to_mlflow),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
@@ -334,7 +336,7 @@ def _logs_to_mlflow(spec: SweepSpec) -> bool:
 def has_results(spec: SweepSpec) -> bool:
     from ray import tune
 
-    return tune.Tuner.can_restore(experiment_path(spec))
+    return tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec.storage))
 
 
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
@@ -357,6 +359,7 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     run_pretraining_phase(spec, on_notice)
     _only_json_results(True)
     grid = build_tuner(spec, log_to_mlflow).fit()
+    prune_unreferenced_checkpoints(experiment_path(spec), grid)
     return _outcome(spec, grid)
 
 
@@ -368,7 +371,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
 
     spec = read_spec(name, storage)
     path = experiment_path(spec)
-    if not tune.Tuner.can_restore(path):
+    if not tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem(spec.storage)):
         raise SweepError(f"sweep {name!r} at {path} has no Ray experiment state to resume from")
     preflight(spec, name)
     init_ray()
@@ -378,5 +381,8 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     run_pretraining_phase(spec, on_notice)  # snapshots a killed driver never finished
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     _only_json_results(bool(_run_settings(spec).get("json_logger_only")))
-    tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True)
-    return _outcome(spec, tuner.fit())
+    tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True,
+                               storage_filesystem=storage_filesystem(spec.storage))
+    grid = tuner.fit()
+    prune_unreferenced_checkpoints(path, grid)
+    return _outcome(spec, grid)

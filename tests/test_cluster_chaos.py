@@ -24,6 +24,7 @@ def test_node_loss_server_outage_and_driver_kill_lose_nothing(tmp_path):
     assert any(w == "resume exited 0" for w in happened), (tmp_path / "driver.log").read_text()[-3000:]
     assert result["trials"] == 8 and result["export_rows"] == 8 and result["mlflow_runs"] == 8
     assert (result["lost"], result["duplicated"], result["mis_resumed"], result["running_runs"]) == (0, 0, 0, 0), result
+    assert result["checkpoints_beyond_kept"] == 0, result  # deletions a killed driver deferred were done
     # trials of the killed node and driver resumed from checkpoints (one that had none yet
     # may legitimately start over)
     assert result["ray_trial_restarts"] - result["restarts_from_scratch"] >= 1, result

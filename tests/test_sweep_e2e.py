@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.runner import CHECKPOINTS_TO_KEEP
+
 SMOKE = str(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml")
 pytestmark = pytest.mark.slow
 
@@ -205,6 +207,10 @@ def test_killed_driver_resumes_with_one_run_per_trial(tmp_path):
     assert len(children) == 8 and len({r.data.tags["trial_key"] for r in children}) == 8
     assert all(r.info.status == "FINISHED" for r in children)
     assert_complete_histories(client, children)
+    # checkpoints the killed driver had still to delete are gone; Ray's last ones stay
+    trials = list((tmp_path / "results" / "killed").glob("trial_*"))
+    assert trials and all(1 <= len(list(t.glob("checkpoint_*"))) <= CHECKPOINTS_TO_KEEP for t in trials)
+    assert not list((tmp_path / "results" / "killed").rglob(".*.tmp-*"))
 
 
 def test_random_and_optuna_searches_run_every_seed(tmp_path):

@@ -1,6 +1,8 @@
 import torch
 
-from trainables.augment import augment, cutout, random_crop, random_flip, random_shift_1d
+import pytest
+
+from trainables.augment import apply, augment, cutout, draw, random_crop, random_flip, random_shift_1d
 
 
 def gen(seed=0):
@@ -46,3 +48,14 @@ def test_augment_adds_noise_of_the_requested_std_and_is_reproducible():
     assert torch.equal(out, augment(x, "none", 0.05, gen(1)))
     img = torch.rand(8, 3, 28, 28)
     assert augment(img, "flip_crop_cutout", 0.0, gen()).shape == img.shape
+
+
+@pytest.mark.parametrize("kind, shape", [("shift", (16, 1, 40)), ("flip_crop", (16, 3, 12, 12)),
+                                         ("flip_crop_cutout", (16, 3, 12, 12))])
+def test_joined_batches_get_exactly_what_each_gets_alone(kind, shape):
+    """How a pack augments its members: each draws from its own generator, one pass for all."""
+    batches = [torch.randn(shape) for _ in range(3)]
+    alone = [augment(x, kind, 0.1, gen(i)) for i, x in enumerate(batches)]
+    draws = [draw(x, kind, 0.1, gen(i)) for i, x in enumerate(batches)]
+    joined = apply(torch.cat(batches), kind, {k: torch.cat([d[k] for d in draws]) for k in draws[0]})
+    assert torch.equal(joined, torch.cat(alone))

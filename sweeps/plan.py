@@ -67,8 +67,9 @@ def pack_size(spec: SweepSpec, slots: int | None) -> int:
         return 1
     if isinstance(spec.pack, int):
         return spec.pack
-    if make_config(spec.trial_values()[0]).model not in AUTO_PACKED_MODELS:
-        return 1
+    configs = [make_config(v) for v in spec.trial_values()]
+    if any(c.model not in AUTO_PACKED_MODELS or c.speed_options for c in configs):
+        return 1  # packs train plain fp32 eager models (see trainables.packed)
     n = spec.num_trials()
     packs = math.ceil(n / PACK_CAP)
     if slots:

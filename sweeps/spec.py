@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import TrialConfig, describe_validation_error
+from trainables.config import SPEED_DEFAULTS, TrialConfig, describe_validation_error
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _INT_FIELDS = {name for name, f in TrialConfig.model_fields.items() if f.annotation is int}
@@ -192,6 +192,13 @@ class SweepSpec(BaseModel):
         if isinstance(self.pack, int) and self.pack > 1 and self.search.kind != "grid":
             raise ValueError(f"pack: {self.pack} needs search: grid (packs are formed from the whole grid "
                              f"before it runs); use pack: 1 or auto with {self.search.kind} search")
+        if isinstance(self.pack, int) and self.pack > 1:
+            for name, default in SPEED_DEFAULTS.items():
+                where = "axes" if isinstance(self.axes.get(name), list) else "base"
+                values = self.axes[name] if where == "axes" else [self.base.get(name, default)]
+                if any(v != default for v in values):
+                    raise ValueError(f"{where}.{name}: packed trials (pack: {self.pack}) train with {name}: "
+                                     f"{default}; use pack: 1 (or auto) to set it")
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,10 @@ AUGMENTATIONS_IMAGE = ("none", "flip_crop", "flip_crop_cutout")
 DEFAULT_WIDTH = {"mlp": 256, "cnn": 32, "resnet18": 64, "vgg11": 64, "vgg16": 64}
 DEFAULT_DEPTH = {"mlp": 2, "cnn": 3}
 FIXED_DEPTH = {"resnet18": 18, "vgg11": 11, "vgg16": 16}  # named architectures fix their depth
+CONV_MODELS = ("cnn", "resnet18", "vgg11", "vgg16")
+# How fast the training step runs, and in which rounding. Left out of `to_dict` at these
+# defaults, so every config, key, checkpoint and snapshot made before they existed is unchanged.
+SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False}
 
 
 class TrialConfig(BaseModel):
@@ -60,6 +64,10 @@ class TrialConfig(BaseModel):
     # execution (part of the config because results depend on them)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1, description="pinned: results differ between thread counts")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 = the training step under bfloat16 autocast (GPU conv nets: faster; rounds differently)")
+    channels_last: bool = Field(False, description="conv nets on images: train in NHWC memory layout (with bf16 on GPUs)")
+    compile: bool = Field(False, description="torch.compile the training forward (pays off for long GPU trials)")
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +90,11 @@ class TrialConfig(BaseModel):
                 f"depth: {self.model} has a fixed depth of {fixed}; "
                 f"leave depth unset, or use model mlp/cnn to vary depth"
             )
+        if self.channels_last and (self.model not in CONV_MODELS or self.dataset in DATASETS_1D):
+            raise ValueError(
+                f"channels_last: applies to conv nets ({', '.join(CONV_MODELS)}) on image datasets, not "
+                f"{self.model} on {self.dataset}; set channels_last: false"
+            )
         allowed = AUGMENTATIONS_1D if self.dataset in DATASETS_1D else AUGMENTATIONS_IMAGE
         if self.augmentation not in allowed:
             raise ValueError(
@@ -95,7 +108,17 @@ class TrialConfig(BaseModel):
         return list(cls.model_fields)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        """The config's identity: every field, less the speed options at their defaults."""
+        values = self.model_dump()
+        for name, default in SPEED_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+    @property
+    def speed_options(self) -> dict[str, Any]:
+        """The speed options set away from their defaults (packs run only the defaults)."""
+        return {name: getattr(self, name) for name, default in SPEED_DEFAULTS.items() if getattr(self, name) != default}
 
 
 # Trials that agree on these can be trained together as one stacked model (trainables.packed).
@@ -103,7 +126,7 @@ PACK_FIELDS = ("dataset", "model", "width", "depth", "batch_size", "device", "to
 
 
 def pack_signature(cfg: TrialConfig) -> tuple:
-    values = cfg.to_dict()
+    values = cfg.model_dump()
     return tuple(values[name] for name in PACK_FIELDS)
 
 

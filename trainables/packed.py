@@ -74,6 +74,9 @@ def run_pack(
         raise ValueError(f"a pack needs one value of each of {', '.join(PACK_FIELDS)}; "
                          f"got {len(signatures)} different combinations")
     first = cfgs[0]
+    if first.speed_options:
+        raise ValueError(f"packed trials train in fp32, default layout, uncompiled; {first.speed_options} "
+                         f"needs pack: 1")
     torch.set_num_threads(first.torch_threads)
     device = resolve_device(first.device)
     if device.type == "cuda":

@@ -30,7 +30,7 @@ PRETRAIN_FIELDS = ("dataset", "model", "width", "depth", "seed", "label_noise", 
 
 def pretrain_fields(cfg: TrialConfig) -> dict[str, Any]:
     values = cfg.to_dict()
-    return {name: values[name] for name in PRETRAIN_FIELDS}
+    return {**{name: values[name] for name in PRETRAIN_FIELDS}, **cfg.speed_options}
 
 
 def pretrain_key(cfg: TrialConfig, device_type: str) -> str:

@@ -19,6 +19,7 @@ from . import measures
 from .augment import augment
 from .config import TrialConfig, make_config
 from .data import TensorData, load_dataset
+from .execution import TrainingForward, place_model
 from .label_noise import make_pretrain_set
 from .models import build_model
 from .provenance import git_commit, package_version
@@ -87,7 +88,7 @@ def init_model(cfg: TrialConfig, data: TensorData, device: torch.device) -> nn.M
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, cfg.depth)
-    return model.to(device)
+    return place_model(cfg, model.to(device))
 
 
 def plan_stages(cfg: TrialConfig, data: TensorData, device: torch.device) -> list[Stage]:
@@ -109,9 +110,12 @@ def plan_stages(cfg: TrialConfig, data: TensorData, device: torch.device) -> lis
     return stages
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, stage: Stage, batch_size: int) -> dict[str, float]:
-    """One pass over the stage's data in a fresh random order; one device sync at the end."""
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, stage: Stage, batch_size: int,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """One pass over the stage's data in a fresh random order; one device sync at the end.
+    `forward` is the training forward pass (`execution.TrainingForward`), else the model."""
     model.train()
+    forward = forward or model
     params = [p for p in model.parameters()]
     device = stage.x.device
     n = len(stage.x)
@@ -125,7 +129,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, stage: Stage, batc
         xb, yb = stage.x[idx], stage.y[idx]
         if stage.augmentation != "none" or stage.aug_noise > 0:
             xb = augment(xb, stage.augmentation, stage.aug_noise, stage.gen)
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss = nn.functional.cross_entropy(forward(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -168,6 +172,7 @@ def run_trial(
     params = [p for p in model.parameters()]
     init_params = [p.detach().clone() for p in params]
     stages = plan_stages(cfg, data, device)
+    forward = TrainingForward(cfg, model, device)
 
     history: list[dict[str, Any]] = []
     position = (0, 0)  # (stage index, epochs done in it)
@@ -193,7 +198,7 @@ def run_trial(
             for group in opt.param_groups:
                 group["lr"] = stage.lr_at(epoch)
             t0 = time.perf_counter()
-            step_stats = train_epoch(model, opt, stage, cfg.batch_size)
+            step_stats = train_epoch(model, opt, stage, cfg.batch_size, forward)
             record = _epoch_record(model, params, init_params, data, stage, epoch, step_stats)
             record["epoch_time_s"] = time.perf_counter() - t0
             record["step"] = len(history) + 1  # epochs of both stages so far: the x axis of every curve

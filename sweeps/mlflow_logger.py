@@ -2,10 +2,8 @@
 
 Ray's MLflowLoggerCallback makes one SQL commit per metric per report and keeps run ids only in
 memory (measured here: a sweep 10x slower, duplicate runs after a restore). This callback only
-queues events on Tune's thread; a writer thread sends them with one `log_batch` per run, once
-a run has a full batch, has ended, or has waited `max_delay_s` (measured: a SQLite store spends
-0.65 ms a metric in batches of 15, 0.11 ms in batches of 1000, and on a small machine that CPU
-is taken from the trials). Each run is keyed by the trial's deterministic key, so a restored sweep finds and
+queues events on Tune's thread; a writer thread sends them with one `log_batch` per run per
+flush. Each run is keyed by the trial's deterministic key, so a restored sweep finds and
 continues its runs; metrics at steps already logged are skipped. A tracking server that is
 down only delays logging: events stay queued and are retried.
 """
@@ -44,7 +42,6 @@ class _RunEvents:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # name, value, ms, step
     end_status: str | None = None
-    queued_at: float = field(default_factory=time.monotonic)  # when the oldest unsent event came
 
 
 def _metric_items(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
@@ -91,32 +88,17 @@ def _result_events(result: dict[str, Any]) -> _RunEvents:
     return _RunEvents(tags=tags, metrics=[(k, v, stamp, step) for k, v in items.items()])
 
 
-def _yield_cpu_to_trials() -> None:
-    """Lower this thread's scheduling priority (Linux: threads have their own nice value).
-
-    With local Ray the driver shares the machine's cores with the trials; logging can wait for
-    an idle moment (its batches only grow meanwhile), training should not wait for logging.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: run at the normal priority
-        pass
-
-
 class MLflowSweepLogger(Callback):
     """One MLflow experiment per sweep, one parent run, one child run per trial (per member
     of a packed Ray trial: reports carry a `member` index)."""
 
-    max_delay_s = 15.0  # a class default: callbacks pickled by older sweeps lack the attribute
-
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
-                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0, max_delay_s: float = 15.0):
+                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
         self.tags = dict(tags or {})
-        self.flush_interval_s = flush_interval_s  # how often the writer looks for runs due
-        self.max_delay_s = max_delay_s  # the longest a metric waits for its run's batch to fill
+        self.flush_interval_s = flush_interval_s
         self.give_up_after_s = give_up_after_s  # retrying at the end of a sweep, then `minima sync-mlflow`
         self._init_runtime()
 
@@ -143,7 +125,7 @@ class MLflowSweepLogger(Callback):
 
     # Tune pickles callbacks with the experiment state; threads and clients are rebuilt in setup().
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s", "max_delay_s")
+        keep = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s")
         return {k: self.__dict__.get(k, 30.0) for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -236,7 +218,6 @@ class MLflowSweepLogger(Callback):
 
     # --- writer thread -------------------------------------------------------------------
     def _writer(self) -> None:
-        _yield_cpu_to_trials()
         pending, order = self._pending, self._order
         backoff = self.flush_interval_s
         stop_seen: float | None = None
@@ -251,7 +232,7 @@ class MLflowSweepLogger(Callback):
                 if self._stop.is_set():
                     deadline = 0.0
             try:
-                self._flush(pending, order, everything=self._stop.is_set())
+                self._flush(pending, order)
                 backoff = self.flush_interval_s
             except Exception as err:  # server down, lock timeout: keep everything, retry later
                 self.failed_flushes += 1
@@ -273,7 +254,7 @@ class MLflowSweepLogger(Callback):
     @staticmethod
     def _merge(pending: dict[str, _RunEvents], order: list[str], key: str, ev: _RunEvents) -> None:
         if key not in pending:
-            pending[key] = _RunEvents(queued_at=ev.queued_at)
+            pending[key] = _RunEvents()
             order.append(key)
         MLflowSweepLogger._merge_into(pending[key], ev)
 
@@ -332,21 +313,14 @@ class MLflowSweepLogger(Callback):
         self._runs[key] = run_id
         return run_id
 
-    def _due(self, ev: _RunEvents, now: float) -> bool:
-        """Whether a run's queued events go out now: a full batch, its end, or waited enough."""
-        return (ev.end_status is not None or len(ev.metrics) >= MAX_METRICS_PER_BATCH
-                or now - ev.queued_at >= self.max_delay_s)
-
-    def _flush(self, pending: dict[str, _RunEvents], order: list[str], everything: bool = True) -> None:
-        """Send the runs that are due (all of them with `everything`), oldest first."""
-        now = time.monotonic()
-        due = [key for key in order if everything or self._due(pending[key], now)]
-        if not due:
+    def _flush(self, pending: dict[str, _RunEvents], order: list[str]) -> None:
+        if not pending:
             return
         from mlflow.entities import RunTag
 
         self._connect()
-        for key in due:
+        while order:
+            key = order[0]
             ev = pending[key]
             run_id = self._run_for(key, ev)
             if key not in self._backfilled:
@@ -361,7 +335,7 @@ class MLflowSweepLogger(Callback):
             if ev.end_status:
                 self._client.set_terminated(run_id, ev.end_status)
             del pending[key]
-            order.remove(key)
+            order.pop(0)
 
     def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
         """Log a run's metrics in chunks (MLflow's batch limit), epochs in step order.

@@ -8,7 +8,11 @@ shared pretraining, (c) with shared pretraining and packing (`pack: auto`). Prin
 each wall time, trials/hour, the speed-ups over (a), and the largest difference in any trial's
 final test accuracy between the runs (asserted to be within float tolerance; here it is 0).
 
-    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40]
+With `--no-mlflow` the trials are not logged to MLflow: on local Ray the driver's SQLite
+logging (~60k metrics here, 0.1-0.2 ms each) takes CPU from the trials on the same cores, which a
+cluster's head node does not; this isolates what sharing and packing save in the trials.
+
+    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--no-mlflow]
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--augmentations", default="none,shift")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES), help="which of the three to run")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the trials to MLflow")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="minima-cost-"))
     init_ray()
@@ -86,7 +91,7 @@ def main() -> None:
         spec = make_spec(mode, root, args, pack, share)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # Ray's tables: keep stdout for the JSON
-            outcome = run_sweep(spec, on_notice=lambda m: None)
+            outcome = run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: None)
         wall = time.perf_counter() - t0
         assert outcome.counts.get("ok") == outcome.total, outcome.counts
         accs[mode] = accuracies(spec, root)
@@ -104,6 +109,7 @@ def main() -> None:
                   "weight_decays": args.weight_decays, "augmentations": args.augmentations, "seeds": args.seeds},
         "cpus": os.cpu_count(),
         "device": "cpu",
+        "mlflow_logging": not args.no_mlflow,
         "runs": results,
         "speedup_over_trial_by_trial": {m: round(base / r["wall_s"], 2) for m, r in results.items()} if base else None,
         "max_test_acc_difference": diffs,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.config import make_config, pack_signature
-from trainables.pretraining import pretrain_key
+from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
 
@@ -88,3 +88,26 @@ def make_packs(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
         per = math.ceil(len(members) / count)  # even packs: 72 in 16s -> 5 x 15 (not 4 x 16 + 8)
         packs += [members[i : i + per] for i in range(0, len(members), per)]
     return packs
+
+
+def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
+    """The shared pretrainings grouped for one Ray task each: those of one MLP architecture
+    trained together as a pack (at most `spec.pack`, spread over the `slots` that run at once),
+    the rest one by one. A resolved `pack: 1` packs nothing."""
+    size = spec.pack if isinstance(spec.pack, int) else pack_size(spec, slots)
+    groups: dict[tuple, list[PretrainJob]] = defaultdict(list)
+    alone: list[list[PretrainJob]] = []
+    for job in jobs:
+        cfg = make_config({**job.values, "pretrain_epochs": job.durations[-1]})
+        if size > 1 and cfg.model in AUTO_PACKED_MODELS and can_pack_pretraining(cfg):
+            groups[pack_signature(cfg)].append(job)
+        else:
+            alone.append([job])
+    packs = []
+    for members in groups.values():
+        count = math.ceil(len(members) / size)
+        if slots:
+            count = max(count, min(slots, len(members)))  # one pack per slot before packs grow
+        per = math.ceil(len(members) / count)
+        packs += [members[i : i + per] for i in range(0, len(members), per)]
+    return packs + alone

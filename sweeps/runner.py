@@ -219,12 +219,16 @@ def planned(spec: SweepSpec) -> SweepSpec:
     """The spec with `pack: auto` resolved for where it runs (stored, so a resume agrees)."""
     from .plan import pack_size
 
-    slots = None
-    if not _on_cluster():
-        have = local_resources()
-        slots = int(have.get("GPU", 0) // spec.resources.gpu) if spec.resources.gpu > 0 else int(have["CPU"] // spec.resources.cpu)
-        slots = max(1, min(slots, spec.max_concurrent or slots))
-    return spec.model_copy(update={"pack": pack_size(spec, slots)})
+    return spec.model_copy(update={"pack": pack_size(spec, local_slots(spec))})
+
+
+def local_slots(spec: SweepSpec) -> int | None:
+    """Trials that run at once on local Ray (None on a cluster, which grows and shrinks)."""
+    if _on_cluster():
+        return None
+    have = local_resources()
+    slots = int(have.get("GPU", 0) // spec.resources.gpu) if spec.resources.gpu > 0 else int(have["CPU"] // spec.resources.cpu)
+    return max(1, min(slots, spec.max_concurrent or slots))
 
 
 def run_pretraining_phase(spec: SweepSpec, on_notice=print) -> None:
@@ -235,9 +239,9 @@ def run_pretraining_phase(spec: SweepSpec, on_notice=print) -> None:
     """
     import ray
 
-    from trainables.pretraining import SnapshotStore, run_shared_pretraining
+    from trainables.pretraining import SnapshotStore, run_shared_pretraining, run_shared_pretrainings
 
-    from .plan import pretraining_jobs
+    from .plan import pretraining_jobs, pretraining_packs
 
     store = snapshot_store(spec)
     jobs = [j for j in pretraining_jobs(spec) if not all(SnapshotStore(store).has(j.key, d) for d in j.durations)]
@@ -246,18 +250,24 @@ def run_pretraining_phase(spec: SweepSpec, on_notice=print) -> None:
     longest = max(j.durations[-1] for j in jobs)
     on_notice(f"shared pretraining: {len(jobs)} runs (up to {longest} epochs) for "
               f"{sum(j.trials for j in jobs)} trials, before the trials start")
-    task = ray.remote(run_shared_pretraining).options(
-        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
-    refs = {task.remote(j.values, j.durations, store): j for j in jobs}
+    options = dict(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
+    alone = ray.remote(run_shared_pretraining).options(**options)
+    packed = ray.remote(run_shared_pretrainings).options(**options)
+    refs = {}
+    for group in pretraining_packs(spec, jobs, local_slots(spec)):
+        if len(group) == 1:
+            refs[alone.remote(group[0].values, group[0].durations, store)] = group
+        else:  # one stacked model, snapshots bit-equal to pretraining each alone
+            refs[packed.remote([(j.values, j.durations) for j in group], store)] = group
     failed = 0
-    for ref, job in refs.items():
+    for ref, group in refs.items():
         try:
             ray.get(ref)
-        except Exception as err:  # the trials of this group pretrain by themselves instead
-            failed += 1
-            on_notice(f"shared pretraining {job.key} failed ({type(err).__name__}: {str(err)[-300:]}); "
-                      f"its {job.trials} trials will pretrain by themselves")
-    on_notice(f"shared pretraining: {len(jobs) - failed}/{len(jobs)} done")
+        except Exception as err:  # the trials of these pretrainings pretrain by themselves instead
+            failed += len(group)
+            on_notice(f"shared pretraining {', '.join(j.key for j in group)} failed ({type(err).__name__}: "
+                      f"{str(err)[-300:]}); its {sum(j.trials for j in group)} trials will pretrain by themselves")
+    on_notice(f"shared pretraining: {len(jobs) - failed}/{len(jobs)} done in {len(refs)} Ray tasks")
 
 
 def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):

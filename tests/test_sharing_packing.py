@@ -11,12 +11,13 @@ import math
 
 import pytest
 
-from sweeps.plan import make_packs, pack_size, pretraining_jobs
+from sweeps.plan import make_packs, pack_size, pretraining_jobs, pretraining_packs
 from sweeps.spec import SweepError, parse_sweep
 from trainables.config import make_config
 from trainables.packed import run_pack
-from trainables.pretraining import pretrain_key, resume_state_from_snapshot, run_shared_pretraining
-from trainables.trial import run_trial
+from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_shared_pretraining,
+                                    run_shared_pretrainings)
+from trainables.trial import TrialResult, run_trial
 
 TIMING = ("epoch_time_s", "wall_time_s")
 
@@ -160,3 +161,40 @@ def test_pack_needs_a_grid_and_says_so():
         _grid(pack=4, search={"kind": "random", "num_samples": 2})
     with pytest.raises(SweepError, match="pack"):
         _grid(pack=0)
+
+
+def test_packed_pretrainings_save_exactly_the_standalone_snapshots(tmp_path):
+    import torch
+
+    jobs = [(dict(SMALL, seed=0), [2, 5]), (dict(SMALL, seed=1, pretrain_momentum=0.5), [3]),
+            (dict(SMALL, seed=2, pretrain_lr=1e4), [2, 4]),  # diverges in its first epoch
+            (dict(SMALL, seed=3), [1])]  # leaves the pack first
+    for values, durations in jobs:
+        run_shared_pretraining(values, durations, str(tmp_path / "alone"))
+    reports = run_shared_pretrainings(jobs, str(tmp_path / "packed"))
+    assert [r["epochs_run"] for r in reports] == [5, 3, 1, 1]
+    for values, durations in jobs:
+        for d in durations:
+            key = pretrain_key(make_config({**values, "pretrain_epochs": d}), "cpu")
+            alone, packed = (SnapshotStore(str(tmp_path / w)).load(key, d) for w in ("alone", "packed"))
+            assert alone["diverged"] == packed["diverged"] == (values["seed"] == 2)
+            for name, tensor in alone["model"].items():  # NaN where it diverged: equal_nan
+                assert torch.allclose(packed["model"][name], tensor, rtol=0, atol=0, equal_nan=True), name
+            assert comparable(TrialResult({}, packed["history"])) == comparable(TrialResult({}, alone["history"]))
+    again = run_shared_pretrainings(jobs, str(tmp_path / "packed"))
+    assert all(r["epochs_run"] == 0 for r in again)  # every snapshot exists: nothing runs
+
+
+def test_pretrainings_pack_per_architecture_over_the_slots():
+    spec = _grid(pack="auto")
+    jobs = pretraining_jobs(spec)
+    assert len(jobs) == 3  # one per seed
+    assert [len(g) for g in pretraining_packs(planned_pack(spec, 2), jobs, slots=2)] == [2, 1]
+    assert [len(g) for g in pretraining_packs(planned_pack(spec, 2), jobs, slots=None)] == [3]
+    assert [len(g) for g in pretraining_packs(spec.model_copy(update={"pack": 1}), jobs, slots=2)] == [1, 1, 1]
+    copies = _grid(pack="auto", base={"width": 32, "epochs": 5, "pretrain_copies": 2})
+    assert [len(g) for g in pretraining_packs(planned_pack(copies, 2), pretraining_jobs(copies), 2)] == [1, 1, 1]
+
+
+def planned_pack(spec, slots):
+    return spec.model_copy(update={"pack": pack_size(spec, slots)})

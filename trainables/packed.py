@@ -157,6 +157,81 @@ def run_pack(
     return [m.result for m in members]  # type: ignore[misc]
 
 
+OnPretrainEpoch = Callable[[int, dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: OnPretrainEpoch) -> list[list[dict]]:
+    """Pretrain the members together, each to its `pretrain_epochs`; return their histories.
+
+    How shared pretraining packs: members share the architecture (PACK_FIELDS) and pretrain on
+    the train set's inputs (one copy, nothing zeroed), each with its own random labels, order,
+    lr and momentum. `on_epoch(i, record, snapshot)` follows each epoch of member i, where
+    `snapshot()` is `{"model", "history", "elapsed_s"}`; a member that diverges stops. Records
+    and weights equal `run_trial(cfg, pretrain_only=True)` bit for bit (MLPs, tested).
+    """
+    cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
+    if len({pack_signature(c) for c in cfgs}) != 1 or cfgs[0].speed_options:
+        raise ValueError("a pretraining pack needs one architecture, trained with the default speed options")
+    if any(c.pretrain_copies != 1 or c.pretrain_zero_out > 0 or c.pretrain_epochs < 1 for c in cfgs):
+        raise ValueError("a pretraining pack needs pretrain_epochs > 0 on the train set's own inputs "
+                         "(pretrain_copies 1, pretrain_zero_out 0)")
+    first = cfgs[0]
+    torch.set_num_threads(first.torch_threads)
+    device = resolve_device(first.device)
+    data = load_dataset(first.dataset, device)
+    members = [_Member(i, c) for i, c in enumerate(cfgs)]
+    models = []
+    for m in members:
+        model = init_model(m.cfg, data, device)
+        m.init_params = [p.detach().clone() for p in model.parameters()]
+        m.stage = plan_stages(m.cfg, data, device)[0]
+        models.append(model)
+    active = list(members)
+    net = StackedModel(models)
+    momentum_buf = [torch.zeros_like(p) for p in net.params]
+    init = [torch.stack([m.init_params[j] for m in active]) for j in range(len(net.params))]
+    labels = torch.stack([m.stage.y for m in active])
+    epoch = 0
+    while active:
+        t0 = time.perf_counter()
+        stats = _train_epoch(net, momentum_buf, active, epoch, data, first.batch_size, labels)
+        evals = _evaluate(net, data, labels)
+        norms = _norms(net.params, init)
+        paths = _path_norms(net, data, device, active)
+        epoch_time = (time.perf_counter() - t0) / len(active)
+        finished = []
+        for k, m in enumerate(active):
+            record = {
+                "stage": "pretrain", "epoch": epoch + 1, "lr": m.stage.lr_at(epoch),
+                "train_loss": evals["train_loss"][k], "train_acc": evals["train_acc"][k],
+                "test_loss": evals["test_loss"][k], "test_acc": evals["test_acc"][k],
+                "pretrain_acc": evals["pretrain_acc"][k],
+                "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
+                "clipped_frac": stats["clipped_frac"][k],
+                "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
+                **paths[k], "mu_linear": None,
+                "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
+                "epoch_time_s": epoch_time, "step": len(m.history) + 1,
+            }
+            m.history.append(record)
+            m.elapsed_s += epoch_time
+            if record["diverged"] or epoch + 1 == m.stage.epochs:
+                finished.append(k)
+        for k, m in enumerate(active):
+            on_epoch(m.index, m.history[-1], lambda k=k, m=m: {
+                "model": net.member_state(k), "history": list(m.history), "elapsed_s": m.elapsed_s})
+        epoch += 1
+        if finished:
+            keep = [k for k in range(len(active)) if k not in finished]
+            active = [active[k] for k in keep]
+            if active:
+                net.keep(keep)
+                momentum_buf = [b[keep] for b in momentum_buf]
+                init = [p[keep] for p in init]
+                labels = labels[keep]
+    return [m.history for m in members]
+
+
 def _start_members(members, data: TensorData, device, resume, pretrained, on_epoch, on_pack_epoch):
     """Each member's model at the start of its clean phase (pretrained, resumed or fresh)."""
     models: dict[int, nn.Module] = {}
@@ -216,8 +291,9 @@ def _pretrain_alone(m: _Member, on_epoch, on_pack_epoch) -> dict[str, Any]:
 
 
 def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: int, data: TensorData,
-                 batch_size: int) -> dict[str, list[float]]:
-    """One epoch for every member: its own order, augmentation draws, lr, decay, momentum, clip."""
+                 batch_size: int, labels: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """One epoch for every member: its own order, augmentation draws, lr, decay, momentum, clip;
+    on the train set's labels, or on each member's own `labels` (K, N) when pretraining."""
     device = data.x_train.device
     n, k_count = len(data.x_train), len(active)
     net.train()
@@ -234,7 +310,8 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
     steps = 0
     for start in range(0, n, batch_size):
         idx = perms[:, start : start + batch_size]
-        xb, yb = data.x_train[idx], data.y_train[idx]  # (K, B, ...)
+        xb = data.x_train[idx]  # (K, B, ...)
+        yb = data.y_train[idx] if labels is None else labels.gather(1, idx)
         if augmented:
             xb = _augment_members(xb, [active[k].stage for k in augmented], augmented)
         logits = net.forward(xb, shared_input=False)
@@ -288,13 +365,15 @@ def _member_norms(tensors, k_count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _evaluate(net: StackedModel, data: TensorData) -> dict[str, list[float]]:
-    """Loss and accuracy per member, summed batch by batch as `measures.loss_and_accuracy` does."""
+def _evaluate(net: StackedModel, data: TensorData, labels: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Loss and accuracy per member, summed batch by batch as `measures.loss_and_accuracy` does;
+    with each member's own train-set `labels` (K, N) also its accuracy on them (`pretrain_acc`)."""
     net.train(False)
     out: dict[str, Any] = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         loss = torch.zeros(net.size, device=x.device)
         correct = torch.zeros(net.size, device=x.device, dtype=torch.long)
+        own = torch.zeros(net.size, device=x.device, dtype=torch.long)
         predicted = []
         batch = measures.EVAL_BATCH.get(x.device.type, 2048)
         for i in range(0, len(x), batch):
@@ -304,6 +383,10 @@ def _evaluate(net: StackedModel, data: TensorData) -> dict[str, list[float]]:
                 loss[k] += nn.functional.cross_entropy(logits[k], target, reduction="sum")
             predicted.append(logits.argmax(2))
             correct += (predicted[-1] == target).sum(1)
+            if split == "train" and labels is not None:
+                own += (predicted[-1] == labels[:, i : i + batch]).sum(1)
+        if split == "train" and labels is not None:
+            out["pretrain_acc"] = [v / len(x) for v in own.tolist()]
         out[f"{split}_loss"] = [v / len(x) for v in loss.tolist()]
         out[f"{split}_acc"] = [v / len(x) for v in correct.tolist()]
         if split == "test":  # mu_linear's F; the train predictions are not needed

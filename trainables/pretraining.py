@@ -92,39 +92,75 @@ class SnapshotStore:
         return state
 
 
-def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], store_root: str) -> dict[str, Any]:
-    """Pretrain once to the longest of `durations`, saving a snapshot at each; skip what exists.
+class _SnapshotPlan:
+    """One shared pretraining: its key, the durations still missing, and saving them."""
 
-    `values` is any trial config of the group (its clean-phase fields are ignored). Returns
-    what was done, for the sweep's log.
-    """
-    from .trial import resolve_device, run_trial
+    def __init__(self, values: dict[str, Any], durations: Iterable[int], store: SnapshotStore):
+        from .trial import resolve_device
 
-    durations = sorted({int(d) for d in durations if int(d) > 0})
-    longest = make_config({**values, "pretrain_epochs": durations[-1]})
-    device = resolve_device(longest.device)
-    key = pretrain_key(longest, device.type)
-    store = SnapshotStore(store_root)
-    missing = [d for d in durations if not store.has(key, d)]
-    if not missing:
-        return {"key": key, "saved": [], "epochs_run": 0}
-    fields = {**pretrain_fields(longest), "device": device.type}
-    saved: list[int] = []
+        durations = sorted({int(d) for d in durations if int(d) > 0})
+        self.config = make_config({**values, "pretrain_epochs": durations[-1]})
+        device = resolve_device(self.config.device)
+        self.key = pretrain_key(self.config, device.type)
+        self.store = store
+        self.missing = [d for d in durations if not store.has(self.key, d)]
+        self.fields = {**pretrain_fields(self.config), "device": device.type}
+        self.saved: list[int] = []
 
-    def snapshot_at(record: dict[str, Any], snapshot) -> None:
+    def at_epoch(self, record: dict[str, Any], snapshot) -> None:
         epoch, done = record["epoch"], record["diverged"]
-        due = [d for d in missing if d == epoch or (done and d > epoch)]  # a diverged run ends every longer one
+        due = [d for d in self.missing if d == epoch or (done and d > epoch)]  # a diverged run ends every longer one
         if not due:
             return
         state = snapshot()
         shared = {"model": state["model"], "history": list(state["history"]), "elapsed_s": state["elapsed_s"],
                   "diverged": done}
         for d in due:
-            store.save(key, d, shared, fields)
-            saved.append(d)
+            self.store.save(self.key, d, shared, self.fields)
+            self.saved.append(d)
 
-    result = run_trial(longest, on_epoch=snapshot_at, pretrain_only=True)
-    return {"key": key, "saved": saved, "epochs_run": len(result.history)}
+    def report(self, epochs_run: int) -> dict[str, Any]:
+        return {"key": self.key, "saved": self.saved, "epochs_run": epochs_run}
+
+
+def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], store_root: str) -> dict[str, Any]:
+    """Pretrain once to the longest of `durations`, saving a snapshot at each; skip what exists.
+
+    `values` is any trial config of the group (its clean-phase fields are ignored). Returns
+    what was done, for the sweep's log.
+    """
+    from .trial import run_trial
+
+    plan = _SnapshotPlan(values, durations, SnapshotStore(store_root))
+    if not plan.missing:
+        return plan.report(0)
+    result = run_trial(plan.config, on_epoch=plan.at_epoch, pretrain_only=True)
+    return plan.report(len(result.history))
+
+
+def can_pack_pretraining(cfg: TrialConfig) -> bool:
+    """Whether `run_shared_pretrainings` can pack this pretraining (see `packed.run_pretraining_pack`)."""
+    return cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0 and not cfg.speed_options
+
+
+def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], store_root: str) -> list[dict[str, Any]]:
+    """Several shared pretrainings of one architecture, trained together as one pack.
+
+    Each job is (`values`, `durations`) as for `run_shared_pretraining`; its snapshots equal
+    those that function saves, bit for bit (MLPs, tested).
+    """
+    from .packed import run_pretraining_pack
+
+    store = SnapshotStore(store_root)
+    plans = [_SnapshotPlan(values, durations, store) for values, durations in jobs]
+    todo = [p for p in plans if p.missing]
+    if todo:
+        histories = run_pretraining_pack([p.config for p in todo],
+                                         lambda i, record, snapshot: todo[i].at_epoch(record, snapshot))
+        ran = {id(p): len(h) for p, h in zip(todo, histories)}
+    else:
+        ran = {}
+    return [p.report(ran.get(id(p), 0)) for p in plans]
 
 
 def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:

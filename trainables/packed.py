@@ -105,27 +105,9 @@ def run_pack(
     init = [torch.stack([m.init_params[j] for m in active]) for j in range(len(net.params))]
 
     while active:
-        t0 = time.perf_counter()
-        stats = _train_epoch(net, momentum_buf, active, epoch, data, first.batch_size)
-        evals = _evaluate(net, data)
-        norms = _norms(net.params, init)
-        paths = _path_norms(net, data, device, active)
-        epoch_time = (time.perf_counter() - t0) / len(active)  # the pack's epoch, shared by its members
+        records, evals = _pack_epoch(net, momentum_buf, init, active, epoch, data, first.batch_size, device)
         finished: list[int] = []
-        for k, m in enumerate(active):
-            record = {
-                "stage": "train", "epoch": epoch + 1, "lr": m.stage.lr_at(epoch),
-                "train_loss": evals["train_loss"][k], "train_acc": evals["train_acc"][k],
-                "test_loss": evals["test_loss"][k], "test_acc": evals["test_acc"][k], "pretrain_acc": None,
-                "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
-                "clipped_frac": stats["clipped_frac"][k],
-                "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
-                **paths[k], "mu_linear": None,
-                "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
-                "epoch_time_s": epoch_time, "step": len(m.history) + 1,
-            }
-            m.history.append(record)
-            m.elapsed_s += epoch_time
+        for k, (m, record) in enumerate(zip(active, records)):
             stop = m.stage.stop_at_train_acc
             over = record["diverged"] or (stop is not None and record["train_acc"] >= stop) or epoch + 1 == m.stage.epochs
             if over:
@@ -193,30 +175,8 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
     labels = torch.stack([m.stage.y for m in active])
     epoch = 0
     while active:
-        t0 = time.perf_counter()
-        stats = _train_epoch(net, momentum_buf, active, epoch, data, first.batch_size, labels)
-        evals = _evaluate(net, data, labels)
-        norms = _norms(net.params, init)
-        paths = _path_norms(net, data, device, active)
-        epoch_time = (time.perf_counter() - t0) / len(active)
-        finished = []
-        for k, m in enumerate(active):
-            record = {
-                "stage": "pretrain", "epoch": epoch + 1, "lr": m.stage.lr_at(epoch),
-                "train_loss": evals["train_loss"][k], "train_acc": evals["train_acc"][k],
-                "test_loss": evals["test_loss"][k], "test_acc": evals["test_acc"][k],
-                "pretrain_acc": evals["pretrain_acc"][k],
-                "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
-                "clipped_frac": stats["clipped_frac"][k],
-                "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
-                **paths[k], "mu_linear": None,
-                "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
-                "epoch_time_s": epoch_time, "step": len(m.history) + 1,
-            }
-            m.history.append(record)
-            m.elapsed_s += epoch_time
-            if record["diverged"] or epoch + 1 == m.stage.epochs:
-                finished.append(k)
+        records, _ = _pack_epoch(net, momentum_buf, init, active, epoch, data, first.batch_size, device, labels)
+        finished = [k for k, (m, r) in enumerate(zip(active, records)) if r["diverged"] or epoch + 1 == m.stage.epochs]
         for k, m in enumerate(active):
             on_epoch(m.index, m.history[-1], lambda k=k, m=m: {
                 "model": net.member_state(k), "history": list(m.history), "elapsed_s": m.elapsed_s})
@@ -230,6 +190,36 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
                 init = [p[keep] for p in init]
                 labels = labels[keep]
     return [m.history for m in members]
+
+
+def _pack_epoch(net: StackedModel, momentum_buf, init, active: list[_Member], epoch: int, data: TensorData,
+                batch_size: int, device, labels: torch.Tensor | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """Train every active member one epoch, measure it, and append its record to its history;
+    the members' stage (`labels`: each one's pretraining labels) names the record's stage."""
+    t0 = time.perf_counter()
+    stats = _train_epoch(net, momentum_buf, active, epoch, data, batch_size, labels)
+    evals = _evaluate(net, data, labels)
+    norms = _norms(net.params, init)
+    paths = _path_norms(net, data, device, active)
+    epoch_time = (time.perf_counter() - t0) / len(active)  # the pack's epoch, shared by its members
+    records = []
+    for k, m in enumerate(active):
+        record = {
+            "stage": m.stage.name, "epoch": epoch + 1, "lr": m.stage.lr_at(epoch),
+            "train_loss": evals["train_loss"][k], "train_acc": evals["train_acc"][k],
+            "test_loss": evals["test_loss"][k], "test_acc": evals["test_acc"][k],
+            "pretrain_acc": evals["pretrain_acc"][k] if labels is not None else None,
+            "step_loss": stats["step_loss"][k], "grad_norm": stats["grad_norm"][k],
+            "clipped_frac": stats["clipped_frac"][k],
+            "weight_norm": norms["weight_norm"][k], "dist_from_init": norms["dist_from_init"][k],
+            **paths[k], "mu_linear": None,
+            "diverged": not (math.isfinite(stats["step_loss"][k]) and math.isfinite(evals["train_loss"][k])),
+            "epoch_time_s": epoch_time, "step": len(m.history) + 1,
+        }
+        m.history.append(record)
+        m.elapsed_s += epoch_time
+        records.append(record)
+    return records, evals
 
 
 def _start_members(members, data: TensorData, device, resume, pretrained, on_epoch, on_pack_epoch):

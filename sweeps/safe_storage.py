@@ -67,8 +67,7 @@ class _DeferredDeletes:
             due = [p for p in self._pending if p[1] == experiment
                    and writes - (p[3] if p[2] == newest else 0) >= STATE_COPIES_BEFORE_DELETE]
             self._pending = [p for p in self._pending if p not in due]
-        for target, *_ in due:
-            shutil.rmtree(target, ignore_errors=True)
+        _remove(due)
 
     def flush(self, experiment: str) -> int:
         """Carry out an experiment's pending deletions (it has ended and its state is stored)."""
@@ -76,14 +75,13 @@ class _DeferredDeletes:
         with self._lock:
             due = [p for p in self._pending if p[1] == experiment]
             self._pending = [p for p in self._pending if p[1] != experiment]
-        for target, *_ in due:
-            shutil.rmtree(target, ignore_errors=True)
+        _remove(due)
         return len(due)
 
-    @property
-    def pending(self) -> list[str]:
-        with self._lock:
-            return [p[0] for p in self._pending]
+
+def _remove(deletions: list[tuple]) -> None:
+    for folder, *_ in deletions:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 DEFERRED_DELETES = _DeferredDeletes()

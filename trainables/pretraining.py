@@ -106,6 +106,7 @@ class _SnapshotPlan:
         self.missing = [d for d in durations if not store.has(self.key, d)]
         self.fields = {**pretrain_fields(self.config), "device": device.type}
         self.saved: list[int] = []
+        self.epochs_run = 0
 
     def at_epoch(self, record: dict[str, Any], snapshot) -> None:
         epoch, done = record["epoch"], record["diverged"]
@@ -119,8 +120,8 @@ class _SnapshotPlan:
             self.store.save(self.key, d, shared, self.fields)
             self.saved.append(d)
 
-    def report(self, epochs_run: int) -> dict[str, Any]:
-        return {"key": self.key, "saved": self.saved, "epochs_run": epochs_run}
+    def report(self) -> dict[str, Any]:
+        return {"key": self.key, "saved": self.saved, "epochs_run": self.epochs_run}
 
 
 def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], store_root: str) -> dict[str, Any]:
@@ -132,10 +133,9 @@ def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], sto
     from .trial import run_trial
 
     plan = _SnapshotPlan(values, durations, SnapshotStore(store_root))
-    if not plan.missing:
-        return plan.report(0)
-    result = run_trial(plan.config, on_epoch=plan.at_epoch, pretrain_only=True)
-    return plan.report(len(result.history))
+    if plan.missing:
+        plan.epochs_run = len(run_trial(plan.config, on_epoch=plan.at_epoch, pretrain_only=True).history)
+    return plan.report()
 
 
 def can_pack_pretraining(cfg: TrialConfig) -> bool:
@@ -157,10 +157,9 @@ def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], st
     if todo:
         histories = run_pretraining_pack([p.config for p in todo],
                                          lambda i, record, snapshot: todo[i].at_epoch(record, snapshot))
-        ran = {id(p): len(h) for p, h in zip(todo, histories)}
-    else:
-        ran = {}
-    return [p.report(ran.get(id(p), 0)) for p in plans]
+        for plan, history in zip(todo, histories):
+            plan.epochs_run = len(history)
+    return [p.report() for p in plans]
 
 
 def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:

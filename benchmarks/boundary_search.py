@@ -16,12 +16,13 @@ is at most as wide as that grid's (and a slice without a crossing agrees), the t
 and the ratio to the grid's count. Also checked: trials of the search that the grid also ran
 (same config and seed) have the same test accuracy.
 
-    python benchmarks/boundary_search.py [--high 64] [--step 2] [--seeds 3]
+    python benchmarks/boundary_search.py [--high 64] [--step 2] [--seeds 3] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -84,8 +85,15 @@ def main() -> None:
     parser.add_argument("--coarse", type=int, default=3, help="coarse grid points of the search")
     parser.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 3e-4, 1e-3])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep both sweeps' results (Ray storage, exports)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="minima-boundary-"))
+    # the dense grid leaves ~200 MB of results and checkpoints: removed unless kept
+    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="minima-boundary-")) if args.keep
+          else tempfile.TemporaryDirectory(prefix="minima-boundary-")) as folder:
+        print(json.dumps(measure(args, Path(folder)), indent=1))
+
+
+def measure(args, root: Path) -> dict:
     init_ray()
 
     durations = list(range(0, args.high + 1, args.step))
@@ -122,7 +130,7 @@ def main() -> None:
                                for f in final_fits}})
     key = ["pretrain_epochs", "weight_decay", "seed"]
     both = search_trials.merge(dense_trials, on=key, suffixes=("_search", "_grid"))
-    print(json.dumps({
+    return {
         "benchmark": "boundary_search", "dataset": "mnist1d", "seeds": args.seeds, "delta": DELTA,
         "goal": "search trials <= 1/3 of the grid's for intervals as narrow",
         "grids": comparison,
@@ -135,8 +143,8 @@ def main() -> None:
         "same_config_trials": int(len(both)),
         "same_config_max_test_acc_diff": float(np.abs(both["test_acc_search"] - both["test_acc_grid"]).max())
         if len(both) else None,
-        "folder": str(root),
-    }, indent=1))
+        "kept": str(root) if args.keep else None,
+    }
 
 
 def fit_grid(trials: pd.DataFrame) -> dict:

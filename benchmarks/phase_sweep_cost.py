@@ -12,7 +12,7 @@ With `--no-mlflow` the trials are not logged to MLflow: on local Ray the driver'
 logging (~60k metrics here, 0.1-0.2 ms each) takes CPU from the trials on the same cores, which a
 cluster's head node does not; this isolates what sharing and packing save in the trials.
 
-    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--no-mlflow]
+    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--no-mlflow] [--keep]
 """
 
 from __future__ import annotations
@@ -77,8 +77,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES), help="which of the three to run")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the trials to MLflow")
+    parser.add_argument("--keep", action="store_true", help="keep the results, MLflow store and exports")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="minima-cost-"))
+    # a phase sweep leaves ~100 MB of results and checkpoints: removed unless kept
+    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="minima-cost-")) if args.keep
+          else tempfile.TemporaryDirectory(prefix="minima-cost-")) as folder:
+        print(json.dumps({**measure(args, Path(folder)), "kept": folder if args.keep else None}, indent=2))
+
+
+def measure(args, root: Path) -> dict:
     init_ray()
     warm = argparse.Namespace(**{**vars(args), "durations": "0,1", "weight_decays": "0", "augmentations": "none",
                                  "seeds": 2, "epochs": 1})
@@ -103,7 +110,7 @@ def main() -> None:
     assert all(a.keys() == reference.keys() for a in accs.values())
     assert max(diffs.values()) <= 1e-6, diffs  # same per-trial test accuracies
     base = results.get("a_trial_by_trial", {}).get("wall_s")
-    print(json.dumps({
+    return {
         "benchmark": "phase_sweep_cost",
         "sweep": {"width": args.width, "clean_epochs_cap": args.epochs, "pretrain_epochs": args.durations,
                   "weight_decays": args.weight_decays, "augmentations": args.augmentations, "seeds": args.seeds},
@@ -114,7 +121,7 @@ def main() -> None:
         "speedup_over_trial_by_trial": {m: round(base / r["wall_s"], 2) for m, r in results.items()} if base else None,
         "max_test_acc_difference": diffs,
         "target_speedup_c": 5.0,
-    }, indent=2))
+    }
 
 
 if __name__ == "__main__":

@@ -51,14 +51,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="minima-bench-"))
+    with tempfile.TemporaryDirectory(prefix="minima-bench-") as folder:  # results and MLflow store, removed
+        print(json.dumps(measure(args, Path(folder)), indent=2))
+
+
+def measure(args, root: Path) -> dict:
     init_ray()
     timed_sweep(make_spec("warmup", root, 8, 1), log=True)  # actors, imports, MLflow schema
     bare, logged = [], []
     for r in range(args.rounds):
         bare.append(timed_sweep(make_spec(f"bare{r}", root, args.trials, args.epochs), log=False))
         logged.append(timed_sweep(make_spec(f"logged{r}", root, args.trials, args.epochs), log=True))
-    print(json.dumps({
+    return {
         "benchmark": "sweep_overhead",
         "trials_per_sweep": make_spec("x", root, args.trials, args.epochs).num_trials(),
         "reports_per_trial": args.epochs + 1,
@@ -70,7 +74,7 @@ def main() -> None:
         "median_with": statistics.median(logged),
         "ratio_with_over_without": statistics.median(logged) / statistics.median(bare),
         "target_ratio": 0.8,
-    }, indent=2))
+    }
 
 
 if __name__ == "__main__":

@@ -289,9 +289,11 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
     net.train()
     perms = torch.stack([torch.randperm(n, generator=m.stage.gen, device=device) for m in active])
     column = lambda values: torch.tensor(values, device=device, dtype=net.params[0].dtype)  # noqa: E731
-    lr = column([m.stage.lr_at(epoch) for m in active])
-    decay = column([m.stage.weight_decay for m in active])
-    mom = column([m.stage.momentum for m in active])
+    shapes = [(k_count,) + (1,) * (p.dim() - 1) for p in net.params]  # a member's scalar against its tensor
+    per_tensor = lambda values: [column(values).view(shape) for shape in shapes]  # noqa: E731
+    neg_lr = per_tensor([-m.stage.lr_at(epoch) for m in active])
+    decay = per_tensor([m.stage.weight_decay for m in active])
+    mom = per_tensor([m.stage.momentum for m in active])
     clip = column([m.stage.clip_norm if m.stage.clip_norm is not None else math.inf for m in active])
     augmented = [k for k, m in enumerate(active) if m.stage.augmentation != "none" or m.stage.aug_noise > 0]
     loss_sum = torch.zeros(k_count, device=device)
@@ -313,11 +315,10 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
             # torch's clip_grads_with_norm_ and SGD(foreach) step, with a per-member coefficient
             # in place of each scalar; addcmul rounds as add(alpha=...) does
             coef = ((norms + 1e-6).reciprocal() * clip).clamp(max=1.0)
-            for p, g, buf in zip(net.params, grads, momentum_buf):
-                shape = (k_count,) + (1,) * (p.dim() - 1)
-                d_p = torch.addcmul(g * coef.view(shape), p, decay.view(shape))
-                buf.mul_(mom.view(shape)).add_(d_p)
-                p.addcmul_(buf, -lr.view(shape))
+            d_p = torch._foreach_addcmul(torch._foreach_mul(grads, [coef.view(s) for s in shapes]), net.params, decay)
+            torch._foreach_mul_(momentum_buf, mom)
+            torch._foreach_add_(momentum_buf, d_p)
+            torch._foreach_addcmul_(net.params, momentum_buf, neg_lr)
             # the reported loss as nn.functional.cross_entropy's own mean rounds it (the
             # gradient above is already bit-equal; only this printed value would differ)
             loss_sum += torch.stack([nn.functional.cross_entropy(logits[k], yb[k]) for k in range(k_count)]) * b

@@ -32,7 +32,8 @@ class _StackedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        return torch.bmm(grad, weight), torch.bmm(grad.transpose(1, 2), x), grad.sum(1)
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None  # not for the input layer
+        return grad_x, torch.bmm(grad.transpose(1, 2), x), grad.sum(1)
 
 
 class StackedModel:

@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Reinstall when the dependency files change; constraints.txt pins the versions tested together.
+# A new .venv takes about 7 GB (pip installs torch's CUDA build): say so before pip runs out of disk.
+NEED_GB ?= 8
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ -n "$${free:-}" ] && [ "$$free" -lt $(NEED_GB) ]; then \
+	    echo "setup: a new $(VENV) needs about 7 GB (torch's CUDA build); $$free GB are free here. Free some disk and run again." >&2; \
+	    exit 1; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'

@@ -27,6 +27,7 @@ from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from .data import TensorData, load_dataset
 from .stacked import StackedModel
 from .models import MLP
+from .pretraining import can_pack_pretraining
 from .trial import (Stage, TrialResult, _summary, init_model, linear_mu, mu_due, plan_stages, resolve_device,
                     run_trial)
 
@@ -154,7 +155,7 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
     cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
     if len({pack_signature(c) for c in cfgs}) != 1 or cfgs[0].speed_options:
         raise ValueError("a pretraining pack needs one architecture, trained with the default speed options")
-    if any(c.pretrain_copies != 1 or c.pretrain_zero_out > 0 or c.pretrain_epochs < 1 for c in cfgs):
+    if not all(can_pack_pretraining(c) and c.pretrain_epochs >= 1 for c in cfgs):
         raise ValueError("a pretraining pack needs pretrain_epochs > 0 on the train set's own inputs "
                          "(pretrain_copies 1, pretrain_zero_out 0)")
     first = cfgs[0]

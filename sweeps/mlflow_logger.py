@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
+_WAKE = None  # queued by close(): the writer flushes now instead of at the end of its interval
 LOGGED_STEP_TAG = "minima.logged_step"
 FINAL_LOGGED_TAG = "minima.final_logged"
 
@@ -211,6 +212,7 @@ class MLflowSweepLogger(Callback):
         """Flush everything queued and stop the writer (waits up to `timeout_s` for the server)."""
         self._end_parent = end_parent
         self._stop.set()
+        self._queue.put(_WAKE)
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -225,10 +227,11 @@ class MLflowSweepLogger(Callback):
             deadline = time.monotonic() + backoff
             while True:
                 try:
-                    key, ev = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                self._merge(pending, order, key, ev)
+                if item is not _WAKE:
+                    self._merge(pending, order, *item)
                 if self._stop.is_set():
                     deadline = 0.0
             try:
@@ -261,7 +264,7 @@ class MLflowSweepLogger(Callback):
     @property
     def unlogged(self) -> int:
         """Trials with events MLflow has not received (after close: given up on)."""
-        return len(set(self._pending) | {k for k, _ in list(self._queue.queue)})
+        return len(set(self._pending) | {item[0] for item in list(self._queue.queue) if item is not _WAKE})
 
     def _connect(self) -> None:
         if self._client is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -66,3 +68,18 @@ def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, die
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, 21)), f"{name}: history has gaps or repeats"
     assert client.get_run(run.info.run_id).data.tags[LOGGED_STEP_TAG] == "20"
+
+
+def test_close_flushes_at_once_not_at_the_end_of_the_interval(tmp_path):
+    """The writer sleeps between flushes; ending a sweep must wake it, not wait the interval out."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLflowSweepLogger(uri, "sweep", axes=[], flush_interval_s=3600)
+    logger.setup()
+    logger._queue.put((KEY, _events(range(1, 6))))
+    while not logger._queue.empty():
+        time.sleep(0.05)
+    time.sleep(0.5)  # the writer took the event and waits for more
+    logger.close(timeout_s=60)  # without a wake-up the writer sleeps the full hour
+    assert not logger._thread.is_alive() and logger.unlogged == 0
+    run = MlflowClient(uri).search_runs([logger._experiment_id], f"tags.trial_key = '{KEY}'")[0]
+    assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "test_acc")] == [1, 2, 3, 4, 5]

@@ -112,6 +112,7 @@ class MLflowSweepLogger(Callback):
         self._runs: dict[str, str] = {}  # trial key -> run id
         self._logged_step: dict[str, int] = {}
         self._final_logged: set[str] = set()
+        self._sent_tags: dict[str, dict[str, str]] = {}  # per key: tags this process has logged
         self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
         self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
         self._finals_seen: set[str] = set()  # keys whose final report passed (Tune's thread)
@@ -334,7 +335,11 @@ class MLflowSweepLogger(Callback):
             final_done = key in self._final_logged
             epochs = sorted((m for m in ev.metrics if m[0] not in FINAL_METRICS and m[3] > floor), key=lambda m: m[3])
             finals = [m for m in ev.metrics if m[0] in FINAL_METRICS and not final_done]
-            self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in ev.tags.items()])
+            # every report repeats its stage tag: an unchanged tag costs a SQL upsert (20% of a batch) for nothing
+            sent = self._sent_tags.setdefault(key, {})
+            tags = {k: v for k, v in ev.tags.items() if sent.get(k) != v}
+            self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()])
+            sent.update(tags)
             if ev.end_status:
                 self._client.set_terminated(run_id, ev.end_status)
             del pending[key]

@@ -83,3 +83,29 @@ def test_close_flushes_at_once_not_at_the_end_of_the_interval(tmp_path):
     assert not logger._thread.is_alive() and logger.unlogged == 0
     run = MlflowClient(uri).search_runs([logger._experiment_id], f"tags.trial_key = '{KEY}'")[0]
     assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "test_acc")] == [1, 2, 3, 4, 5]
+
+
+def test_a_tag_is_logged_again_only_when_it_changes(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLflowSweepLogger(uri, "sweep", axes=[])
+    logger._connect()
+    sent_tags = []
+
+    class _Recording:
+        def log_batch(self, run_id, metrics=(), params=(), tags=()):
+            sent_tags.append({t.key: t.value for t in tags if t.key != LOGGED_STEP_TAG})
+            return client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+    client, logger._client = logger._client, _Recording()
+    for stage, steps in (("pretrain", range(1, 3)), ("pretrain", range(3, 5)), ("train", range(5, 7))):
+        events = _events(steps)
+        events.tags["stage"] = stage
+        _flush(logger, events)
+    stages = [t.get("stage") for t in sent_tags if t]
+    assert stages == ["pretrain", "train"]
+    run = client.search_runs([logger._experiment_id], f"tags.trial_key = '{KEY}'")[0]
+    assert run.data.tags["stage"] == "train"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == list(range(1, 7))

@@ -2,22 +2,24 @@
 
 import pytest
 
+from sweeps.results import read_result_rows
 from trainables.checkpoint import load_state
 from trainables.config import make_config
 
 
 @pytest.mark.slow
 def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
+    """Every epoch is a row; epochs between checkpoints share a report (a round trip to the driver each)."""
     import ray
     from ray import tune
 
-    from trainables.tune_trainable import tune_trainable
+    from trainables.tune_trainable import trial_values, tune_trainable
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster found on the machine
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune_trainable, {"cpu": 1}),
-            param_space={**tiny, "seed": tune.grid_search([0, 1])},
+            param_space={**tiny, "_checkpoint_every": 10, "seed": tune.grid_search([0, 1])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(tmp_path), name="trainable", verbose=0),
         )
@@ -26,11 +28,12 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
         ray.shutdown()
     assert grid.num_errors == 0 and len(grid) == 2
     for result in grid:
-        rows = result.metrics_dataframe
-        assert list(rows["stage"]) == ["pretrain"] * 2 + ["train"] * 3 + ["final"]
+        rows = read_result_rows(result.path)
+        assert [r["stage"] for r in rows] == ["pretrain"] * 2 + ["train"] * 3 + ["final"]
+        assert len(result.metrics_dataframe) < len(rows)  # batched: fewer reports than rows
         final = result.metrics
         assert final["final"] and final["status"] == "ok" and 0 <= final["test_acc"] <= 1
-        config = make_config(result.config).to_dict()
+        config = make_config(trial_values(result.config)).to_dict()
         with result.checkpoint.as_directory() as d:
             state = load_state(d, config)
         assert state["position"] == [2, 0] and len(state["history"]) == 5

@@ -69,7 +69,8 @@ class _BatchedReports:
     def send(self, checkpoint_dir: str | None = None, force: bool = False) -> None:
         from ray import tune
 
-        if checkpoint_dir is None and (not self.rows or (not force and time.monotonic() - self._sent_at < REPORT_EVERY_S)):
+        due = force or time.monotonic() - self._sent_at >= REPORT_EVERY_S
+        if checkpoint_dir is None and not (self.rows and due):
             return
         report = {**(self.rows[-1] if self.latest_on_top and self.rows else {}), RECORDS_KEY: list(self.rows)}
         self.rows.clear()

@@ -14,8 +14,8 @@ the same trials run uninterrupted in this process:
 - duplicated: extra export rows, extra MLflow runs, repeated steps in an MLflow history;
 - mis_resumed: trials whose final metrics differ from the uninterrupted run, or whose curves
   (export or MLflow) have gaps;
-- and how the Ray trials restarted: from a checkpoint (their stored steps go back, not to 1)
-  or from scratch (right for a trial that had not checkpointed yet).
+- and how the Ray trials restarted (Ray counts `iterations_since_restore` from 1 again): from a
+  checkpoint, or from scratch (step 1 again: right for a trial that had not checkpointed yet).
 
     python benchmarks/chaos.py [--runs 3]      # prints JSON, one entry per chaos run
 """
@@ -218,19 +218,20 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
 
 
 def restarts(experiment: Path) -> tuple[int, int]:
-    """(restarts, restarts from scratch) of Ray trials, read from the order of their stored
-    rows: a restored trial replays from its checkpoint, so its steps go back, but not to 1."""
+    """(restarts, restarts from scratch) of Ray trials, read from their stored reports: a
+    restored trial counts Ray's `iterations_since_restore` from 1 again, and one restarted
+    from scratch reports its step 1 again. (Trials report in batches, each checkpoint with
+    every row before it, so a restored trial usually replays no row: steps need not go back.)"""
     total = scratch = 0
     for result in experiment.glob("trial_*/result.json"):
-        last = 0
-        for line in result.read_text().splitlines():
+        for i, line in enumerate(result.read_text().splitlines()):
             report = json.loads(line)
-            steps = [r["step"] for r in report.get("records") or [report] if not r.get("final") and (r.get("member") or 0) == 0]
-            for step in steps:
-                if step <= last:
-                    total += 1
-                    scratch += step == 1
-                last = step
+            if i == 0 or report.get("iterations_since_restore") != 1:
+                continue
+            total += 1
+            rows = report.get("records") or [report]
+            steps = [r["step"] for r in rows if not r.get("final") and (r.get("member") or 0) == 0]
+            scratch += bool(steps) and steps[0] == 1
     return total, scratch
 
 

@@ -1,7 +1,7 @@
 """Claim: logging every trial to MLflow (our batched callback, SQLite store) costs the sweep
 at most 20% of its throughput: trials/s with logging >= 0.8x trials/s without.
 
-Evidence: the same sweep of short mnist1d trials (each reports every epoch) run on one local
+Evidence: the same sweep of short mnist1d trials (each logs every epoch) run on one local
 Ray, alternately without and with logging, after an unmeasured warm-up sweep; each measured
 `rounds` times. Prints JSON with trials/s per round, medians and the ratio.
 

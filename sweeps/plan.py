@@ -60,6 +60,14 @@ def pretraining_jobs(spec: SweepSpec) -> list[PretrainJob]:
     return list(groups.values())
 
 
+def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, int]]:
+    """The shared snapshot a trial starts from, as (pretraining key, epochs); none without pretraining."""
+    cfg = make_config(values)
+    if cfg.pretrain_epochs == 0 or not spec.share_pretraining:
+        return []
+    return [(pretrain_key(cfg, expected_device(spec, values)), cfg.pretrain_epochs)]
+
+
 def pack_size(spec: SweepSpec, slots: int | None) -> int:
     """Members per pack: the sweep's `pack`, or auto (see PACK_CAP), spread so every slot gets
     the same number of packs (`slots`: trials that run at once; None on a cluster)."""
@@ -88,6 +96,21 @@ def make_packs(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
         per = math.ceil(len(members) / count)  # even packs: 72 in 16s -> 5 x 15 (not 4 x 16 + 8)
         packs += [members[i : i + per] for i in range(0, len(members), per)]
     return packs
+
+
+def ray_trials(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
+    """The grid's Ray trials as lists of member configs: packs of `size`, or one config each."""
+    return make_packs(spec, size) if size > 1 else [[values] for values in spec.trial_values()]
+
+
+def pretraining_slots(spec: SweepSpec, slots: int | None) -> int | None:
+    """Slots to spread the shared pretrainings over when they run beside the trials: those the
+    trials that need no snapshot leave free (at least one; None on a cluster)."""
+    if not slots:
+        return slots
+    size = spec.pack if isinstance(spec.pack, int) else pack_size(spec, slots)
+    ready = sum(1 for members in ray_trials(spec, size) if not any(snapshot_needs(spec, v) for v in members))
+    return max(1, slots - ready)
 
 
 def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:

@@ -231,54 +231,31 @@ def local_slots(spec: SweepSpec) -> int | None:
     return max(1, min(slots, spec.max_concurrent or slots))
 
 
-def run_pretraining_phase(spec: SweepSpec, on_notice=print) -> None:
-    """Run the sweep's shared pretrainings (those without all their snapshots) as Ray tasks.
+def start_pretraining(spec: SweepSpec, on_notice=print, beside_trials: bool = True):
+    """The sweep's shared pretrainings still missing a snapshot, submitted as Ray tasks now,
+    ahead of the trials, which start beside them (see sweeps.pretraining_phase); or, with
+    `beside_trials=False`, spread over every slot for the caller to wait for."""
+    from .plan import pretraining_slots
+    from .pretraining_phase import PretrainingPhase
 
-    They run before any trial, with a trial's resources, so no trial waits holding a slot. A
-    pretraining that fails is reported; its trials then pretrain by themselves.
-    """
-    import ray
-
-    from trainables.pretraining import SnapshotStore, run_shared_pretraining, run_shared_pretrainings
-
-    from .plan import pretraining_jobs, pretraining_packs
-
-    store = snapshot_store(spec)
-    jobs = [j for j in pretraining_jobs(spec) if not all(SnapshotStore(store).has(j.key, d) for d in j.durations)]
-    if not jobs:
-        return
-    longest = max(j.durations[-1] for j in jobs)
-    on_notice(f"shared pretraining: {len(jobs)} runs (up to {longest} epochs) for "
-              f"{sum(j.trials for j in jobs)} trials, before the trials start")
-    options = dict(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
-    alone = ray.remote(run_shared_pretraining).options(**options)
-    packed = ray.remote(run_shared_pretrainings).options(**options)
-    refs = {}
-    for group in pretraining_packs(spec, jobs, local_slots(spec)):
-        if len(group) == 1:
-            refs[alone.remote(group[0].values, group[0].durations, store)] = group
-        else:  # one stacked model, snapshots bit-equal to pretraining each alone
-            refs[packed.remote([(j.values, j.durations) for j in group], store)] = group
-    failed = 0
-    for ref, group in refs.items():
-        try:
-            ray.get(ref)
-        except Exception as err:  # the trials of these pretrainings pretrain by themselves instead
-            failed += len(group)
-            on_notice(f"shared pretraining {', '.join(j.key for j in group)} failed ({type(err).__name__}: "
-                      f"{str(err)[-300:]}); its {sum(j.trials for j in group)} trials will pretrain by themselves")
-    on_notice(f"shared pretraining: {len(jobs) - failed}/{len(jobs)} done in {len(refs)} Ray tasks")
+    slots = local_slots(spec)
+    return PretrainingPhase(spec, snapshot_store(spec), pretraining_slots(spec, slots) if beside_trials else slots,
+                            on_notice, beside_trials)
 
 
-def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
+def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True, pretraining=None):
+    """The sweep's Tuner; `pretraining`: the running PretrainingPhase its trials wait for."""
     from ray import tune
 
     from .search_space import build_search
 
-    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1)
+    sharing = spec.share_pretraining and spec.search.kind == "grid"
+    snapshots = snapshot_store(spec) if sharing else None
+    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1,
+                                                  snapshots, pretraining)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
-    if spec.share_pretraining and spec.search.kind == "grid":
-        space[SNAPSHOTS_KEY] = snapshot_store(spec)
+    if snapshots:
+        space[SNAPSHOTS_KEY] = snapshots
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.Tuner(
         tune.with_resources(tune_trainable, resources),
@@ -366,9 +343,10 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
         on_notice(f"packing: {spec.num_trials()} trials as {len(make_packs(spec, spec.pack))} Ray trials of up to "
                   f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
     _write_spec(spec, log_to_mlflow)
-    run_pretraining_phase(spec, on_notice)
+    pretraining = start_pretraining(spec, on_notice)
     _only_json_results(True)
-    grid = build_tuner(spec, log_to_mlflow).fit()
+    grid = build_tuner(spec, log_to_mlflow, pretraining).fit()
+    pretraining.wait()  # its tasks ended with their last snapshots: report how they went
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
     return _outcome(spec, grid)
 
@@ -388,7 +366,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
-    run_pretraining_phase(spec, on_notice)  # snapshots a killed driver never finished
+    start_pretraining(spec, on_notice, beside_trials=False).wait()  # what a killed driver never finished
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     _only_json_results(bool(_run_settings(spec).get("json_logger_only")))
     tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True,

@@ -17,17 +17,28 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec, pack: int = 1) -> tuple[dict[str, Any], int, Any]:
+def build_search(spec: SweepSpec, pack: int = 1, snapshots: str | None = None,
+                 phase=None) -> tuple[dict[str, Any], int, Any]:
     """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
 
     With `pack` > 1 (grid only) each Ray trial is a list of member configs (see sweeps.plan).
+    A grid whose trials start from shared snapshots (in `snapshots`, made by `phase`) gets
+    them from a `SnapshotGate`, each once its snapshots are saved.
     """
     from ray import tune
 
-    from .plan import make_packs
+    from .plan import make_packs, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
+    if kind == "grid" and snapshots and spec.share_pretraining:
+        trials = ray_trials(spec, pack)
+        needs = [[n for v in members for n in snapshot_needs(spec, v)] for members in trials]
+        if any(needs):
+            from .snapshot_gate import SnapshotGate
+
+            configs = [{MEMBERS_KEY: members} if pack > 1 else members[0] for members in trials]
+            return {}, len(configs), SnapshotGate(configs, needs, snapshots, phase)
     if kind == "grid" and pack > 1:
         return {MEMBERS_KEY: tune.grid_search(make_packs(spec, pack))}, 1, None
     if kind == "boundary":

@@ -56,10 +56,6 @@ class PretrainingPhase:
                 self.pending[packed.remote([(j.values, j.durations) for j in group], store)] = group
         self.tasks = len(self.pending)
 
-    @property
-    def done(self) -> bool:
-        return not self.pending
-
     def settled(self) -> set[str]:
         """Keys of the pretrainings whose task has ended, well or not (checks without waiting)."""
         if self.pending:

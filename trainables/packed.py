@@ -25,6 +25,7 @@ from . import measures
 from .augment import apply, draw
 from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from .data import TensorData, load_dataset
+from .loss_sums import cascade_sums
 from .stacked import StackedModel
 from .models import MLP
 from .pretraining import can_pack_pretraining
@@ -307,10 +308,8 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
         yb = data.y_train[idx] if labels is None else labels.gather(1, idx)
         if augmented:
             xb = _augment_members(xb, [active[k].stage for k in augmented], augmented)
-        logits = net.forward(xb, shared_input=False)
         b = idx.shape[1]
-        losses = nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(k_count, b).mean(1)
-        grads = torch.autograd.grad(losses.sum(), net.params)
+        sample_losses, logits, grads = net.losses_and_grads(xb, yb)
         with torch.no_grad():
             norms = _member_norms(grads, k_count)
             # torch's clip_grads_with_norm_ and SGD(foreach) step, with a per-member coefficient
@@ -322,7 +321,7 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
             torch._foreach_addcmul_(net.params, momentum_buf, neg_lr)
             # the reported loss as nn.functional.cross_entropy's own mean rounds it (the
             # gradient above is already bit-equal; only this printed value would differ)
-            loss_sum += torch.stack([nn.functional.cross_entropy(logits[k], yb[k]) for k in range(k_count)]) * b
+            loss_sum += _member_loss_sums(sample_losses, logits, yb, "mean") * b
             norm_sum += norms
             clipped += norms > clip
         steps += 1
@@ -343,6 +342,17 @@ def _augment_members(xb: torch.Tensor, stages: list[Stage], members: list[int]) 
         joined = {name: torch.cat([draws[i][name] for i in rows]) for name in names}
         xb[ks] = apply(xb[ks].flatten(0, 1), kind, joined).view(len(ks), *xb.shape[1:])
     return xb
+
+
+def _member_loss_sums(sample_losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                      reduction: str) -> torch.Tensor:
+    """Each member's batch loss (K,), rounded as its standalone `cross_entropy` call rounds it:
+    from the per-sample losses (K, B) on CPU, by a call per member on a GPU."""
+    if sample_losses.device.type == "cpu":
+        sums = cascade_sums(sample_losses)
+        return sums / sample_losses.shape[1] if reduction == "mean" else sums
+    return torch.stack([nn.functional.cross_entropy(logits[k], targets[k], reduction=reduction)
+                        for k in range(len(logits))])
 
 
 def _member_norms(tensors, k_count: int) -> torch.Tensor:
@@ -371,8 +381,9 @@ def _evaluate(net: StackedModel, data: TensorData, labels: torch.Tensor | None =
         for i in range(0, len(x), batch):
             logits = net.forward(x[i : i + batch], shared_input=True).float()  # (K, B, C)
             target = y[i : i + batch]
-            for k in range(net.size):
-                loss[k] += nn.functional.cross_entropy(logits[k], target, reduction="sum")
+            targets = target.expand(net.size, -1)
+            sample_losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            loss += _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
             predicted.append(logits.argmax(2))
             correct += (predicted[-1] == target).sum(1)
             if split == "train" and labels is not None:

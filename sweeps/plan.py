@@ -48,13 +48,10 @@ def pretraining_jobs(spec: SweepSpec) -> list[PretrainJob]:
     groups: dict[str, PretrainJob] = {}
     durations: dict[str, set[int]] = defaultdict(set)
     for values in spec.trial_values():
-        cfg = make_config(values)
-        if cfg.pretrain_epochs == 0:
-            continue
-        key = pretrain_key(cfg, expected_device(spec, values))
-        durations[key].add(cfg.pretrain_epochs)
-        job = groups.setdefault(key, PretrainJob(values, [], 0, key))
-        job.trials += 1
+        for key, epochs in snapshot_needs(spec, values):
+            durations[key].add(epochs)
+            job = groups.setdefault(key, PretrainJob(values, [], 0, key))
+            job.trials += 1
     for key, job in groups.items():
         job.durations = sorted(durations[key])
     return list(groups.values())

@@ -3,8 +3,9 @@ its trials one by one, without changing any trial's result.
 
 Evidence: the same mnist1d phase sweep (pretraining durations x weight decays x augmentations
 x seeds; 96 trials by default) run three times on one local Ray, with MLflow logging, after an
-unmeasured warm-up sweep: (a) trial by trial (`pack: 1`, `share_pretraining: false`), (b) with
-shared pretraining, (c) with shared pretraining and packing (`pack: auto`). Prints JSON with
+unmeasured warm-up sweep, each into its own new MLflow store: (a) trial by trial (`pack: 1`,
+`share_pretraining: false`), (b) with shared pretraining, (c) with shared pretraining and
+packing (`pack: auto`). Prints JSON with
 each wall time, trials/hour, the speed-ups over (a), and the largest difference in any trial's
 final test accuracy between the runs (asserted to be within float tolerance; here it is 0).
 
@@ -53,8 +54,14 @@ def make_spec(name: str, root: Path, args, pack, share: bool):
         "share_pretraining": share,
         "pack": pack,
         "storage": str(root / "results"),
-        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "tracking_uri": tracking_uri(name, root),
     }, "benchmark")
+
+
+def tracking_uri(name: str, root: Path) -> str:
+    """A store per run: each starts from an empty database, as the first did (a shared one would
+    make every later run insert into tables already holding the earlier runs' ~60k metrics)."""
+    return f"sqlite:///{root / (name + '.db')}"
 
 
 def accuracies(spec, root: Path) -> dict[str, float]:
@@ -92,6 +99,10 @@ def measure(args, root: Path) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         run_sweep(make_spec("warmup", root, warm, "auto", True), on_notice=lambda m: None)
 
+    from mlflow import MlflowClient
+
+    for mode in args.modes.split(","):  # create every store's tables now, untimed
+        MlflowClient(tracking_uri(mode, root)).search_experiments()
     results, accs = {}, {}
     for mode in args.modes.split(","):
         pack, share = MODES[mode]

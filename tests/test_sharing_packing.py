@@ -88,6 +88,13 @@ def test_a_pack_gives_each_member_exactly_its_standalone_result():
     assert epochs.count(4) == len(standalone[4].history)  # its pretraining epochs are reported too
 
 
+def test_a_pack_measures_its_members_flatness_exactly_as_each_alone():
+    members = [dict(SMALL, epochs=2, seed=s, flatness_samples=n) for s, n in ((0, 2), (1, 3), (2, 2), (3, 0))]
+    packed = run_pack(members)
+    assert "local_energy_5pct" not in packed[3].summary  # flatness_samples 0: not measured
+    assert [comparable(r) for r in packed] == [comparable(run_trial(m)) for m in members]
+
+
 def test_a_pack_starts_members_from_shared_snapshots(tmp_path):
     members = [dict(SMALL, seed=s, pretrain_epochs=3, weight_decay=wd) for s in (0, 1) for wd in (0.0, 1e-3)]
     for s in (0, 1):

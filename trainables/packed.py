@@ -29,6 +29,7 @@ from .loss_sums import cascade_sums
 from .stacked import StackedModel
 from .models import MLP
 from .pretraining import can_pack_pretraining
+from .seeding import generator
 from .trial import (Stage, TrialResult, _summary, init_model, linear_mu, mu_due, plan_stages, resolve_device,
                     run_trial)
 
@@ -116,12 +117,13 @@ def run_pack(
                 finished.append(k)
             if not record["diverged"] and (over or mu_due(epoch, m.stage.epochs)):
                 record["mu_linear"] = linear_mu(evals["test_predictions"][k], data, m.cfg.dataset)
+        energies = _local_energies(net, active, finished, data, device)
         for k in finished:
             m = active[k]
             model = init_model(m.cfg, data, device)
             model.load_state_dict(net.member_state(k))
-            m.result = TrialResult(_summary(m.cfg, model, data, device, m.history, m.history[-1]["diverged"]),
-                                   m.history)
+            m.result = TrialResult(_summary(m.cfg, model, data, device, m.history, m.history[-1]["diverged"],
+                                            energies.get(k)), m.history)
             m.result.summary["wall_time_s"] = m.elapsed_s
         epoch += 1
         for m in active:
@@ -364,6 +366,55 @@ def _member_norms(tensors, k_count: int) -> torch.Tensor:
     """
     per_tensor = torch.stack([torch.linalg.vector_norm(t.reshape(k_count, -1), dim=1) for t in tensors])
     return torch.linalg.vector_norm(per_tensor.t().contiguous(), dim=1)
+
+
+@torch.no_grad()
+def _local_energies(net: StackedModel, active: list[_Member], finished: list[int], data: TensorData,
+                    device) -> dict[int, dict[str, float]]:
+    """`measures.local_energy` of the finishing MLP members (by pack position), all at once.
+
+    Each member draws its weight noise from its own flatness generator in its standalone order,
+    and its losses are summed as `measures.loss_and_accuracy` sums them, so the values are its
+    standalone ones, bit for bit (tested); members of other models are measured alone.
+    """
+    due = [k for k in finished if net.is_mlp and active[k].cfg.flatness_samples > 0
+           and not active[k].history[-1]["diverged"]]
+    groups: dict[int, list[int]] = {}
+    for k in due:
+        groups.setdefault(active[k].cfg.flatness_samples, []).append(k)
+    x, y = data.x_train[: measures.FLATNESS_MAX_ROWS], data.y_train[: measures.FLATNESS_MAX_ROWS]
+    out: dict[int, dict[str, float]] = {}
+    for samples, ks in groups.items():
+        sub = net.subset(ks)
+        saved = [p.clone() for p in sub.params]
+        gens = [generator(active[k].cfg.seed, "flatness", device) for k in ks]
+        base = _mean_losses(sub, x, y)
+        energies = [{} for _ in ks]
+        for scale in measures.FLATNESS_SCALES:
+            rises: list[list[float]] = [[] for _ in ks]
+            for _ in range(samples):
+                noise = [[torch.randn(w.shape[1:], generator=g, device=w.device, dtype=w.dtype) for w in saved]
+                         for g in gens]  # each member's draws in its own order: tensor by tensor
+                sub.params = [w * (1 + scale * torch.stack([n[j] for n in noise])) for j, w in enumerate(saved)]
+                for i, loss in enumerate(_mean_losses(sub, x, y)):
+                    rises[i].append(loss - base[i])
+            for i, r in enumerate(rises):
+                energies[i][f"local_energy_{round(scale * 100)}pct"] = sum(r) / len(r)
+        out.update(zip(ks, energies))
+    return out
+
+
+@torch.no_grad()
+def _mean_losses(net: StackedModel, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Each member's mean loss over (x, y), summed batch by batch as `measures.loss_and_accuracy` does."""
+    loss = torch.zeros(net.size, device=x.device)
+    batch = measures.EVAL_BATCH.get(x.device.type, 2048)
+    for i in range(0, len(x), batch):
+        logits = net.forward(x[i : i + batch], shared_input=True).float()
+        targets = y[i : i + batch].expand(net.size, -1)
+        sample_losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        loss += _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
+    return [v / len(x) for v in loss.tolist()]
 
 
 @torch.no_grad()

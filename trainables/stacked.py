@@ -9,6 +9,8 @@ included.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -107,8 +109,20 @@ class StackedModel:
         state.update({n: b[k].clone() for n, b in zip(self.buffer_names, self.buffers)})
         return state
 
+    @property
+    def is_mlp(self) -> bool:
+        return self._mlp
+
     def keep(self, members: list[int]) -> None:
         """Drop every member not listed (finished or diverged); the rest keep their state."""
+        kept = self.subset(members)
+        self.params = [p.requires_grad_(True) for p in kept.params]
+        self.buffers = kept.buffers
+
+    def subset(self, members: list[int]) -> "StackedModel":
+        """A stack of copies of the listed members' current weights and buffers."""
         index = torch.tensor(members, device=self.params[0].device)
-        self.params = [p.detach()[index].clone().requires_grad_(True) for p in self.params]
-        self.buffers = [b[index].clone() for b in self.buffers]
+        sub = copy.copy(self)
+        sub.params = [p.detach()[index] for p in self.params]  # indexing copies
+        sub.buffers = [b[index] for b in self.buffers]
+        return sub

@@ -272,7 +272,9 @@ def _epoch_record(model, params, init_params, data: TensorData, stage: Stage, ep
     }
 
 
-def _summary(cfg: TrialConfig, model, data: TensorData, device, history, diverged: bool) -> dict[str, Any]:
+def _summary(cfg: TrialConfig, model, data: TensorData, device, history, diverged: bool,
+             local_energy: dict[str, float] | None = None) -> dict[str, Any]:
+    """The trial's final metrics; `local_energy` when a pack measured it for its members at once."""
     train_records = [r for r in history if r["stage"] == "train"]
     pretrain_records = [r for r in history if r["stage"] == "pretrain"]
     last = history[-1] if history else {}
@@ -288,7 +290,9 @@ def _summary(cfg: TrialConfig, model, data: TensorData, device, history, diverge
         "train_epochs": len(train_records),
         "pretrain_final_acc": pretrain_records[-1]["pretrain_acc"] if pretrain_records else None,
     }
-    if cfg.flatness_samples > 0 and not diverged:
+    if local_energy is not None:
+        summary.update(local_energy)
+    elif cfg.flatness_samples > 0 and not diverged:
         summary.update(measures.local_energy(
             model, data.x_train, data.y_train, cfg.flatness_samples, generator(cfg.seed, "flatness", device)
         ))

@@ -408,13 +408,20 @@ def _local_energies(net: StackedModel, active: list[_Member], finished: list[int
 def _mean_losses(net: StackedModel, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """Each member's mean loss over (x, y), summed batch by batch as `measures.loss_and_accuracy` does."""
     loss = torch.zeros(net.size, device=x.device)
+    for _, _, batch_losses in _eval_batches(net, x, y):
+        loss += batch_losses
+    return [v / len(x) for v in loss.tolist()]
+
+
+def _eval_batches(net: StackedModel, x: torch.Tensor, y: torch.Tensor):
+    """(start, logits (K, B, C), each member's summed loss) for every batch that
+    `measures.loss_and_accuracy` takes of (x, y), with its rounding."""
     batch = measures.EVAL_BATCH.get(x.device.type, 2048)
     for i in range(0, len(x), batch):
         logits = net.forward(x[i : i + batch], shared_input=True).float()
         targets = y[i : i + batch].expand(net.size, -1)
         sample_losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        loss += _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
-    return [v / len(x) for v in loss.tolist()]
+        yield i, logits, _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
 
 
 @torch.no_grad()
@@ -428,17 +435,13 @@ def _evaluate(net: StackedModel, data: TensorData, labels: torch.Tensor | None =
         correct = torch.zeros(net.size, device=x.device, dtype=torch.long)
         own = torch.zeros(net.size, device=x.device, dtype=torch.long)
         predicted = []
-        batch = measures.EVAL_BATCH.get(x.device.type, 2048)
-        for i in range(0, len(x), batch):
-            logits = net.forward(x[i : i + batch], shared_input=True).float()  # (K, B, C)
-            target = y[i : i + batch]
-            targets = target.expand(net.size, -1)
-            sample_losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-            loss += _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
+        for i, logits, batch_losses in _eval_batches(net, x, y):
+            end = i + logits.shape[1]
+            loss += batch_losses
             predicted.append(logits.argmax(2))
-            correct += (predicted[-1] == target).sum(1)
+            correct += (predicted[-1] == y[i:end]).sum(1)
             if split == "train" and labels is not None:
-                own += (predicted[-1] == labels[:, i : i + batch]).sum(1)
+                own += (predicted[-1] == labels[:, i:end]).sum(1)
         if split == "train" and labels is not None:
             out["pretrain_acc"] = [v / len(x) for v in own.tolist()]
         out[f"{split}_loss"] = [v / len(x) for v in loss.tolist()]

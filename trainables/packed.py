@@ -377,16 +377,17 @@ def _local_energies(net: StackedModel, active: list[_Member], finished: list[int
     and its losses are summed as `measures.loss_and_accuracy` sums them, so the values are its
     standalone ones, bit for bit (tested); members of other models are measured alone.
     """
-    due = [k for k in finished if net.is_mlp and active[k].cfg.flatness_samples > 0
-           and not active[k].history[-1]["diverged"]]
-    groups: dict[int, list[int]] = {}
-    for k in due:
-        groups.setdefault(active[k].cfg.flatness_samples, []).append(k)
+    if not net.is_mlp:
+        return {}
+    groups: dict[int, list[int]] = {}  # by draws per scale
+    for k in finished:
+        if active[k].cfg.flatness_samples > 0 and not active[k].history[-1]["diverged"]:
+            groups.setdefault(active[k].cfg.flatness_samples, []).append(k)
     x, y = data.x_train[: measures.FLATNESS_MAX_ROWS], data.y_train[: measures.FLATNESS_MAX_ROWS]
     out: dict[int, dict[str, float]] = {}
     for samples, ks in groups.items():
         sub = net.subset(ks)
-        saved = [p.clone() for p in sub.params]
+        saved = sub.params  # copies: the noisy weights below replace them in `sub` only
         gens = [generator(active[k].cfg.seed, "flatness", device) for k in ks]
         base = _mean_losses(sub, x, y)
         energies = [{} for _ in ks]

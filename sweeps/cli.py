@@ -120,14 +120,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {values}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .plan import make_packs, pretraining_jobs, pretraining_packs, pretraining_slots
-    from .runner import local_slots, planned
+    from .plan import make_packs, pretraining_jobs
+    from .runner import planned
 
     jobs, plan = pretraining_jobs(spec), planned(spec)
     if jobs:
-        tasks = len(pretraining_packs(plan, jobs, pretraining_slots(plan, local_slots(spec))))
         print(f"  shared    {len(jobs)} pretraining runs (up to {max(j.durations[-1] for j in jobs)} epochs) "
-              f"serve {sum(j.trials for j in jobs)} trials; {tasks} Ray tasks beside the trials")
+              f"serve {sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it")
     if plan.pack != 1:
         print(f"  packed    {len(make_packs(plan, plan.pack))} Ray trials of up to {plan.pack} trials each (pack: {spec.pack})")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")

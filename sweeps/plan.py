@@ -100,14 +100,11 @@ def ray_trials(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
     return make_packs(spec, size) if size > 1 else [[values] for values in spec.trial_values()]
 
 
-def pretraining_slots(spec: SweepSpec, slots: int | None) -> int | None:
-    """Slots to spread the shared pretrainings over when they run beside the trials: those the
-    trials that need no snapshot leave free (at least one; None on a cluster)."""
-    if not slots:
-        return slots
-    size = spec.pack if isinstance(spec.pack, int) else pack_size(spec, slots)
-    ready = sum(1 for members in ray_trials(spec, size) if not any(snapshot_needs(spec, v) for v in members))
-    return max(1, slots - ready)
+def packs_pretraining(job: PretrainJob) -> bool:
+    """Whether this pretraining may run in a pack with others of its architecture (MLPs only,
+    see `trainables.packed.run_pretraining_pack`)."""
+    cfg = make_config({**job.values, "pretrain_epochs": job.durations[-1]})
+    return cfg.model in AUTO_PACKED_MODELS and can_pack_pretraining(cfg)
 
 
 def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
@@ -118,9 +115,8 @@ def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | Non
     groups: dict[tuple, list[PretrainJob]] = defaultdict(list)
     alone: list[list[PretrainJob]] = []
     for job in jobs:
-        cfg = make_config({**job.values, "pretrain_epochs": job.durations[-1]})
-        if size > 1 and cfg.model in AUTO_PACKED_MODELS and can_pack_pretraining(cfg):
-            groups[pack_signature(cfg)].append(job)
+        if size > 1 and packs_pretraining(job):
+            groups[pack_signature(make_config(job.values))].append(job)
         else:
             alone.append([job])
     packs = []

@@ -1,14 +1,14 @@
-"""A sweep's shared pretrainings as Ray tasks that run beside its trials.
+"""A resumed sweep's missing shared pretrainings, run as Ray tasks before its trials resume.
 
-The tasks are submitted before Tune starts, so they get resources first; trials that need no
-snapshot use the rest at once, and `SnapshotGate` hands out the others as their snapshots are
-saved. Without this, every slot that no pretraining uses would idle until the longest
-pretraining ends (on a cluster, most of its GPUs).
+On a fresh sweep each shared pretraining runs inside its owner trial (see `SnapshotGate`). A
+driver killed mid-sweep may leave some unmade (an owner that never got far, or one that
+failed); a resume makes them first, over every slot, so no restored trial waits or repeats
+one by itself.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from .plan import PretrainJob, pretraining_jobs, pretraining_packs
 from .spec import SweepSpec
@@ -22,69 +22,36 @@ def missing_jobs(spec: SweepSpec, store: str) -> list[PretrainJob]:
     return [j for j in pretraining_jobs(spec) if not all(snapshots.has(j.key, d) for d in j.durations)]
 
 
-class PretrainingPhase:
-    """The pretraining tasks of one sweep run: submitted at construction, polled without blocking.
+def run_missing_pretrainings(spec: SweepSpec, store: str, slots: int | None,
+                             on_notice: Callable[[str], None] = print) -> None:
+    """Make every missing snapshot as Ray tasks (packed per architecture over `slots`) and wait.
 
     A pretraining whose task fails is reported; its trials then pretrain by themselves.
     """
+    import ray
 
-    def __init__(self, spec: SweepSpec, store: str, slots: int | None, on_notice: Callable[[str], None] = print,
-                 beside_trials: bool = True):
-        import ray
+    from trainables.pretraining import run_shared_pretraining, run_shared_pretrainings
 
-        from trainables.pretraining import run_shared_pretraining, run_shared_pretrainings
-
-        self.on_notice = on_notice
-        self.jobs = missing_jobs(spec, store)
-        self.pending: dict[Any, list[PretrainJob]] = {}  # task ref -> the pretrainings it runs
-        self.settled_keys: set[str] = set()
-        self.failed = 0
-        self.tasks = 0
-        if not self.jobs:
-            return
-        longest = max(j.durations[-1] for j in self.jobs)
-        on_notice(f"shared pretraining: {len(self.jobs)} runs (up to {longest} epochs) for "
-                  f"{sum(j.trials for j in self.jobs)} trials"
-                  + ("; each starts once its snapshot is saved" if beside_trials else ", before the trials resume"))
-        options = dict(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
-        alone = ray.remote(run_shared_pretraining).options(**options)
-        packed = ray.remote(run_shared_pretrainings).options(**options)
-        for group in pretraining_packs(spec, self.jobs, slots):
-            if len(group) == 1:
-                self.pending[alone.remote(group[0].values, group[0].durations, store)] = group
-            else:  # one stacked model, snapshots bit-equal to pretraining each alone
-                self.pending[packed.remote([(j.values, j.durations) for j in group], store)] = group
-        self.tasks = len(self.pending)
-
-    def settled(self) -> set[str]:
-        """Keys of the pretrainings whose task has ended, well or not (checks without waiting)."""
-        if self.pending:
-            import ray
-
-            ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
-            for ref in ready:
-                self._settle(ref)
-        return self.settled_keys
-
-    def wait(self) -> None:
-        """Block until every task has ended."""
-        import ray
-
-        for ref in list(self.pending):
-            ray.wait([ref])
-            self._settle(ref)
-
-    def _settle(self, ref) -> None:
-        import ray
-
-        group = self.pending.pop(ref)
-        self.settled_keys |= {j.key for j in group}
+    jobs = missing_jobs(spec, store)
+    if not jobs:
+        return
+    on_notice(f"shared pretraining: {len(jobs)} runs (up to {max(j.durations[-1] for j in jobs)} epochs) for "
+              f"{sum(j.trials for j in jobs)} trials, before the trials resume")
+    options = dict(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=spec.max_failures)
+    alone = ray.remote(run_shared_pretraining).options(**options)
+    packed = ray.remote(run_shared_pretrainings).options(**options)
+    pending = {}
+    for group in pretraining_packs(spec, jobs, slots):
+        if len(group) == 1:
+            pending[alone.remote(group[0].values, group[0].durations, store)] = group
+        else:  # one stacked model, snapshots bit-equal to pretraining each alone
+            pending[packed.remote([(j.values, j.durations) for j in group], store)] = group
+    failed = 0
+    for ref, group in pending.items():
         try:
             ray.get(ref)
         except Exception as err:  # the trials of these pretrainings pretrain by themselves instead
-            self.failed += len(group)
-            self.on_notice(f"shared pretraining {', '.join(j.key for j in group)} failed ({type(err).__name__}: "
-                           f"{str(err)[-300:]}); its {sum(j.trials for j in group)} trials will pretrain by themselves")
-        if not self.pending:
-            self.on_notice(f"shared pretraining: {len(self.jobs) - self.failed}/{len(self.jobs)} done in "
-                           f"{self.tasks} Ray tasks")
+            failed += len(group)
+            on_notice(f"shared pretraining {', '.join(j.key for j in group)} failed ({type(err).__name__}: "
+                      f"{str(err)[-300:]}); its {sum(j.trials for j in group)} trials will pretrain by themselves")
+    on_notice(f"shared pretraining: {len(jobs) - failed}/{len(jobs)} done in {len(pending)} Ray tasks")

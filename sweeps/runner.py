@@ -231,28 +231,44 @@ def local_slots(spec: SweepSpec) -> int | None:
     return max(1, min(slots, spec.max_concurrent or slots))
 
 
-def start_pretraining(spec: SweepSpec, on_notice=print, beside_trials: bool = True):
-    """The sweep's shared pretrainings still missing a snapshot, submitted as Ray tasks now,
-    ahead of the trials, which start beside them (see sweeps.pretraining_phase); or, with
-    `beside_trials=False`, spread over every slot for the caller to wait for."""
-    from .plan import pretraining_slots
-    from .pretraining_phase import PretrainingPhase
+def announce_sharing(spec: SweepSpec, on_notice=print) -> None:
+    """What the sweep shares before it runs: each pretraining runs once, in its first trial."""
+    from .plan import pretraining_jobs
 
-    slots = local_slots(spec)
-    return PretrainingPhase(spec, snapshot_store(spec), pretraining_slots(spec, slots) if beside_trials else slots,
-                            on_notice, beside_trials)
+    jobs = pretraining_jobs(spec)
+    if jobs:
+        on_notice(f"shared pretraining: {len(jobs)} runs (up to {max(j.durations[-1] for j in jobs)} epochs) for "
+                  f"{sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it, "
+                  f"the others start once its snapshot is saved")
 
 
-def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True, pretraining=None):
-    """The sweep's Tuner; `pretraining`: the running PretrainingPhase its trials wait for."""
+def report_sharing(spec: SweepSpec, on_notice=print) -> None:
+    """How the shared pretrainings went: those that failed made their trials pretrain alone."""
+    from trainables.pretraining import SnapshotStore
+
+    from .plan import pretraining_jobs
+
+    jobs, store = pretraining_jobs(spec), SnapshotStore(snapshot_store(spec))
+    if not jobs:
+        return
+    for job in jobs:
+        error = store.failure(job.key)
+        if error and not all(store.has(job.key, d) for d in job.durations):
+            on_notice(f"shared pretraining {job.key} failed ({error[-300:]}); its {job.trials} trials "
+                      f"pretrained by themselves")
+    done = sum(all(store.has(j.key, d) for d in j.durations) for j in jobs)
+    on_notice(f"shared pretraining: {done}/{len(jobs)} done")
+
+
+def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
+    """The sweep's Tuner."""
     from ray import tune
 
     from .search_space import build_search
 
     sharing = spec.share_pretraining and spec.search.kind == "grid"
     snapshots = snapshot_store(spec) if sharing else None
-    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1,
-                                                  snapshots, pretraining)
+    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1, snapshots)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
     if snapshots:
         space[SNAPSHOTS_KEY] = snapshots
@@ -343,10 +359,10 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
         on_notice(f"packing: {spec.num_trials()} trials as {len(make_packs(spec, spec.pack))} Ray trials of up to "
                   f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
     _write_spec(spec, log_to_mlflow)
-    pretraining = start_pretraining(spec, on_notice)
+    announce_sharing(spec, on_notice)
     _only_json_results(True)
-    grid = build_tuner(spec, log_to_mlflow, pretraining).fit()
-    pretraining.wait()  # its tasks ended with their last snapshots: report how they went
+    grid = build_tuner(spec, log_to_mlflow).fit()
+    report_sharing(spec, on_notice)
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
     return _outcome(spec, grid)
 
@@ -366,7 +382,9 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     notice = _cluster_notice(spec)
     if notice:
         on_notice(notice)
-    start_pretraining(spec, on_notice, beside_trials=False).wait()  # what a killed driver never finished
+    from .pretraining_phase import run_missing_pretrainings
+
+    run_missing_pretrainings(spec, snapshot_store(spec), local_slots(spec), on_notice)  # what a killed driver never finished
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     _only_json_results(bool(_run_settings(spec).get("json_logger_only")))
     tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True,

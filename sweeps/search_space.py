@@ -17,17 +17,17 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec, pack: int = 1, snapshots: str | None = None,
-                 phase=None) -> tuple[dict[str, Any], int, Any]:
+def build_search(spec: SweepSpec, pack: int = 1, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
     """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
 
     With `pack` > 1 (grid only) each Ray trial is a list of member configs (see sweeps.plan).
-    A grid whose trials start from shared snapshots (in `snapshots`, made by `phase`) gets
-    them from a `SnapshotGate`, each once its snapshots are saved.
+    A grid whose trials start from shared snapshots (in `snapshots`) gets them from a
+    `SnapshotGate`: first the trials that run each pretraining, the others once their
+    snapshots are saved.
     """
     from ray import tune
 
-    from .plan import make_packs, ray_trials, snapshot_needs
+    from .plan import make_packs, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
@@ -38,7 +38,10 @@ def build_search(spec: SweepSpec, pack: int = 1, snapshots: str | None = None,
             from .snapshot_gate import SnapshotGate
 
             configs = [{MEMBERS_KEY: members} if pack > 1 else members[0] for members in trials]
-            return {}, len(configs), SnapshotGate(configs, needs, snapshots, phase)
+            jobs = pretraining_jobs(spec)
+            packable = {j.key for j in jobs if pack > 1 and packs_pretraining(j)}
+            return {}, len(configs), SnapshotGate(configs, needs, snapshots,
+                                                  {j.key: (j.values, j.durations) for j in jobs}, packable)
     if kind == "grid" and pack > 1:
         return {MEMBERS_KEY: tune.grid_search(make_packs(spec, pack))}, 1, None
     if kind == "boundary":

@@ -15,8 +15,8 @@ from sweeps.plan import make_packs, pack_size, pretraining_jobs, pretraining_pac
 from sweeps.spec import SweepError, parse_sweep
 from trainables.config import make_config
 from trainables.packed import run_pack
-from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_shared_pretraining,
-                                    run_shared_pretrainings)
+from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_owned_pretrainings,
+                                    run_shared_pretraining, run_shared_pretrainings)
 from trainables.trial import TrialResult, run_trial
 
 TIMING = ("epoch_time_s", "wall_time_s")
@@ -190,6 +190,20 @@ def test_packed_pretrainings_save_exactly_the_standalone_snapshots(tmp_path):
             assert comparable(TrialResult({}, packed["history"])) == comparable(TrialResult({}, alone["history"]))
     again = run_shared_pretrainings(jobs, str(tmp_path / "packed"))
     assert all(r["epochs_run"] == 0 for r in again)  # every snapshot exists: nothing runs
+
+
+def test_an_owner_records_a_failed_pretraining_so_its_trials_pretrain_alone(tmp_path):
+    good = (dict(SMALL, seed=0), [2])
+    mixed = [(dict(SMALL, seed=1), [2]), (dict(SMALL, seed=2, width=16), [2])]  # no one pack holds both
+    errors = run_owned_pretrainings([[good], mixed], str(tmp_path))
+    assert len(errors) == 1 and "one architecture" in errors[0]
+    store = SnapshotStore(str(tmp_path))
+    key = lambda values: pretrain_key(make_config({**values, "pretrain_epochs": 2}), "cpu")  # noqa: E731
+    assert store.has(key(good[0]), 2) and store.failure(key(good[0])) is None
+    for values, _ in mixed:
+        assert not store.has(key(values), 2) and "one architecture" in store.failure(key(values))
+        cfg = make_config({**values, "pretrain_epochs": 2})
+        assert resume_state_from_snapshot(cfg, str(tmp_path), "cpu") is None  # so the trial pretrains alone
 
 
 def test_pretrainings_pack_per_architecture_over_the_slots():

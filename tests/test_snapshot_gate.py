@@ -1,5 +1,6 @@
 """Trials of a sharing grid reach Tune only once their snapshots exist, so none waits holding a
-slot while its pretraining runs beside it, and none repeats a pretraining it could share."""
+slot while its pretraining runs, and none repeats a pretraining it could share: each
+pretraining runs in one owner trial, handed out first."""
 
 from __future__ import annotations
 
@@ -9,20 +10,11 @@ import pytest
 from ray.tune.search import Searcher
 
 from sweeps import snapshot_gate
-from sweeps.plan import pack_size, pretraining_jobs, pretraining_slots
+from sweeps.plan import pretraining_jobs
 from sweeps.search_space import build_search
 from sweeps.spec import parse_sweep
 from trainables.pretraining import SnapshotStore
-
-
-class StubPhase:
-    """Stands in for PretrainingPhase: the pretrainings whose task has ended are set by hand."""
-
-    def __init__(self):
-        self.ended: set[str] = set()
-
-    def settled(self) -> set[str]:
-        return self.ended
+from trainables.tune_trainable import PRETRAIN_KEY
 
 
 def grid(**extra):
@@ -49,61 +41,76 @@ def look_every_call(monkeypatch):
     monkeypatch.setattr(snapshot_gate, "POLL_S", 0.0)
 
 
-def test_trials_start_as_their_snapshots_are_saved_and_when_their_pretraining_ends(tmp_path):
-    spec, store, phase = grid(pack=1), str(tmp_path), StubPhase()
-    space, num_samples, gate = build_search(spec, 1, store, phase)
+def brief(configs) -> list[tuple]:
+    """(pretrain_epochs, seed, seeds whose pretraining it runs) of each trial handed out."""
+    return sorted((c["pretrain_epochs"], c["seed"], tuple(j[0]["seed"] for g in c.get(PRETRAIN_KEY, []) for j in g))
+                  for c in configs)
+
+
+def test_each_pretraining_runs_in_one_owner_and_the_rest_start_as_its_snapshots_are_saved(tmp_path):
+    spec, store = grid(pack=1), str(tmp_path)
+    space, num_samples, gate = build_search(spec, 1, store)
     assert space == {} and num_samples == 12
     jobs = {j.values["seed"]: j for j in pretraining_jobs(spec)}
 
     first = handed_out(gate)
-    assert sorted((c["pretrain_epochs"], c["seed"]) for c in first) == [(0, 0), (0, 0), (0, 1), (0, 1)]
-    save_snapshot(store, jobs[0].key, 10)  # seed 0's pretraining passes epoch 10
-    assert sorted((c["pretrain_epochs"], c["seed"]) for c in handed_out(gate)) == [(10, 0), (10, 0)]
-    phase.ended.add(jobs[1].key)  # seed 1's task ends (failed: no snapshot); its trials pretrain alone
-    assert sorted((c["pretrain_epochs"], c["seed"]) for c in handed_out(gate)) == [(10, 1), (10, 1), (30, 1), (30, 1)]
+    assert [c["pretrain_epochs"] for c in first[:2]] == [10, 10]  # the owners come first: they pretrain
+    assert brief(first) == [(0, 0, ()), (0, 0, ()), (0, 1, ()), (0, 1, ()), (10, 0, (0,)), (10, 1, (1,))]
+    assert first[0][PRETRAIN_KEY] == [[[jobs[first[0]["seed"]].values, [10, 30]]]]  # to 30, saving 10 and 30
+    save_snapshot(store, jobs[0].key, 10)  # seed 0's owner passes epoch 10
+    assert brief(handed_out(gate)) == [(10, 0, ())]
+    SnapshotStore(store).record_failure(jobs[1].key, "RuntimeError: out of memory")  # seed 1's owner gives up
+    assert brief(handed_out(gate)) == [(10, 1, ()), (30, 1, ()), (30, 1, ())]  # they pretrain alone
     assert gate.suggest("waiting") is None  # seed 0 at 30 epochs: still pretraining
     save_snapshot(store, jobs[0].key, 30)
-    assert [(c["pretrain_epochs"], c["seed"]) for c in handed_out(gate)] == [(30, 0), (30, 0)]
+    assert brief(handed_out(gate)) == [(30, 0, ()), (30, 0, ())]
     assert gate.suggest("after") == Searcher.FINISHED
 
 
-def test_a_resumed_gate_hands_out_only_the_rest_and_waits_for_nothing(tmp_path):
+def test_an_owner_that_ends_without_its_snapshots_releases_the_trials_waiting_for_them(tmp_path):
     spec, store = grid(pack=1), str(tmp_path)
-    _, _, gate = build_search(spec, 1, store, StubPhase())
+    _, _, gate = build_search(spec, 1, store)
+    owners = [c for c in handed_out(gate) if PRETRAIN_KEY in c]
+    assert handed_out(gate) == []
+    gate.on_trial_complete("t0", error=True)  # Tune gave up on the first owner after its retries
+    released = handed_out(gate)
+    assert {c["seed"] for c in released} == {owners[0]["seed"]} and len(released) == 3
+    assert not any(PRETRAIN_KEY in c for c in released)  # nobody else repeats it for the others
+
+
+def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
+    spec, store = grid(pack=1), str(tmp_path)
+    _, _, gate = build_search(spec, 1, store)
     given = handed_out(gate)
-    assert len(given) == 4
+    assert len(given) == 6
     gate.save(str(tmp_path / "state.json"))
-    restored = pickle.loads(pickle.dumps(gate))  # as Tune stores it: without the live tasks
-    assert restored.phase is None
+    restored = pickle.loads(pickle.dumps(gate))  # as Tune stores it with the Tuner
     restored.restore(str(tmp_path / "state.json"))
-    rest = handed_out(restored)  # the resume pretrains what is missing before the trials
-    assert len(rest) == 8 and not any(c in given for c in rest)
+    assert restored.owners == gate.owners and restored.trials == gate.trials
+    assert handed_out(restored) == []  # claimed by owners already handed out: no second owner
+    for job in pretraining_jobs(spec):  # as the resume makes what is missing before the trials
+        for epochs in job.durations:
+            save_snapshot(store, job.key, epochs)
+    rest = handed_out(restored)
+    assert len(rest) == 6 and not any(c in given or PRETRAIN_KEY in c for c in rest)
     assert restored.suggest("done") == Searcher.FINISHED
 
 
-def test_a_pack_starts_once_every_member_snapshot_exists(tmp_path):
+def test_a_pack_owns_every_pretraining_its_members_need_and_runs_them_as_one(tmp_path):
     spec, store = grid(pack=4), str(tmp_path)
-    _, num_samples, gate = build_search(spec, 4, store, StubPhase())
+    _, num_samples, gate = build_search(spec, 4, store)
     assert num_samples == 3
-    assert [sorted({m["pretrain_epochs"] for m in c["_members"]}) for c in handed_out(gate)] == [[0]]
+    first = handed_out(gate)
+    assert [sorted({m["pretrain_epochs"] for m in c["_members"]}) for c in first] == [[10], [0]]
+    assert [sorted(j[0]["seed"] for j in g) for g in first[0][PRETRAIN_KEY]] == [[0, 1]]  # one pack of both seeds
     jobs = pretraining_jobs(spec)
-    save_snapshot(store, jobs[0].key, 10)
-    assert handed_out(gate) == []  # the pack also holds seed 1 at 10 epochs
-    save_snapshot(store, jobs[1].key, 10)
-    assert [sorted({m["pretrain_epochs"] for m in c["_members"]}) for c in handed_out(gate)] == [[10]]
+    save_snapshot(store, jobs[0].key, 30)
+    assert handed_out(gate) == []  # the last pack also holds seed 1 at 30 epochs
+    save_snapshot(store, jobs[1].key, 30)
+    assert [sorted({m["pretrain_epochs"] for m in c["_members"]}) for c in handed_out(gate)] == [[30]]
 
 
 def test_sweeps_without_shared_snapshots_keep_tunes_grid(tmp_path):
     for spec in (grid(share_pretraining=False), parse_sweep({"name": "z", "axes": {"weight_decay": [0.0, 1e-3]}})):
-        space, num_samples, searcher = build_search(spec, 1, str(tmp_path), StubPhase())
+        space, num_samples, searcher = build_search(spec, 1, str(tmp_path))
         assert searcher is None and num_samples == 1 and "weight_decay" in space
-
-
-def test_pretrainings_take_the_slots_the_trials_without_snapshots_leave():
-    spec = grid(pack=4)  # packs of pretrain_epochs 0, 10 and 30: the first needs no snapshot
-    assert pretraining_slots(spec, 2) == 1
-    assert pretraining_slots(spec, 8) == 7
-    assert pretraining_slots(spec, None) is None  # a cluster: packed as large as allowed
-    assert pretraining_slots(grid(pack=1), 2) == 1  # 4 trials need none
-    mixed = grid(pack="auto")  # on 2 slots: 2 packs of 6, each holding trials that need a snapshot
-    assert pretraining_slots(mixed.model_copy(update={"pack": pack_size(mixed, 2)}), 2) == 2

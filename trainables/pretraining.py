@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from .config import TrialConfig, make_config
 
 FORMAT = 1
+FAILED_FILE = "failed.json"  # beside a pretraining's snapshots when its owner trial could not make them
 # Everything the pretraining stage depends on; the clean-phase fields are deliberately absent.
 PRETRAIN_FIELDS = ("dataset", "model", "width", "depth", "seed", "label_noise", "pretrain_copies",
                    "pretrain_zero_out", "pretrain_lr", "pretrain_momentum", "batch_size", "torch_threads")
@@ -76,6 +77,21 @@ class SnapshotStore:
         with self._fs.open_output_stream(tmp) as f:
             f.write(buffer.getvalue())
         self._fs.move(tmp, final)  # a reader never sees half a snapshot
+
+    def record_failure(self, key: str, error: str) -> None:
+        """An owner trial could not make this pretraining: its trials stop waiting for it."""
+        folder = f"{self._inner}/{key}"
+        self._fs.create_dir(folder, recursive=True)
+        with self._fs.open_output_stream(f"{folder}/{FAILED_FILE}") as f:
+            f.write(json.dumps({"error": error}).encode())
+
+    def failure(self, key: str) -> str | None:
+        """Why this pretraining failed, if an owner recorded that it did."""
+        try:
+            with self._fs.open_input_stream(f"{self._inner}/{key}/{FAILED_FILE}") as f:
+                return json.loads(f.read())["error"]
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            return None
 
     def load(self, key: str, epochs: int) -> dict[str, Any] | None:
         """The snapshot, or None when there is none (or it is unreadable: the trial then pretrains)."""
@@ -160,6 +176,29 @@ def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], st
         for plan, history in zip(todo, histories):
             plan.epochs_run = len(history)
     return [p.report() for p in plans]
+
+
+def run_owned_pretrainings(groups: list[list[tuple[dict[str, Any], Iterable[int]]]], store_root: str) -> list[str]:
+    """An owner trial's shared pretrainings (see `sweeps.snapshot_gate`): each group of jobs as
+    one pack (one job: alone). A group that raises is recorded as failed in the store, so the
+    trials waiting for it pretrain by themselves, as the owner then does; returns the errors."""
+    import traceback
+
+    errors = []
+    for group in groups:
+        try:
+            if len(group) == 1:
+                run_shared_pretraining(*group[0], store_root)
+            else:
+                run_shared_pretrainings(group, store_root)
+        except Exception as err:
+            text = f"{type(err).__name__}: {err}"
+            traceback.print_exc()  # into the trial's log, beside its own output
+            store = SnapshotStore(store_root)
+            for values, durations in group:
+                store.record_failure(_SnapshotPlan(values, durations, store).key, text)
+            errors.append(text)
+    return errors
 
 
 def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ SEEDS_KEY = "_seeds"  # optuna sweeps: the seed list, indexed by Ray's Repeater
 REPEAT_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater
 MEMBERS_KEY = "_members"  # packed trials: the member trial configs, run as one stacked model
 SNAPSHOTS_KEY = "_snapshots"  # where the sweep's shared pretraining snapshots are
+PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before it starts (SnapshotGate)
 MEMBER_KEY = "member"  # in each report of a packed trial: which member it belongs to
 # One Tune report may carry many rows. Each report costs ~4 ms of driver CPU and stalls the
 # trial for a round trip to the driver (Tune's function trainables wait for it; measured here:
@@ -110,6 +111,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = load_state(d, cfg.to_dict())
     elif config.get(SNAPSHOTS_KEY):
+        _run_owned_pretrainings(config)
         resume = _shared_start(cfg, config[SNAPSHOTS_KEY])
         for record in (resume or {}).get("history", []):  # the pretraining epochs it did not run itself
             reports.add({**record, FINAL_KEY: False})
@@ -136,6 +138,14 @@ def _rows_kept_on_error(reports: _BatchedReports):
     except Exception:
         reports.send(force=True)
         raise
+
+
+def _run_owned_pretrainings(config: dict[str, Any]) -> None:
+    """The shared pretrainings this trial was handed as their owner (none for most trials)."""
+    if config.get(PRETRAIN_KEY):
+        from .pretraining import run_owned_pretrainings
+
+        run_owned_pretrainings(config[PRETRAIN_KEY], config[SNAPSHOTS_KEY])
 
 
 def _shared_start(cfg, store: str) -> dict[str, Any] | None:
@@ -166,6 +176,7 @@ def _run_packed(config: dict[str, Any]) -> None:
         if resume.get("format") != PACK_FORMAT:
             raise RuntimeError(f"pack checkpoint has format {resume.get('format')}, expected {PACK_FORMAT}")
     elif config.get(SNAPSHOTS_KEY):
+        _run_owned_pretrainings(config)
         pretrained = [_shared_start(c, config[SNAPSHOTS_KEY]) for c in cfgs]
     reports = _BatchedReports(latest_on_top=False)
     for i, start in enumerate(pretrained or []):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
+SEARCH_PAGE = 10_000  # runs per page when a resumed sweep looks up its trials' runs
 _WAKE = None  # queued by close(): the writer flushes now instead of at the end of its interval
 LOGGED_STEP_TAG = "minima.logged_step"
 FINAL_LOGGED_TAG = "minima.final_logged"
@@ -120,6 +121,7 @@ class MLflowSweepLogger(Callback):
         self._ended: set[str] = set()  # keys whose end was queued (Tune's thread)
         self._end_parent = False
         self._client = None
+        self._existing: dict[str, Any] = {}  # trial key -> its run from an earlier driver or sync
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
         self.failed_flushes = 0
@@ -278,6 +280,8 @@ class MLflowSweepLogger(Callback):
         client = MlflowClient(self.tracking_uri)
         experiment = client.get_experiment_by_name(self.sweep)
         self._experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.sweep)
+        if experiment:  # a resumed or synced sweep: its trials' runs, found in one search, not one each
+            self._existing = self._trial_runs(client)
         parents = client.search_runs(
             [self._experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{self.sweep}'", max_results=1
         )
@@ -291,16 +295,26 @@ class MLflowSweepLogger(Callback):
             self._parent_run_id = run.info.run_id
         self._client = client
 
+    def _trial_runs(self, client) -> dict[str, Any]:
+        """Every trial run of the sweep's experiment, by its `trial_key` tag."""
+        runs, token = {}, None
+        while True:
+            page = client.search_runs([self._experiment_id], max_results=SEARCH_PAGE, page_token=token)
+            runs.update({r.data.tags["trial_key"]: r for r in page if "trial_key" in r.data.tags})
+            token = page.token
+            if not token:
+                return runs
+
     def _run_for(self, key: str, ev: _RunEvents) -> str:
-        """The run of trial `key`: cached, found by its tag, or created (params logged once)."""
+        """The run of trial `key`: cached, found when the driver connected, or created (params
+        logged once)."""
         if key in self._runs:
             return self._runs[key]
         from mlflow.entities import Param
 
         client = self._client
-        found = client.search_runs([self._experiment_id], f"tags.trial_key = '{key}'", max_results=1)
-        if found:
-            run = found[0]
+        run = self._existing.pop(key, None)
+        if run is not None:
             run_id = run.info.run_id
             self._logged_step[key] = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
             if run.data.tags.get(FINAL_LOGGED_TAG):

@@ -68,6 +68,7 @@ def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, die
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, 21)), f"{name}: history has gaps or repeats"
     assert client.get_run(run.info.run_id).data.tags[LOGGED_STEP_TAG] == "20"
+    assert len(client.search_runs([first._experiment_id], f"tags.trial_key = '{KEY}'")) == 1  # found, not made anew
 
 
 def test_close_flushes_at_once_not_at_the_end_of_the_interval(tmp_path):

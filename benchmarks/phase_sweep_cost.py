@@ -2,12 +2,14 @@
 its trials one by one, without changing any trial's result.
 
 Evidence: the same mnist1d phase sweep (pretraining durations x weight decays x augmentations
-x seeds; 96 trials by default) run three times on one local Ray, with MLflow logging, after an
-unmeasured warm-up sweep, each into its own new MLflow store: (a) trial by trial (`pack: 1`,
+x seeds; 96 trials by default) run on one local Ray, with MLflow logging, after an unmeasured
+warm-up sweep, each run into its own new MLflow store: (a) trial by trial (`pack: 1`,
 `share_pretraining: false`), (b) with shared pretraining, (c) with shared pretraining and
-packing (`pack: auto`). Prints JSON with
-each wall time, trials/hour, the speed-ups over (a), and the largest difference in any trial's
-final test accuracy between the runs (asserted to be within float tolerance; here it is 0).
+packing (`pack: auto`), in the order c, a, b, c (this machine's speed drifts within minutes:
+the two (c) runs bracket the others and their mean is compared). Prints JSON with each wall
+time (a repeated mode: every run and their mean), trials/hour, the speed-ups over (a), and the
+largest difference in any trial's final test accuracy between the runs (asserted to be within
+float tolerance; here it is 0).
 
 With `--no-mlflow` the trials are not logged to MLflow: on local Ray the driver's SQLite
 logging (~60k metrics here, 0.1-0.2 ms each) takes CPU from the trials on the same cores, which a
@@ -38,6 +40,9 @@ MODES = {  # name -> (pack, share_pretraining)
     "b_shared_pretraining": (1, True),
     "c_shared_and_packed": ("auto", True),
 }
+# (c) first and last: this machine's speed drifts by 20% within minutes, and whichever mode
+# runs later paid for it; the mean of both (c) runs brackets (a) and (b) between them.
+DEFAULT_ORDER = "c_shared_and_packed,a_trial_by_trial,b_shared_pretraining,c_shared_and_packed"
 
 
 def make_spec(name: str, root: Path, args, pack, share: bool):
@@ -82,7 +87,8 @@ def main() -> None:
     parser.add_argument("--weight-decays", default="0,1e-4,3e-4,1e-3")
     parser.add_argument("--augmentations", default="none,shift")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES), help="which of the three to run")
+    parser.add_argument("--modes", default=DEFAULT_ORDER,
+                        help="which to run, in order; a mode named twice runs twice and reports its mean")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the trials to MLflow")
     parser.add_argument("--keep", action="store_true", help="keep the results, MLflow store and exports")
     args = parser.parse_args()
@@ -101,20 +107,23 @@ def measure(args, root: Path) -> dict:
 
     from mlflow import MlflowClient
 
-    for mode in args.modes.split(","):  # create every store's tables now, untimed
-        MlflowClient(tracking_uri(mode, root)).search_experiments()
-    results, accs = {}, {}
-    for mode in args.modes.split(","):
+    runs = [(mode, f"{mode}_{i}") for i, mode in enumerate(args.modes.split(","))]
+    for _, name in runs:  # create every store's tables now, untimed
+        MlflowClient(tracking_uri(name, root)).search_experiments()
+    results, accs, walls = {}, {}, {}
+    for mode, name in runs:
         pack, share = MODES[mode]
-        spec = make_spec(mode, root, args, pack, share)
+        spec = make_spec(name, root, args, pack, share)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # Ray's tables: keep stdout for the JSON
             outcome = run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: None)
         wall = time.perf_counter() - t0
         assert outcome.counts.get("ok") == outcome.total, outcome.counts
-        accs[mode] = accuracies(spec, root)
-        results[mode] = {"wall_s": round(wall, 1), "trials": outcome.total,
-                         "trials_per_hour": round(outcome.total / wall * 3600),
+        accs[name] = accuracies(spec, root)
+        walls.setdefault(mode, []).append(round(wall, 1))
+        mean = sum(walls[mode]) / len(walls[mode])
+        results[mode] = {"wall_s": round(mean, 1), "walls_s": walls[mode], "trials": outcome.total,
+                         "trials_per_hour": round(outcome.total / mean * 3600),
                          "pack": planned(spec).pack, "share_pretraining": share}
     reference = next(iter(accs.values()))
     diffs = {m: max(abs(a[k] - reference[k]) for k in reference) for m, a in accs.items()}

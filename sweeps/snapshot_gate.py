@@ -45,7 +45,7 @@ class SnapshotGate(Searcher):
         self.issued: list[int] = []
         self.owners: dict[str, int] = {}  # pretraining key -> the config that runs it
         self.ended: set[str] = set()  # keys whose owner ended or gave up: their trials stop waiting
-        self.trials: dict[str, int] = {}  # Tune trial id -> config index
+        self.owner_trials: dict[str, int] = {}  # an owner's Tune trial id -> its config index
         self._saved: set[Need] = set()
         self._checked_at = -math.inf
 
@@ -72,8 +72,8 @@ class SnapshotGate(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """An owner that ended (after Tune's retries) releases the trials still waiting on it."""
-        i = self.trials.get(trial_id)
-        self.ended |= {key for key, owner in self.owners.items() if owner == i}
+        if trial_id in self.owner_trials:
+            self.ended |= {key for key, owner in self.owners.items() if owner == self.owner_trials[trial_id]}
 
     def _next_owner(self, waiting: list[int]) -> tuple[int, list[str]] | None:
         """The first waiting trial that can run the pretrainings nobody runs yet, with their keys:
@@ -87,10 +87,11 @@ class SnapshotGate(Searcher):
     def _ready(self, need: Need) -> bool:
         return need in self._saved or need[0] in self.ended
 
-    def _issue(self, trial_id: str, i: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _issue(self, trial_id: str, i: int, owns: dict[str, Any] | None = None) -> dict[str, Any]:
         self.issued.append(i)
-        self.trials[trial_id] = i
-        return {**self.configs[i], **(extra or {})}
+        if owns:
+            self.owner_trials[trial_id] = i
+        return {**self.configs[i], **(owns or {})}
 
     def _look_for_snapshots(self, waiting: list[int]) -> None:
         """Snapshots saved since the last look, and owners that failed to pretrain (`SnapshotStore.failure`)."""
@@ -110,7 +111,7 @@ class SnapshotGate(Searcher):
         """JSON, not pickle: which trials were handed out, and who pretrains what."""
         with open(checkpoint_path, "w") as f:
             json.dump({"issued": self.issued, "owners": self.owners, "ended": sorted(self.ended),
-                       "trials": self.trials}, f)
+                       "owner_trials": self.owner_trials}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
@@ -118,4 +119,4 @@ class SnapshotGate(Searcher):
         self.issued = list(state["issued"])
         self.owners = dict(state.get("owners", {}))  # sweeps started before owners: none
         self.ended = set(state.get("ended", []))
-        self.trials = dict(state.get("trials", {}))
+        self.owner_trials = dict(state.get("owner_trials", {}))

@@ -86,7 +86,7 @@ def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
     gate.save(str(tmp_path / "state.json"))
     restored = pickle.loads(pickle.dumps(gate))  # as Tune stores it with the Tuner
     restored.restore(str(tmp_path / "state.json"))
-    assert restored.owners == gate.owners and restored.trials == gate.trials
+    assert restored.owners == gate.owners and restored.owner_trials == gate.owner_trials
     assert handed_out(restored) == []  # claimed by owners already handed out: no second owner
     for job in pretraining_jobs(spec):  # as the resume makes what is missing before the trials
         for epochs in job.durations:

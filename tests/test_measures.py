@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.linear_probe import conditional_mutual_information, mu_linear, mutual_information
+from trainables.data import TensorData
+from trainables.linear_probe import conditional_mutual_information, linear_test_predictions, mu_linear, mutual_information
 from trainables.measures import path_norms
 from trainables.models import MLP, SmallCNN
 
@@ -68,3 +69,20 @@ def test_conv_path_norms_are_finite_and_scale_with_the_weights():
     assert all(math.isfinite(v) and v > 0 for v in base.values())
     assert math.isclose(scaled["l1_path_norm"], 2 * base["l1_path_norm"], rel_tol=1e-9)
     assert math.isclose(scaled["l2_path_norm"], 2 * base["l2_path_norm"], rel_tol=1e-9)
+
+
+def test_the_linear_fit_is_cached_per_data_set_not_per_name(tmp_path, monkeypatch):
+    # a stand-in set under a real set's name (tests, a re-generated set) must not reuse its fit
+    monkeypatch.setenv("MINIMA_DATA_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+
+    def stand_in(test_rows: int) -> TensorData:
+        y, y_test = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (test_rows,), generator=g)
+        x, x_test = torch.randn(60, 1, 5, generator=g) + y[:, None, None], torch.randn(test_rows, 1, 5, generator=g)
+        return TensorData(x, y, x_test + y_test[:, None, None], y_test, num_classes=3)
+
+    small, large = stand_in(8), stand_in(20)
+    assert len(linear_test_predictions("stub", small)) == 8
+    assert len(linear_test_predictions("stub", large)) == 20
+    assert len(list(tmp_path.glob("stub-linear-test-predictions-*.npy"))) == 2
+    assert torch.equal(linear_test_predictions("stub", small), linear_test_predictions("stub", small))

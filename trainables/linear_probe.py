@@ -6,8 +6,8 @@ functions a linear classifier explains (mu near I(F; Y)); later, more complex on
 estimates from the joint counts on the test set, in nats.
 
 The linear classifier is a logistic regression on the flattened training inputs, fit once per
-dataset and cached (its test predictions) next to the data, so every trial compares to the
-same L.
+data set and cached (its test predictions) next to the data under the set's fingerprint, so
+every trial compares to the same L.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from .data import TensorData, data_dir
 
-_CACHE: dict[str, torch.Tensor] = {}
+_CACHE: dict[tuple, torch.Tensor] = {}
 
 
 def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,11 +46,24 @@ def mu_linear(f: np.ndarray, y: np.ndarray, linear: np.ndarray) -> float:
     return float(mutual_information(f, y) - conditional_mutual_information(f, y, linear))  # a plain float: checkpoints
 
 
+def data_fingerprint(data: TensorData) -> str:
+    """Which data a cached fit belongs to: its sizes, labels and first rows. Two sets under one
+    name (a stand-in in tests, a re-downloaded or re-generated set) never share a cached fit."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for t in (data.y_train, data.y_test, data.x_train[:16], data.x_test[:16]):
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def linear_test_predictions(dataset: str, data: TensorData) -> torch.Tensor:
     """The logistic regression's predictions on the test set (fit on the train set, cached)."""
-    if dataset in _CACHE:
-        return _CACHE[dataset]
-    path = data_dir() / f"{dataset}-linear-test-predictions.npy"
+    key = (dataset, data_fingerprint(data))  # under a millisecond: labels and 32 rows
+    if key in _CACHE:
+        return _CACHE[key]
+    path = data_dir() / f"{dataset}-linear-test-predictions-{key[1]}.npy"
     if path.exists():
         predicted = np.load(path)
     else:
@@ -65,5 +78,5 @@ def linear_test_predictions(dataset: str, data: TensorData) -> torch.Tensor:
         tmp = path.with_suffix(f".{np.random.randint(1 << 30)}.tmp.npy")
         np.save(tmp, predicted)
         tmp.replace(path)  # concurrent trials may both fit; the results are identical
-    _CACHE[dataset] = torch.as_tensor(predicted)
-    return _CACHE[dataset]
+    _CACHE[key] = torch.as_tensor(predicted)
+    return _CACHE[key]

@@ -15,7 +15,8 @@ With `--no-mlflow` the trials are not logged to MLflow: on local Ray the driver'
 logging (~60k metrics here, 0.1-0.2 ms each) takes CPU from the trials on the same cores, which a
 cluster's head node does not; this isolates what sharing and packing save in the trials.
 
-    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--no-mlflow] [--keep]
+    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--pack auto]
+        [--no-mlflow] [--keep]
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=DEFAULT_ORDER,
                         help="which to run, in order; a mode named twice runs twice and reports its mean")
+    parser.add_argument("--pack", default="auto", help="(c)'s pack: auto, or members per Ray trial")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the trials to MLflow")
     parser.add_argument("--keep", action="store_true", help="keep the results, MLflow store and exports")
     args = parser.parse_args()
@@ -113,6 +115,8 @@ def measure(args, root: Path) -> dict:
     results, accs, walls = {}, {}, {}
     for mode, name in runs:
         pack, share = MODES[mode]
+        if pack == "auto" and args.pack != "auto":
+            pack = int(args.pack)
         spec = make_spec(name, root, args, pack, share)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # Ray's tables: keep stdout for the JSON

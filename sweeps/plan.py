@@ -17,7 +17,11 @@ from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
 
-PACK_CAP = 16  # members per pack when auto: measured on CPU for MLPs, the gain flattens past it
+# Members per pack when auto. Measured on CPU (2 cores, 30 epochs of mnist1d, 16/32/48 members):
+# an MLP 256x2 costs 1.21-1.36 s per member at 16 and 1.38-1.45 at 32 or 48; a narrow one,
+# whose small products leave more per-call overhead to share, 0.29 s at 16 and 0.26-0.27 at 32.
+PACK_CAP = 16
+NARROW_PACK_CAP, NARROW_WIDTH = 32, 64
 # auto packs only what was measured to pay: MLPs (bit-exact, 3x on CPU). Conv nets run under
 # vmap: 1.2x on CPU; on an H100 (benchmarks/gpu_pack_throughput.py, ResNet-18, 16 members)
 # 2.3x at width 16 and 1.5x at 32 but 0.7x at 64, with 13-26 GiB per pack: set `pack` by hand.
@@ -67,8 +71,9 @@ def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, i
 
 
 def pack_size(spec: SweepSpec, slots: int | None) -> int:
-    """Members per pack: the sweep's `pack`, or auto (see PACK_CAP), spread so every slot gets
-    the same number of packs (`slots`: trials that run at once; None on a cluster)."""
+    """Members per pack: the sweep's `pack`, or auto (up to PACK_CAP; NARROW_PACK_CAP when every
+    MLP is at most NARROW_WIDTH wide), spread so every slot gets the same number of packs
+    (`slots`: trials that run at once; None on a cluster)."""
     if spec.search.kind != "grid":
         return 1
     if isinstance(spec.pack, int):
@@ -77,7 +82,8 @@ def pack_size(spec: SweepSpec, slots: int | None) -> int:
     if any(c.model not in AUTO_PACKED_MODELS or c.speed_options for c in configs):
         return 1  # packs train plain fp32 eager models (see trainables.packed)
     n = spec.num_trials()
-    packs = math.ceil(n / PACK_CAP)
+    cap = NARROW_PACK_CAP if all(c.width <= NARROW_WIDTH for c in configs) else PACK_CAP
+    packs = math.ceil(n / cap)
     if slots:
         packs = math.ceil(packs / slots) * slots  # whole rounds: no slot idles at the end
     return max(1, math.ceil(n / packs))

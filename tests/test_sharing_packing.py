@@ -169,9 +169,11 @@ def test_the_plan_runs_each_pretraining_once_to_its_longest_duration():
 
 
 def test_packs_are_even_and_fill_every_slot():
-    spec = _grid()  # 36 trials
+    spec = _grid(base={"width": 128, "epochs": 5})  # 36 trials
     assert pack_size(spec, slots=2) == 9  # 36 / 16 -> 3 packs, rounded up to 4 for 2 slots
     assert pack_size(spec, slots=None) == 12
+    narrow = _grid()  # width 32: up to 32 members (NARROW_PACK_CAP)
+    assert pack_size(narrow, slots=2) == 18 and pack_size(narrow, slots=None) == 18 and pack_size(narrow, slots=3) == 12
     assert pack_size(_grid(pack=5), slots=2) == 5
     assert pack_size(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
     packs = make_packs(spec, 16)

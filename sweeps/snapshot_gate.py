@@ -119,4 +119,7 @@ class SnapshotGate(Searcher):
         self.issued = list(state["issued"])
         self.owners = dict(state.get("owners", {}))  # sweeps started before owners: none
         self.ended = set(state.get("ended", []))
-        self.owner_trials = dict(state.get("owner_trials", {}))
+        # state saved before c70dc7c kept every trial's id under "trials": keep its owners'
+        owning = set(self.owners.values())
+        self.owner_trials = dict(state.get("owner_trials") or
+                                 {t: i for t, i in state.get("trials", {}).items() if i in owning})

@@ -4,6 +4,7 @@ pretraining runs in one owner trial, handed out first."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -87,6 +88,11 @@ def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
     restored = pickle.loads(pickle.dumps(gate))  # as Tune stores it with the Tuner
     restored.restore(str(tmp_path / "state.json"))
     assert restored.owners == gate.owners and restored.owner_trials == gate.owner_trials
+    older = pickle.loads(pickle.dumps(gate))  # state as saved before owner_trials: every trial's id
+    (tmp_path / "old.json").write_text(json.dumps({"issued": gate.issued, "owners": gate.owners, "ended": [],
+                                                    "trials": {**gate.owner_trials, "not-an-owner": -1}}))
+    older.restore(str(tmp_path / "old.json"))
+    assert older.owner_trials == gate.owner_trials and older.owner_trials
     assert handed_out(restored) == []  # claimed by owners already handed out: no second owner
     for job in pretraining_jobs(spec):  # as the resume makes what is missing before the trials
         for epochs in job.durations:

@@ -28,8 +28,9 @@ from .results import read_result_rows
 
 log = logging.getLogger(__name__)
 
-MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
-MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits (mlflow.utils.validation)
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags together
 SEARCH_PAGE = 10_000  # runs per page when a resumed sweep looks up its trials' runs
 _WAKE = None  # queued by close(): the writer flushes now instead of at the end of its interval
 LOGGED_STEP_TAG = "minima.logged_step"
@@ -112,6 +113,7 @@ class MLflowSweepLogger(Callback):
         self._stop = threading.Event()
         self._runs: dict[str, str] = {}  # trial key -> run id
         self._logged_step: dict[str, int] = {}
+        self._params_due: dict[str, dict[str, str]] = {}  # per key: params its run still lacks
         self._final_logged: set[str] = set()
         self._sent_tags: dict[str, dict[str, str]] = {}  # per key: tags this process has logged
         self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
@@ -306,12 +308,11 @@ class MLflowSweepLogger(Callback):
                 return runs
 
     def _run_for(self, key: str, ev: _RunEvents) -> str:
-        """The run of trial `key`: cached, found when the driver connected, or created (params
-        logged once)."""
+        """The run of trial `key`: cached, found when the driver connected, or created. Its
+        params go out with its first metrics (`_params_due`), one call fewer per run; a run
+        found without them (its driver died in between) gets them then."""
         if key in self._runs:
             return self._runs[key]
-        from mlflow.entities import Param
-
         client = self._client
         run = self._existing.pop(key, None)
         if run is not None:
@@ -321,13 +322,14 @@ class MLflowSweepLogger(Callback):
                 self._final_logged.add(key)
             if run.info.status != "RUNNING" and ev.end_status is None:
                 client.update_run(run_id, status="RUNNING")  # a trial resumed after an error
+            missing = {k: v for k, v in ev.params.items() if k not in run.data.params}
         else:
             tags = {"mlflow.parentRunId": self._parent_run_id, **ev.tags}
             run_id = client.create_run(self._experiment_id, tags=tags).info.run_id
-            params = [Param(k, v) for k, v in ev.params.items()]
-            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-                client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
             self._logged_step[key] = 0
+            missing = dict(ev.params)
+        if missing:
+            self._params_due[key] = missing
         self._runs[key] = run_id
         return run_id
 
@@ -360,30 +362,40 @@ class MLflowSweepLogger(Callback):
             order.pop(0)
 
     def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
-        """Log a run's metrics in chunks (MLflow's batch limit), epochs in step order.
+        """Log a run's metrics (epochs in step order), its due params and changed tags in as
+        few calls as MLflow's batch limits allow.
 
-        Each chunk's logged-step tag names only steps whose every metric is in MLflow so far:
-        a driver killed between two chunks leaves a mark that its successor can trust, so the
-        steps after it are sent again (MLflow drops exact repeats) rather than skipped forever.
+        Each call stays within the limits itself (MLflow's client would split it and store the
+        tags before the last metrics), and its logged-step tag names only steps whose every
+        metric is in MLflow so far: a driver killed between two calls leaves a mark that its
+        successor can trust, so the steps after it are sent again (MLflow drops exact repeats)
+        rather than skipped forever.
         """
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, Param, RunTag
 
         metrics = epochs + finals
-        chunks = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)] or [[]]
-        sent = 0
-        for i, chunk in enumerate(chunks):
+        params = [Param(k, v) for k, v in self._params_due.get(key, {}).items()]
+        sent, first = 0, True
+        while first or sent < len(metrics) or params or tags:
+            first = False
+            call_params, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+            call_tags, tags = tags[: MAX_PARAMS_TAGS_PER_BATCH - 2], tags[MAX_PARAMS_TAGS_PER_BATCH - 2 :]
+            room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(call_params) - len(call_tags) - 2)
+            chunk = metrics[sent : sent + room]
             sent += len(chunk)
             done = self._logged_step.get(key, 0)
             if sent >= len(epochs) and epochs:
                 done = max(done, epochs[-1][3])
             elif 0 < sent < len(epochs):
                 done = max(done, epochs[sent][3] - 1 if epochs[sent][3] == epochs[sent - 1][3] else epochs[sent - 1][3])
-            marks = [RunTag(LOGGED_STEP_TAG, str(done))]
+            marks = [RunTag(LOGGED_STEP_TAG, str(done))]  # the 2 tags each call keeps room for
             if finals and sent == len(metrics):
                 marks.append(RunTag(FINAL_LOGGED_TAG, "1"))
             self._client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk],
-                                   tags=(tags if i == 0 else []) + marks)
+                                   params=call_params, tags=call_tags + marks)
             self._logged_step[key] = done
+            if not params:
+                self._params_due.pop(key, None)
         if finals:
             self._final_logged.add(key)
 

@@ -41,7 +41,7 @@ def _flush(logger: MLflowSweepLogger, events: _RunEvents) -> None:
     logger._flush(pending, order)
 
 
-@pytest.mark.parametrize("dies_after, expected_mark", [(1, 0), (2, 3), (4, 10)])
+@pytest.mark.parametrize("dies_after, expected_mark", [(0, 0), (1, 3), (2, 6), (4, 13)])
 def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, dies_after, expected_mark):
     """A flush bigger than MLflow's batch limit goes out in chunks; the logged-step mark must
     never claim a step whose metrics are not all stored, or the resumed driver skips them."""
@@ -55,7 +55,7 @@ def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, die
 
     client = MlflowClient(uri)
     run = client.search_runs([first._experiment_id], f"tags.trial_key = '{KEY}'")[0]
-    # the params batch is call 1; each metrics chunk after it stores 10 metrics (3 a step)
+    # each call stores a chunk of 10 metrics (3 a step), the first with the params
     mark = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
     assert mark == expected_mark
     for name in NAMES:
@@ -68,6 +68,7 @@ def test_a_driver_killed_between_chunks_leaves_no_gap(tmp_path, monkeypatch, die
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, 21)), f"{name}: history has gaps or repeats"
     assert client.get_run(run.info.run_id).data.tags[LOGGED_STEP_TAG] == "20"
+    assert client.get_run(run.info.run_id).data.params == {"seed": "0"}  # sent again if the first call died
     assert len(client.search_runs([first._experiment_id], f"tags.trial_key = '{KEY}'")) == 1  # found, not made anew
 
 
@@ -110,3 +111,33 @@ def test_a_tag_is_logged_again_only_when_it_changes(tmp_path):
     run = client.search_runs([logger._experiment_id], f"tags.trial_key = '{KEY}'")[0]
     assert run.data.tags["stage"] == "train"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == list(range(1, 7))
+
+
+def test_a_long_history_goes_out_within_mlflows_batch_limits(tmp_path):
+    """A resumed or synced trial of hundreds of epochs sends thousands of metrics in one flush.
+    Each call must stay within MLflow's 1000 entities (metrics, params and tags together):
+    MLflow's client splits a bigger one and stores its tags, the logged-step mark among them,
+    before the rest of its metrics, so a driver killed in between would leave a mark that
+    claims steps not stored."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLflowSweepLogger(uri, "sweep", axes=[])
+    logger._connect()
+    store = logger._client._tracking_client.store
+    calls = []
+    original = store.log_batch
+
+    def counted(run_id, metrics, params, tags):
+        calls.append(len(metrics) + len(params) + len(tags))
+        return original(run_id=run_id, metrics=metrics, params=params, tags=tags)
+
+    store.log_batch = counted
+    try:
+        _flush(logger, _events(range(1, 401)))  # 1200 metrics, a param and a tag
+    finally:
+        store.log_batch = original
+    assert len(calls) == 2 and max(calls) <= 1000, calls  # our two calls, none split by MLflow
+    client = MlflowClient(uri)
+    run = client.search_runs([logger._experiment_id], f"tags.trial_key = '{KEY}'")[0]
+    for name in NAMES:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(1, 401))
+    assert run.data.params == {"seed": "0"} and run.data.tags[LOGGED_STEP_TAG] == "400"

@@ -146,6 +146,12 @@ def preflight(spec: SweepSpec, source: str = "sweep") -> None:
         raise SweepError(f"{source}: {err}") from None
 
 
+def _cluster_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
 def _cluster_notice(spec: SweepSpec) -> str | None:
     import ray
 
@@ -260,6 +266,35 @@ def report_sharing(spec: SweepSpec, on_notice=print) -> None:
     on_notice(f"shared pretraining: {done}/{len(jobs)} done")
 
 
+PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def hands_out_ready_trials(spec: SweepSpec) -> bool:
+    """Whether the sweep's trials come from one of our searchers (SnapshotGate, BoundarySearcher),
+    which hand out only trials that can start now."""
+    from .plan import pretraining_jobs
+
+    return spec.search.kind == "boundary" or bool(pretraining_jobs(spec))
+
+
+@contextlib.contextmanager
+def pending_trials(spec: SweepSpec, cluster_cpus: float):
+    """Let Tune queue as many of our searchers' trials as it queues for a grid search.
+
+    Tune keeps one trial of a custom Searcher pending at a time: locally the second slot idled
+    while the first trial's actor started (~1 s), and an autoscaling cluster would see one
+    trial's demand at a time and add nodes one by one. A value the user set is kept.
+    """
+    if not hands_out_ready_trials(spec) or PENDING_TRIALS_ENV in os.environ:
+        yield
+        return
+    os.environ[PENDING_TRIALS_ENV] = str(max(200, int(cluster_cpus * 1.1)))  # Tune's rule for a grid
+    try:
+        yield
+    finally:
+        os.environ.pop(PENDING_TRIALS_ENV, None)
+
+
 def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
     """The sweep's Tuner."""
     from ray import tune
@@ -361,7 +396,8 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     _write_spec(spec, log_to_mlflow)
     announce_sharing(spec, on_notice)
     _only_json_results(True)
-    grid = build_tuner(spec, log_to_mlflow).fit()
+    with pending_trials(spec, _cluster_cpus()):
+        grid = build_tuner(spec, log_to_mlflow).fit()
     report_sharing(spec, on_notice)
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
     return _outcome(spec, grid)
@@ -389,6 +425,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     _only_json_results(bool(_run_settings(spec).get("json_logger_only")))
     tuner = tune.Tuner.restore(path, trainable=tune.with_resources(tune_trainable, resources), resume_errored=True,
                                storage_filesystem=storage_filesystem(spec.storage))
-    grid = tuner.fit()
+    with pending_trials(spec, _cluster_cpus()):
+        grid = tuner.fit()
     prune_unreferenced_checkpoints(path, grid)
     return _outcome(spec, grid)

@@ -5,6 +5,7 @@ pretraining runs in one owner trial, handed out first."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import pytest
@@ -120,3 +121,29 @@ def test_sweeps_without_shared_snapshots_keep_tunes_grid(tmp_path):
     for spec in (grid(share_pretraining=False), parse_sweep({"name": "z", "axes": {"weight_decay": [0.0, 1e-3]}})):
         space, num_samples, searcher = build_search(spec, 1, str(tmp_path))
         assert searcher is None and num_samples == 1 and "weight_decay" in space
+
+
+def test_tune_queues_the_gates_trials_as_it_queues_a_grids(monkeypatch):
+    """Tune keeps one trial of a custom Searcher pending at a time: the second slot would idle
+    while the first trial's actor starts, and an autoscaling cluster would see one trial's
+    demand at a time. While a gated sweep runs Tune may queue as many as for a grid."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator
+
+    from sweeps.runner import PENDING_TRIALS_ENV, pending_trials
+
+    monkeypatch.delenv(PENDING_TRIALS_ENV, raising=False)
+    spec = grid()
+    _, _, gate = build_search(spec, 1, "unused")
+    searcher = SearchGenerator(gate)
+    assert _get_max_pending_trials(searcher) == 1  # Tune's own choice
+    with pending_trials(spec, cluster_cpus=2):
+        assert _get_max_pending_trials(searcher) == 200
+    with pending_trials(spec, cluster_cpus=1000):
+        assert _get_max_pending_trials(searcher) == 1100
+    assert PENDING_TRIALS_ENV not in os.environ
+    with pending_trials(grid(share_pretraining=False), cluster_cpus=2):  # Tune's grid: its own rule
+        assert PENDING_TRIALS_ENV not in os.environ
+    monkeypatch.setenv(PENDING_TRIALS_ENV, "7")  # the user's choice stands
+    with pending_trials(spec, cluster_cpus=2):
+        assert _get_max_pending_trials(searcher) == 7

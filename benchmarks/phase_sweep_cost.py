@@ -7,7 +7,8 @@ warm-up sweep, each run into its own new MLflow store: (a) trial by trial (`pack
 `share_pretraining: false`), (b) with shared pretraining, (c) with shared pretraining and
 packing (`pack: auto`), in the order c, a, b, c (this machine's speed drifts within minutes:
 the two (c) runs bracket the others and their mean is compared). Prints JSON with each wall
-time (a repeated mode: every run and their mean), trials/hour, the speed-ups over (a), and the
+time (a repeated mode: every run and their mean), the driver process's CPU seconds (Tune and
+MLflow logging, on the cores the trials use), trials/hour, the speed-ups over (a), and the
 largest difference in any trial's final test accuracy between the runs (asserted to be within
 float tolerance; here it is 0).
 
@@ -112,21 +113,23 @@ def measure(args, root: Path) -> dict:
     runs = [(mode, f"{mode}_{i}") for i, mode in enumerate(args.modes.split(","))]
     for _, name in runs:  # create every store's tables now, untimed
         MlflowClient(tracking_uri(name, root)).search_experiments()
-    results, accs, walls = {}, {}, {}
+    results, accs, walls, cpus = {}, {}, {}, {}
     for mode, name in runs:
         pack, share = MODES[mode]
         if pack == "auto" and args.pack != "auto":
             pack = int(args.pack)
         spec = make_spec(name, root, args, pack, share)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(sys.stderr):  # Ray's tables: keep stdout for the JSON
             outcome = run_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: None)
-        wall = time.perf_counter() - t0
+        wall, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         assert outcome.counts.get("ok") == outcome.total, outcome.counts
         accs[name] = accuracies(spec, root)
         walls.setdefault(mode, []).append(round(wall, 1))
+        cpus.setdefault(mode, []).append(round(driver_cpu, 1))
         mean = sum(walls[mode]) / len(walls[mode])
-        results[mode] = {"wall_s": round(mean, 1), "walls_s": walls[mode], "trials": outcome.total,
+        results[mode] = {"wall_s": round(mean, 1), "walls_s": walls[mode], "driver_cpu_s": cpus[mode],
+                         "trials": outcome.total,
                          "trials_per_hour": round(outcome.total / mean * 3600),
                          "pack": planned(spec).pack, "share_pretraining": share}
     reference = next(iter(accs.values()))

@@ -315,11 +315,14 @@ def _train_epoch(net: StackedModel, momentum_buf, active: list[_Member], epoch: 
         with torch.no_grad():
             norms = _member_norms(grads, k_count)
             # torch's clip_grads_with_norm_ and SGD(foreach) step, with a per-member coefficient
-            # in place of each scalar; addcmul rounds as add(alpha=...) does
+            # in place of each scalar; addcmul rounds as add(alpha=...) does. In place, in the
+            # gradients' own memory: a fresh (K, ...) tensor per op and step cost packs of wide
+            # MLPs more than their products (page faults on every new 32 MB+ buffer)
             coef = ((norms + 1e-6).reciprocal() * clip).clamp(max=1.0)
-            d_p = torch._foreach_addcmul(torch._foreach_mul(grads, [coef.view(s) for s in shapes]), net.params, decay)
+            torch._foreach_mul_(grads, [coef.view(s) for s in shapes])
+            torch._foreach_addcmul_(grads, net.params, decay)  # d_p
             torch._foreach_mul_(momentum_buf, mom)
-            torch._foreach_add_(momentum_buf, d_p)
+            torch._foreach_add_(momentum_buf, grads)
             torch._foreach_addcmul_(net.params, momentum_buf, neg_lr)
             # the reported loss as nn.functional.cross_entropy's own mean rounds it (the
             # gradient above is already bit-equal; only this printed value would differ)

@@ -30,6 +30,7 @@ class StackedModel:
         self.buffers = [buffers[n].detach().clone() for n in self.buffer_names]
         self.is_mlp = isinstance(self.base, MLP)
         self._vmapped = None
+        self._grad_buffers: dict[int, torch.Tensor] = {}  # MLP weight gradients, reused every step
 
     @property
     def size(self) -> int:
@@ -98,10 +99,18 @@ class StackedModel:
         grads: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
         for i in range(len(weights) - 2, -1, -2):
             layer_input = layers[i // 2]
-            grads[i], grads[i + 1] = torch.bmm(grad.transpose(1, 2), layer_input), grad.sum(1)
+            grads[i], grads[i + 1] = torch.bmm(grad.transpose(1, 2), layer_input, out=self._weight_grad(i)), grad.sum(1)
             if i > 0:  # through the ReLU whose output fed this layer
                 grad = aten.threshold_backward(torch.bmm(grad, weights[i]), layer_input, 0)
         return losses.view(k, b), logits, grads
+
+    def _weight_grad(self, i: int) -> torch.Tensor:
+        """Layer i's weight-gradient buffer, reused every step: a fresh (K, out, in) tensor per
+        step is a fresh mapping for a wide MLP (page faults), which cost more than its product."""
+        weight = self.params[i]
+        if i not in self._grad_buffers or self._grad_buffers[i].shape != weight.shape:
+            self._grad_buffers[i] = torch.empty_like(weight, requires_grad=False)
+        return self._grad_buffers[i]
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as a standalone model's state_dict."""
@@ -119,6 +128,7 @@ class StackedModel:
         """A stack of copies of the listed members' current weights and buffers."""
         index = torch.tensor(members, device=self.params[0].device)
         sub = copy.copy(self)
+        sub._grad_buffers = {}  # its own: the buffers hold the original's gradients mid-step
         sub.params = [p.detach()[index] for p in self.params]  # indexing copies
         sub.buffers = [b[index] for b in self.buffers]
         return sub

@@ -120,7 +120,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {values}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .plan import make_packs, pretraining_jobs
+    from .plan import auto_unpacked_reason, make_packs, pretraining_jobs
     from .runner import planned
 
     jobs, plan = pretraining_jobs(spec), planned(spec)
@@ -129,6 +129,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"serve {sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it")
     if plan.pack != 1:
         print(f"  packed    {len(make_packs(plan, plan.pack))} Ray trials of up to {plan.pack} trials each (pack: {spec.pack})")
+    elif spec.pack == "auto" and spec.search.kind == "grid" and (why := auto_unpacked_reason(spec)):
+        print(f"  packed    no: {why}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
     if notice:
         print(f"  note      {notice}")

@@ -26,6 +26,10 @@ NARROW_PACK_CAP, NARROW_WIDTH = 32, 64
 # vmap: 1.2x on CPU; on an H100 (benchmarks/gpu_pack_throughput.py, ResNet-18, 16 members)
 # 2.3x at width 16 and 1.5x at 32 but 0.7x at 64, with 13-26 GiB per pack: set `pack` by hand.
 AUTO_PACKED_MODELS = ("mlp",)
+# Nor wide MLPs on CPU: their stacked weights outgrow the caches and each step's passes over
+# them turn memory-bound. Time alone / packed per member (mnist1d, 8 members unless noted,
+# second of two runs): width 256 1.68x, 512 1.23x (16 members: 1.13x), 768 0.93x, 1024 0.77x.
+WIDE_CPU_MLP = 512
 
 
 @dataclass
@@ -72,21 +76,37 @@ def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, i
 
 def pack_size(spec: SweepSpec, slots: int | None) -> int:
     """Members per pack: the sweep's `pack`, or auto (up to PACK_CAP; NARROW_PACK_CAP when every
-    MLP is at most NARROW_WIDTH wide), spread so every slot gets the same number of packs
-    (`slots`: trials that run at once; None on a cluster)."""
+    MLP is at most NARROW_WIDTH wide; none with a conv net, or an MLP wider than WIDE_CPU_MLP
+    on CPU), spread so every slot gets the same number of packs (`slots`: trials that run at
+    once; None on a cluster)."""
     if spec.search.kind != "grid":
         return 1
     if isinstance(spec.pack, int):
         return spec.pack
+    if auto_unpacked_reason(spec):
+        return 1
     configs = [make_config(v) for v in spec.trial_values()]
-    if any(c.model not in AUTO_PACKED_MODELS or c.speed_options for c in configs):
-        return 1  # packs train plain fp32 eager models (see trainables.packed)
     n = spec.num_trials()
     cap = NARROW_PACK_CAP if all(c.width <= NARROW_WIDTH for c in configs) else PACK_CAP
     packs = math.ceil(n / cap)
     if slots:
         packs = math.ceil(packs / slots) * slots  # whole rounds: no slot idles at the end
     return max(1, math.ceil(n / packs))
+
+
+def auto_unpacked_reason(spec: SweepSpec) -> str | None:
+    """Why `pack: auto` trains a grid's trials one by one (None: it packs them). One pack size
+    serves the whole sweep, so one trial that should not be packed keeps every trial alone."""
+    values = spec.trial_values()
+    configs = [make_config(v) for v in values]
+    models = sorted({c.model for c in configs} - set(AUTO_PACKED_MODELS))
+    if models:
+        return f"{', '.join(models)} trains alone unless you set pack (pays on a GPU at small widths only)"
+    if any(c.speed_options for c in configs):
+        return "packs train fp32, default layout, uncompiled"  # see trainables.packed
+    if any(c.width > WIDE_CPU_MLP and expected_device(spec, v) == "cpu" for c, v in zip(configs, values)):
+        return f"MLPs wider than {WIDE_CPU_MLP} train faster alone on CPU"
+    return None
 
 
 def make_packs(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:

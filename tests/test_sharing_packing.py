@@ -178,6 +178,14 @@ def test_packs_are_even_and_fill_every_slot():
     assert pack_size(narrow, slots=2) == 18 and pack_size(narrow, slots=None) == 18 and pack_size(narrow, slots=3) == 12
     assert pack_size(_grid(pack=5), slots=2) == 5
     assert pack_size(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
+    def widths(*values, **extra):
+        return _grid(base={"epochs": 5}, axes={**_grid().axes, "width": list(values)}, **extra)
+
+    # on CPU a pack of 1024-wide MLPs costs more than running them alone: none packed
+    assert pack_size(widths(256, 1024), slots=2) == 1
+    assert pack_size(widths(256, 512), slots=2) > 1
+    assert pack_size(widths(256, 1024, resources={"cpu": 1, "gpu": 1}), slots=2) > 1  # GPU: not measured, packed
+    assert pack_size(widths(256, 1024, pack=4), slots=2) == 4  # set by hand: as set
     packs = make_packs(spec, 16)
     assert sorted(len(p) for p in packs) == [12, 12, 12]
     assert sorted(tuple(sorted(v.items())) for p in packs for v in p) == sorted(

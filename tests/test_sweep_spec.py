@@ -105,6 +105,9 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     out = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert "trials    8" in out.stdout and "axis      weight_decay" in out.stdout and "resources cpu 1" in out.stdout
+    assert "Ray trials of up to" in out.stdout  # width 64: packed
+    wide = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "base.width=1024")
+    assert "packed    no: MLPs wider than 512 train faster alone on CPU" in wide.stdout, wide.stdout
     bad = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", "axes.weight_decay=[-1]", "--set", "resources.gpu=0.5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "smoke.yaml" in bad.stderr and "axes.weight_decay = -1" in bad.stderr

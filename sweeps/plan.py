@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import make_config, pack_signature
+from trainables.config import TrialConfig, make_config, pack_signature
 from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
@@ -44,10 +44,13 @@ class PretrainJob:
 
 def expected_device(spec: SweepSpec, values: dict[str, Any]) -> str:
     """The device type trials will resolve: `auto` means CUDA when the sweep asks for GPUs."""
-    device = make_config(values).device
-    if device == "auto":
+    return _expected_device(spec, make_config(values))
+
+
+def _expected_device(spec: SweepSpec, cfg: TrialConfig) -> str:
+    if cfg.device == "auto":
         return "cuda" if spec.resources.gpu > 0 else "cpu"
-    return device
+    return cfg.device
 
 
 def pretraining_jobs(spec: SweepSpec) -> list[PretrainJob]:
@@ -83,9 +86,9 @@ def pack_size(spec: SweepSpec, slots: int | None) -> int:
         return 1
     if isinstance(spec.pack, int):
         return spec.pack
-    if auto_unpacked_reason(spec):
-        return 1
     configs = [make_config(v) for v in spec.trial_values()]
+    if _unpacked_reason(spec, configs):
+        return 1
     n = spec.num_trials()
     cap = NARROW_PACK_CAP if all(c.width <= NARROW_WIDTH for c in configs) else PACK_CAP
     packs = math.ceil(n / cap)
@@ -97,14 +100,16 @@ def pack_size(spec: SweepSpec, slots: int | None) -> int:
 def auto_unpacked_reason(spec: SweepSpec) -> str | None:
     """Why `pack: auto` trains a grid's trials one by one (None: it packs them). One pack size
     serves the whole sweep, so one trial that should not be packed keeps every trial alone."""
-    values = spec.trial_values()
-    configs = [make_config(v) for v in values]
+    return _unpacked_reason(spec, [make_config(v) for v in spec.trial_values()])
+
+
+def _unpacked_reason(spec: SweepSpec, configs: list[TrialConfig]) -> str | None:
     models = sorted({c.model for c in configs} - set(AUTO_PACKED_MODELS))
     if models:
         return f"{', '.join(models)} trains alone unless you set pack (pays on a GPU at small widths only)"
     if any(c.speed_options for c in configs):
         return "packs train fp32, default layout, uncompiled"  # see trainables.packed
-    if any(c.width > WIDE_CPU_MLP and expected_device(spec, v) == "cpu" for c, v in zip(configs, values)):
+    if any(c.width > WIDE_CPU_MLP and _expected_device(spec, c) == "cpu" for c in configs):
         return f"MLPs wider than {WIDE_CPU_MLP} train faster alone on CPU"
     return None
 

@@ -16,7 +16,7 @@ With `--no-mlflow` the trials are not logged to MLflow: on local Ray the driver'
 logging (~60k metrics here, 0.1-0.2 ms each) takes CPU from the trials on the same cores, which a
 cluster's head node does not; this isolates what sharing and packing save in the trials.
 
-    python benchmarks/phase_sweep_cost.py [--width 64] [--epochs 30] [--durations 0,10,20,40] [--pack auto]
+    python benchmarks/phase_sweep_cost.py [--width 64 | --width 64,1024] [--epochs 30] [--durations 0,10,20,40] [--pack auto]
         [--no-mlflow] [--keep]
 """
 
@@ -34,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from analysis.export import export_sweep  # noqa: E402
+from sweeps.plan import largest_pack, ray_trials  # noqa: E402
 from sweeps.runner import experiment_path, init_ray, planned, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 
@@ -48,11 +49,14 @@ DEFAULT_ORDER = "c_shared_and_packed,a_trial_by_trial,b_shared_pretraining,c_sha
 
 
 def make_spec(name: str, root: Path, args, pack, share: bool):
+    widths = [int(w) for w in str(args.width).split(",")]
     return parse_sweep({
         "name": name,
-        "base": {"dataset": "mnist1d", "model": "mlp", "width": args.width, "depth": 2, "epochs": args.epochs,
-                 "stop_at_train_acc": 1.0, "flatness_samples": 1, "lr": 0.1, "pretrain_lr": 0.05},
-        "axes": {"pretrain_epochs": [int(d) for d in args.durations.split(",")],
+        "base": {"dataset": "mnist1d", "model": "mlp", "depth": 2, "epochs": args.epochs,
+                 "stop_at_train_acc": 1.0, "flatness_samples": 1, "lr": 0.1, "pretrain_lr": 0.05,
+                 **({"width": widths[0]} if len(widths) == 1 else {})},
+        "axes": {**({"width": widths} if len(widths) > 1 else {}),
+                 "pretrain_epochs": [int(d) for d in args.durations.split(",")],
                  "weight_decay": [float(w) for w in args.weight_decays.split(",")],
                  "augmentation": args.augmentations.split(",")},
         "seeds": args.seeds,
@@ -83,7 +87,7 @@ def accuracies(spec, root: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--width", default="64", help="MLP width, or widths (an axis: 64,1024)")
     parser.add_argument("--epochs", type=int, default=30, help="cap on clean epochs (stops at 100%% train)")
     parser.add_argument("--durations", default="0,10,20,40", help="pretraining epochs axis")
     parser.add_argument("--weight-decays", default="0,1e-4,3e-4,1e-3")
@@ -131,7 +135,8 @@ def measure(args, root: Path) -> dict:
         results[mode] = {"wall_s": round(mean, 1), "walls_s": walls[mode], "driver_cpu_s": cpus[mode],
                          "trials": outcome.total,
                          "trials_per_hour": round(outcome.total / mean * 3600),
-                         "pack": planned(spec).pack, "share_pretraining": share}
+                         "pack": largest_pack(planned(spec)), "ray_trials": len(ray_trials(planned(spec))),
+                         "share_pretraining": share}
     reference = next(iter(accs.values()))
     diffs = {m: max(abs(a[k] - reference[k]) for k in reference) for m, a in accs.items()}
     assert all(a.keys() == reference.keys() for a in accs.values())

@@ -120,17 +120,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {values}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .plan import auto_unpacked_reason, make_packs, pretraining_jobs
+    from .plan import largest_pack, pretraining_jobs, ray_trials, unpacked_reasons
     from .runner import planned
 
     jobs, plan = pretraining_jobs(spec), planned(spec)
     if jobs:
         print(f"  shared    {len(jobs)} pretraining runs (up to {max(j.durations[-1] for j in jobs)} epochs) "
               f"serve {sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it")
-    if plan.pack != 1:
-        print(f"  packed    {len(make_packs(plan, plan.pack))} Ray trials of up to {plan.pack} trials each (pack: {spec.pack})")
-    elif spec.pack == "auto" and spec.search.kind == "grid" and (why := auto_unpacked_reason(spec)):
-        print(f"  packed    no: {why}")
+    alone, largest = unpacked_reasons(spec), largest_pack(plan)
+    if largest > 1:
+        print(f"  packed    {len(ray_trials(plan))} Ray trials of up to {largest} trials each (pack: {spec.pack})")
+        for name, why in alone.items():
+            print(f"  alone     {name}: {why}")
+    elif alone:
+        print(f"  packed    no: {'; '.join(sorted(set(alone.values())))}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
     if notice:
         print(f"  note      {notice}")

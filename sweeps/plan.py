@@ -1,8 +1,9 @@
 """What a grid sweep shares and packs, decided before anything runs (no torch, no Ray).
 
 Shared pretraining: the grid's trials grouped by their pretraining (`pretrain_key`), each group
-run once to its longest duration. Packing: trials that can share one stacked model
-(`pack_signature`) cut into packs of K, K chosen per device and model unless the sweep says.
+run once to its longest duration. Packing: trials that can share one stacked model (one
+architecture, `pack_signature`) cut into packs of K; unless the sweep sets K, it is chosen per
+architecture for the device (1: that architecture's trials run alone).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import TrialConfig, make_config, pack_signature
+from trainables.config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
@@ -77,30 +78,65 @@ def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, i
     return [(pretrain_key(cfg, expected_device(spec, values)), cfg.pretrain_epochs)]
 
 
-def pack_size(spec: SweepSpec, slots: int | None) -> int:
-    """Members per pack: the sweep's `pack`, or auto (up to PACK_CAP; NARROW_PACK_CAP when every
-    MLP is at most NARROW_WIDTH wide; none with a conv net, or an MLP wider than WIDE_CPU_MLP
-    on CPU), spread so every slot gets the same number of packs (`slots`: trials that run at
-    once; None on a cluster)."""
-    if spec.search.kind != "grid":
-        return 1
+def architecture(cfg: TrialConfig) -> str:
+    """The name of the stacked model a trial can share (`pack_signature`), as `pack_plan` keys it."""
+    return " ".join(f"{name}={value}" for name, value in zip(PACK_FIELDS, pack_signature(cfg)))
+
+
+def architectures(spec: SweepSpec) -> dict[str, list[tuple[dict[str, Any], TrialConfig]]]:
+    """A grid's trials (values and config) by architecture, in grid order."""
+    groups: dict[str, list[tuple[dict[str, Any], TrialConfig]]] = defaultdict(list)
+    for values in spec.trial_values():
+        cfg = make_config(values)
+        groups[architecture(cfg)].append((values, cfg))
+    return dict(groups)
+
+
+def pack_plan(spec: SweepSpec, slots: int | None) -> dict[str, int]:
+    """Members per pack for each architecture of a grid: the sweep's `pack` for all of them, or
+    auto per architecture (`slots`: trials that run at once; None on a cluster). Empty when
+    nothing is packed."""
+    if spec.search.kind != "grid" or spec.pack == 1:
+        return {}
+    return _plan(spec, architectures(spec), slots)
+
+
+def _plan(spec: SweepSpec, groups: dict[str, list], slots: int | None) -> dict[str, int]:
     if isinstance(spec.pack, int):
-        return spec.pack
-    configs = [make_config(v) for v in spec.trial_values()]
+        return {name: spec.pack for name in groups}
+    if spec.pack_plan is not None:
+        unknown = sorted(set(spec.pack_plan) - set(groups))
+        if unknown:
+            raise ValueError(f"pack_plan names architectures not in the grid: {'; '.join(unknown)}; "
+                             f"remove pack_plan (it is filled in when the sweep starts)")
+        return {name: spec.pack_plan.get(name, 1) for name in groups}
+    return {name: _auto_size(spec, [cfg for _, cfg in trials], slots) for name, trials in groups.items()}
+
+
+def _auto_size(spec: SweepSpec, configs: list[TrialConfig], slots: int | None) -> int:
+    """Up to PACK_CAP members (NARROW_PACK_CAP up to NARROW_WIDTH wide), none where
+    `_unpacked_reason` says so, spread so every slot gets the same number of packs."""
     if _unpacked_reason(spec, configs):
         return 1
-    n = spec.num_trials()
-    cap = NARROW_PACK_CAP if all(c.width <= NARROW_WIDTH for c in configs) else PACK_CAP
+    n = len(configs)
+    cap = NARROW_PACK_CAP if configs[0].width <= NARROW_WIDTH else PACK_CAP
     packs = math.ceil(n / cap)
     if slots:
         packs = math.ceil(packs / slots) * slots  # whole rounds: no slot idles at the end
     return max(1, math.ceil(n / packs))
 
 
-def auto_unpacked_reason(spec: SweepSpec) -> str | None:
-    """Why `pack: auto` trains a grid's trials one by one (None: it packs them). One pack size
-    serves the whole sweep, so one trial that should not be packed keeps every trial alone."""
-    return _unpacked_reason(spec, [make_config(v) for v in spec.trial_values()])
+def largest_pack(spec: SweepSpec, slots: int | None = None) -> int:
+    """The most members any of the grid's packs has (1: nothing is packed)."""
+    return max(pack_plan(spec, slots).values(), default=1)
+
+
+def unpacked_reasons(spec: SweepSpec) -> dict[str, str]:
+    """Per architecture that `pack: auto` trains trial by trial, why (none for a set `pack`)."""
+    if spec.pack != "auto" or spec.search.kind != "grid":
+        return {}
+    reasons = {name: _unpacked_reason(spec, [cfg for _, cfg in trials]) for name, trials in architectures(spec).items()}
+    return {name: why for name, why in reasons.items() if why}
 
 
 def _unpacked_reason(spec: SweepSpec, configs: list[TrialConfig]) -> str | None:
@@ -114,22 +150,21 @@ def _unpacked_reason(spec: SweepSpec, configs: list[TrialConfig]) -> str | None:
     return None
 
 
-def make_packs(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
-    """The grid's trial configs cut into packs of at most `size` trials that can share a model."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for values in spec.trial_values():
-        groups[pack_signature(make_config(values))].append(values)
-    packs = []
-    for members in groups.values():
-        count = math.ceil(len(members) / size)
-        per = math.ceil(len(members) / count)  # even packs: 72 in 16s -> 5 x 15 (not 4 x 16 + 8)
-        packs += [members[i : i + per] for i in range(0, len(members), per)]
-    return packs
-
-
-def ray_trials(spec: SweepSpec, size: int) -> list[list[dict[str, Any]]]:
-    """The grid's Ray trials as lists of member configs: packs of `size`, or one config each."""
-    return make_packs(spec, size) if size > 1 else [[values] for values in spec.trial_values()]
+def ray_trials(spec: SweepSpec, slots: int | None = None) -> list[list[dict[str, Any]]]:
+    """The grid's Ray trials as lists of member configs: each architecture cut into even packs of
+    at most its `pack_plan` size (72 in 16s -> 5 x 15, not 4 x 16 + 8), one config per trial
+    where it is 1. A Ray trial of one config runs as a plain trial."""
+    if spec.search.kind != "grid" or spec.pack == 1:
+        return [[values] for values in spec.trial_values()]
+    groups = architectures(spec)
+    sizes = _plan(spec, groups, slots)
+    out: list[list[dict[str, Any]]] = []
+    for name, trials in groups.items():
+        members = [values for values, _ in trials]
+        count = math.ceil(len(members) / sizes.get(name, 1))
+        per = math.ceil(len(members) / count)
+        out += [members[i : i + per] for i in range(0, len(members), per)]
+    return out
 
 
 def packs_pretraining(job: PretrainJob) -> bool:
@@ -141,19 +176,20 @@ def packs_pretraining(job: PretrainJob) -> bool:
 
 def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
     """The shared pretrainings grouped for one Ray task each: those of one MLP architecture
-    trained together as a pack (at most `spec.pack`, spread over the `slots` that run at once),
+    trained together as a pack (at most its `pack_plan` size, spread over the `slots` that run at once),
     the rest one by one. A resolved `pack: 1` packs nothing."""
-    size = spec.pack if isinstance(spec.pack, int) else pack_size(spec, slots)
-    groups: dict[tuple, list[PretrainJob]] = defaultdict(list)
+    sizes = pack_plan(spec, slots)
+    groups: dict[str, list[PretrainJob]] = defaultdict(list)
     alone: list[list[PretrainJob]] = []
     for job in jobs:
-        if size > 1 and packs_pretraining(job):
-            groups[pack_signature(make_config(job.values))].append(job)
+        name = architecture(make_config(job.values))
+        if sizes.get(name, 1) > 1 and packs_pretraining(job):
+            groups[name].append(job)
         else:
             alone.append([job])
     packs = []
-    for members in groups.values():
-        count = math.ceil(len(members) / size)
+    for name, members in groups.items():
+        count = math.ceil(len(members) / sizes[name])
         if slots:
             count = max(count, min(slots, len(members)))  # one pack per slot before packs grow
         per = math.ceil(len(members) / count)

@@ -222,10 +222,26 @@ def snapshot_store(spec: SweepSpec) -> str:
 
 
 def planned(spec: SweepSpec) -> SweepSpec:
-    """The spec with `pack: auto` resolved for where it runs (stored, so a resume agrees)."""
-    from .plan import pack_size
+    """The spec with `pack: auto` resolved per architecture for where it runs, as its
+    `pack_plan` (stored, so a resume agrees)."""
+    from .plan import pack_plan
 
-    return spec.model_copy(update={"pack": pack_size(spec, local_slots(spec))})
+    if spec.pack != "auto" or spec.search.kind != "grid" or spec.pack_plan is not None:
+        return spec
+    return spec.model_copy(update={"pack_plan": pack_plan(spec, local_slots(spec))})
+
+
+def describe_packing(spec: SweepSpec) -> str | None:
+    """How a planned grid's trials are packed into Ray trials (None when none is packed)."""
+    from .plan import largest_pack, ray_trials, unpacked_reasons
+
+    largest = largest_pack(spec)
+    if largest == 1:
+        return None
+    text = (f"{spec.num_trials()} trials as {len(ray_trials(spec))} Ray trials of up to {largest} "
+            f"(one stacked model each; set pack: 1 to turn off)")
+    alone = unpacked_reasons(spec)
+    return text + "".join(f"; alone: {name} ({why})" for name, why in alone.items())
 
 
 def local_slots(spec: SweepSpec) -> int | None:
@@ -303,7 +319,7 @@ def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
 
     sharing = spec.share_pretraining and spec.search.kind == "grid"
     snapshots = snapshot_store(spec) if sharing else None
-    space, num_samples, search_alg = build_search(spec, spec.pack if isinstance(spec.pack, int) else 1, snapshots)
+    space, num_samples, search_alg = build_search(spec, snapshots)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
     if snapshots:
         space[SNAPSHOTS_KEY] = snapshots
@@ -388,11 +404,9 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     if notice:
         on_notice(notice)
     spec = planned(spec)
-    if spec.pack != 1:
-        from .plan import make_packs
-
-        on_notice(f"packing: {spec.num_trials()} trials as {len(make_packs(spec, spec.pack))} Ray trials of up to "
-                  f"{spec.pack} (one stacked model each; set pack: 1 to turn off)")
+    packing = describe_packing(spec)
+    if packing:
+        on_notice(f"packing: {packing}")
     _write_spec(spec, log_to_mlflow)
     announce_sharing(spec, on_notice)
     _only_json_results(True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainables.config import make_config
+
 from .keys import MEMBERS_KEY, SEEDS_KEY
 from .spec import RangeAxis, SweepSpec, _INT_FIELDS
 
@@ -17,33 +19,34 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec, pack: int = 1, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
+def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
     """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
 
-    With `pack` > 1 (grid only) each Ray trial is a list of member configs (see sweeps.plan).
-    A grid whose trials start from shared snapshots (in `snapshots`) gets them from a
-    `SnapshotGate`: first the trials that run each pretraining, the others once their
-    snapshots are saved.
+    A grid whose `pack_plan` packs some architectures (see sweeps.plan) runs each pack as one
+    Ray trial whose config lists its members. A grid whose trials start from shared snapshots
+    (in `snapshots`) gets them from a `SnapshotGate`: first the trials that run each
+    pretraining, the others once their snapshots are saved.
     """
     from ray import tune
 
-    from .plan import make_packs, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
+    from .plan import architecture, pack_plan, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
-    if kind == "grid" and snapshots and spec.share_pretraining:
-        trials = ray_trials(spec, pack)
+    if kind == "grid":
+        trials = ray_trials(spec)
+        configs = [{MEMBERS_KEY: members} if len(members) > 1 else members[0] for members in trials]
         needs = [[n for v in members for n in snapshot_needs(spec, v)] for members in trials]
-        if any(needs):
+        if snapshots and spec.share_pretraining and any(needs):
             from .snapshot_gate import SnapshotGate
 
-            configs = [{MEMBERS_KEY: members} if pack > 1 else members[0] for members in trials]
-            jobs = pretraining_jobs(spec)
-            packable = {j.key for j in jobs if pack > 1 and packs_pretraining(j)}
+            jobs, sizes = pretraining_jobs(spec), pack_plan(spec, None)
+            packable = {j.key for j in jobs if sizes.get(architecture(make_config(j.values)), 1) > 1
+                        and packs_pretraining(j)}
             return {}, len(configs), SnapshotGate(configs, needs, snapshots,
                                                   {j.key: (j.values, j.durations) for j in jobs}, packable)
-    if kind == "grid" and pack > 1:
-        return {MEMBERS_KEY: tune.grid_search(make_packs(spec, pack))}, 1, None
+        if len(trials) < spec.num_trials():  # some packed: a grid over member lists (lone trials: lists of one)
+            return {MEMBERS_KEY: tune.grid_search(trials)}, 1, None
     if kind == "boundary":
         from .boundary_searcher import BoundarySearcher
 

@@ -134,6 +134,8 @@ class SweepSpec(BaseModel):
     share_pretraining: bool = Field(True, description="grid: run each distinct pretraining once, trials start from its snapshots")
     pack: int | Literal["auto"] = Field("auto", description="grid: trials per Ray trial, trained as one stacked model; "
                                                         "auto = by device and model, 1 = no packing")
+    pack_plan: dict[str, int] | None = Field(None, description="pack: auto as resolved when the sweep starts: members "
+                                              "per pack for each architecture (1 = alone); stored so a resume agrees")
     storage: str = Field("minima_results", description="local folder or s3:// / gs:// URI for Ray results")
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
 
@@ -187,8 +189,17 @@ class SweepSpec(BaseModel):
             raise ValueError("pack must be >= 1 (1 = one trial per Ray trial) or auto")
         return v
 
+    @field_validator("pack_plan")
+    @classmethod
+    def _pack_plan_sizes(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and any(size < 1 for size in v.values()):
+            raise ValueError("pack_plan: every size must be >= 1 (1 = alone)")
+        return v
+
     @model_validator(mode="after")
     def _check_pack(self) -> "SweepSpec":
+        if self.pack_plan is not None and (self.pack != "auto" or self.search.kind != "grid"):
+            raise ValueError("pack_plan is how a grid sweep's pack: auto was resolved; remove it (or set pack: auto)")
         if isinstance(self.pack, int) and self.pack > 1 and self.search.kind != "grid":
             raise ValueError(f"pack: {self.pack} needs search: grid (packs are formed from the whole grid "
                              f"before it runs); use pack: 1 or auto with {self.search.kind} search")

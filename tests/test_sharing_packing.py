@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from sweeps.plan import make_packs, pack_size, pretraining_jobs, pretraining_packs
+from sweeps.plan import architecture, largest_pack, pack_plan, pretraining_jobs, pretraining_packs, ray_trials
 from sweeps.spec import SweepError, parse_sweep
 from trainables.config import make_config
 from trainables.packed import run_pack
@@ -170,26 +170,54 @@ def test_the_plan_runs_each_pretraining_once_to_its_longest_duration():
     assert pretraining_jobs(_grid(search={"kind": "random", "num_samples": 2})) == []
 
 
+def sizes(spec, slots) -> dict[int, int]:
+    """Members per pack, by MLP width (each test grid varies the architecture in width only)."""
+    return {make_config(values).width: pack_plan(spec, slots)[architecture(make_config(values))]
+            for values in spec.trial_values()}
+
+
 def test_packs_are_even_and_fill_every_slot():
     spec = _grid(base={"width": 128, "epochs": 5})  # 36 trials
-    assert pack_size(spec, slots=2) == 9  # 36 / 16 -> 3 packs, rounded up to 4 for 2 slots
-    assert pack_size(spec, slots=None) == 12
+    assert sizes(spec, slots=2) == {128: 9}  # 36 / 16 -> 3 packs, rounded up to 4 for 2 slots
+    assert sizes(spec, slots=None) == {128: 12}
     narrow = _grid()  # width 32: up to 32 members (NARROW_PACK_CAP)
-    assert pack_size(narrow, slots=2) == 18 and pack_size(narrow, slots=None) == 18 and pack_size(narrow, slots=3) == 12
-    assert pack_size(_grid(pack=5), slots=2) == 5
-    assert pack_size(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
-    def widths(*values, **extra):
-        return _grid(base={"epochs": 5}, axes={**_grid().axes, "width": list(values)}, **extra)
-
-    # on CPU a pack of 1024-wide MLPs costs more than running them alone: none packed
-    assert pack_size(widths(256, 1024), slots=2) == 1
-    assert pack_size(widths(256, 512), slots=2) > 1
-    assert pack_size(widths(256, 1024, resources={"cpu": 1, "gpu": 1}), slots=2) > 1  # GPU: not measured, packed
-    assert pack_size(widths(256, 1024, pack=4), slots=2) == 4  # set by hand: as set
-    packs = make_packs(spec, 16)
+    assert sizes(narrow, slots=2) == sizes(narrow, slots=None) == {32: 18} and sizes(narrow, slots=3) == {32: 12}
+    assert sizes(_grid(pack=5), slots=2) == {32: 5}
+    assert largest_pack(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
+    assert largest_pack(_grid(pack=1), slots=2) == 1 and pack_plan(_grid(pack=1), 2) == {}
+    packs = ray_trials(spec.model_copy(update={"pack": 16}))
     assert sorted(len(p) for p in packs) == [12, 12, 12]
     assert sorted(tuple(sorted(v.items())) for p in packs for v in p) == sorted(
         tuple(sorted(v.items())) for v in spec.trial_values())
+
+
+def widths(*values, **extra):
+    return _grid(base={"epochs": 5}, axes={**_grid().axes, "width": list(values)}, **extra)
+
+
+def test_auto_packs_each_architecture_by_itself():
+    """On CPU a pack of 1024-wide MLPs costs more than running them alone: those run alone,
+    while the grid's narrower MLPs are still packed (one pack size per architecture)."""
+    mixed = widths(32, 256, 1024)  # 36 trials of each width
+    assert sizes(mixed, slots=2) == {32: 18, 256: 9, 1024: 1}
+    trials = ray_trials(planned_pack(mixed, 2))
+    assert sorted(len(t) for t in trials) == [1] * 36 + [9] * 4 + [18] * 2
+    assert all(make_config(v).width == 1024 for t in trials if len(t) == 1 for v in t)
+    assert sorted(tuple(sorted(v.items())) for t in trials for v in t) == sorted(
+        tuple(sorted(v.items())) for v in mixed.trial_values())
+    assert sizes(widths(256, 512), slots=2) == {256: 9, 512: 9}
+    assert sizes(widths(256, 1024, resources={"cpu": 1, "gpu": 1}), slots=2) == {256: 9, 1024: 9}  # GPU: packed
+    assert sizes(widths(256, 1024, pack=4), slots=2) == {256: 4, 1024: 4}  # set by hand: as set
+
+
+def test_a_stored_pack_plan_is_what_a_resume_uses_and_is_checked():
+    mixed = widths(128, 1024)
+    stored = parse_sweep(planned_pack(mixed, 2).model_dump(), "spec.json")  # as a resume reads it
+    assert sizes(stored, slots=None) == sizes(mixed, slots=2) == {128: 9, 1024: 1}  # not 12: planned for 2 slots
+    with pytest.raises(ValueError, match="pack_plan names architectures not in the grid: model=mlp width=99"):
+        pack_plan(mixed.model_copy(update={"pack_plan": {"model=mlp width=99": 4}}), 2)
+    with pytest.raises(SweepError, match="pack_plan is how a grid sweep's pack: auto was resolved"):
+        parse_sweep({**stored.model_dump(), "pack": 4}, "spec.json")
 
 
 def test_pack_needs_a_grid_and_says_so():
@@ -249,4 +277,4 @@ def test_pretrainings_pack_per_architecture_over_the_slots():
 
 
 def planned_pack(spec, slots):
-    return spec.model_copy(update={"pack": pack_size(spec, slots)})
+    return spec.model_copy(update={"pack_plan": pack_plan(spec, slots)})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sweeps.keys import trial_key
-from sweeps.plan import pack_size
+from sweeps.plan import largest_pack
 from sweeps.spec import SweepError, parse_sweep
 from trainables import data as data_module
 from trainables.config import ConfigError, make_config
@@ -84,4 +84,4 @@ def test_packs_refuse_the_options_and_auto_does_not_pack_them():
     with pytest.raises(SweepError, match="axes.compile: packed trials"):
         parse_sweep({"name": "s", "pack": 4, "axes": {"compile": [False, True]}})
     spec = parse_sweep({"name": "s", "base": {"precision": "bf16"}, "axes": {"weight_decay": [0.0, 1e-3]}, "seeds": 8})
-    assert pack_size(spec, slots=2) == 1
+    assert largest_pack(spec, slots=2) == 1

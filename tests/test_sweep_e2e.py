@@ -133,8 +133,6 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
 
 def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):
     """Every trial's metrics, final and per epoch, match exactly with sharing and packing off."""
-    import pandas as pd
-
     tmp_path, out = smoke_run
     assert out.returncode == 0, out.stderr[-3000:]
     plain = minima("run", SMOKE, *places(tmp_path), "--name", "plain", "--set", "pack=1",
@@ -142,21 +140,50 @@ def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "shared pretraining" not in plain.stderr and "packing" not in plain.stderr
     assert len(list((tmp_path / "results" / "plain").glob("trial_*"))) == 8
-    tables = {}
-    for name in ("smoke", "plain"):
-        export = minima("export", name, "--out", str(tmp_path / f"eq_{name}"), "--storage", str(tmp_path / "results"),
-                        cwd=tmp_path)
-        assert export.returncode == 0, export.stderr[-3000:]
-        trials = pd.read_parquet(tmp_path / f"eq_{name}" / "trials.parquet").set_index("trial_key").sort_index()
-        curves = pd.read_parquet(tmp_path / f"eq_{name}" / "curves.parquet").merge(
-            trials.reset_index()[["trial_id", "trial_key"]], on="trial_id")
-        tables[name] = (trials, curves.set_index(["trial_key", "step"]).sort_index())
-    (packed, packed_curves), (alone, alone_curves) = tables["smoke"], tables["plain"]
+    (packed, packed_curves), (alone, alone_curves) = exported(tmp_path, "smoke"), exported(tmp_path, "plain")
     assert set(packed["pack_size"]) == {4} and set(alone["pack_size"]) == {1}
+    assert_same_trials((packed, packed_curves), (alone, alone_curves))
+
+
+def test_auto_packs_each_architecture_by_itself(tmp_path):
+    """On CPU auto packs the 64-wide MLPs and runs the 1024-wide ones alone (plain trials in
+    Tune's grid of member lists); every trial's metrics equal the trial-by-trial sweep's."""
+    small = ["--set", "axes.width=[64, 1024]", "--set", "axes.pretrain_epochs=[0, 2]", "--set", "base.epochs=4",
+             "--set", "share_pretraining=false"]
+    mixed = minima("run", SMOKE, *places(tmp_path), "--name", "mixed", *small, cwd=tmp_path)
+    assert mixed.returncode == 0, mixed.stderr[-3000:]
+    assert "packing: 16 trials as 10 Ray trials of up to 4" in mixed.stderr
+    assert "alone: dataset=mnist1d model=mlp width=1024" in mixed.stderr
+    plain = minima("run", SMOKE, *places(tmp_path), "--name", "plain", *small, "--set", "pack=1", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    packed, alone = exported(tmp_path, "mixed"), exported(tmp_path, "plain")
+    assert packed[0].groupby("width")["pack_size"].unique().map(list).to_dict() == {64: [4], 1024: [1]}
+    assert_same_trials(packed, alone)
+    _, _, children = mlflow_runs(tmp_path, "mixed")
+    assert len(children) == 16 and {r.info.status for r in children} == {"FINISHED"}
+
+
+def exported(tmp_path, name):
+    """A sweep's trials and curves from its Parquet export, keyed by trial key (and step)."""
+    import pandas as pd
+
+    export = minima("export", name, "--out", str(tmp_path / f"eq_{name}"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / f"eq_{name}" / "trials.parquet").set_index("trial_key").sort_index()
+    curves = pd.read_parquet(tmp_path / f"eq_{name}" / "curves.parquet").merge(
+        trials.reset_index()[["trial_id", "trial_key"]], on="trial_id")
+    return trials, curves.set_index(["trial_key", "step"]).sort_index()
+
+
+def assert_same_trials(one, other):
+    """Every trial's final metrics and per-epoch curve, exactly equal."""
+    import pandas as pd
+
     metrics = ["status", "test_acc", "train_acc", "test_loss", "train_epochs", "local_energy_1pct", "local_energy_10pct"]
-    pd.testing.assert_frame_equal(packed[metrics], alone[metrics])
+    pd.testing.assert_frame_equal(one[0][metrics], other[0][metrics])
     per_epoch = ["stage", "epoch", "test_acc", "train_loss", "step_loss", "grad_norm", "weight_norm", "dist_from_init"]
-    pd.testing.assert_frame_equal(packed_curves[per_epoch], alone_curves[per_epoch])
+    pd.testing.assert_frame_equal(one[1][per_epoch], other[1][per_epoch])
 
 
 @pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="needs a machine without CUDA to make trials raise")

@@ -37,3 +37,22 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
         with result.checkpoint.as_directory() as d:
             state = load_state(d, config)
         assert state["position"] == [2, 0] and len(state["history"]) == 5
+
+
+def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(tmp_path, monkeypatch):
+    """Tune's grid of member lists gives a lone trial as a list of one, run as a plain trial;
+    a one-member pack made before that resumes from its pack checkpoint as the pack it was."""
+    from ray import tune
+
+    from trainables import tune_trainable as trainable
+
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    assert not trainable._resumes_a_pack()  # a fresh trial
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "state.pt").write_bytes(b"")
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "plain")))
+    assert not trainable._resumes_a_pack()
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / trainable.PACK_FILE).write_bytes(b"")
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "pack")))
+    assert trainable._resumes_a_pack()

@@ -7,6 +7,7 @@ Tune config that start with `_` are sweep settings, not trial fields (see sweeps
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from typing import Any, Callable
@@ -96,7 +97,10 @@ def tune_trainable(config: dict[str, Any]) -> None:
     """Run one trial (or one pack of trials) under Ray Tune, resuming from Tune's checkpoint
     when there is one, else starting from a shared pretraining snapshot when there is one."""
     if MEMBERS_KEY in config:
-        return _run_packed(config)
+        if len(config[MEMBERS_KEY]) > 1 or _resumes_a_pack():
+            return _run_packed(config)
+        # a grid's lone trial among its packs (Tune's grid lists both as member lists)
+        config = {**{k: v for k, v in config.items() if k != MEMBERS_KEY}, **config[MEMBERS_KEY][0]}
     from ray import tune
 
     from .checkpoint import load_state, save_state  # torch: imported in the worker, not by the CLI
@@ -128,6 +132,18 @@ def tune_trainable(config: dict[str, Any]) -> None:
         result = run_trial(cfg, resume=resume, on_epoch=report_epoch)
     reports.add(_final_report(result.summary, len(result.history)))
     reports.send(force=True)  # the last report: the final row on top, where Tune's result is read
+
+
+def _resumes_a_pack() -> bool:
+    """Whether Tune restores this trial from a pack's checkpoint (a pack of one member, made
+    before lone trials ran as plain ones, resumes as the pack it was)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as d:
+        return os.path.exists(os.path.join(d, PACK_FILE))
 
 
 @contextlib.contextmanager

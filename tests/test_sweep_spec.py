@@ -108,6 +108,9 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     assert "Ray trials of up to" in out.stdout  # width 64: packed
     wide = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "base.width=1024")
     assert "packed    no: MLPs wider than 512 train faster alone on CPU" in wide.stdout, wide.stdout
+    mixed = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "axes.width=[64, 1024]")
+    assert "packed    10 Ray trials of up to 4 trials each" in mixed.stdout, mixed.stdout  # 8 of width 64 in 2 packs
+    assert "alone     dataset=mnist1d model=mlp width=1024 depth=2" in mixed.stdout
     bad = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", "axes.weight_decay=[-1]", "--set", "resources.gpu=0.5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "smoke.yaml" in bad.stderr and "axes.weight_decay = -1" in bad.stderr

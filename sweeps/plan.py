@@ -110,20 +110,25 @@ def _plan(spec: SweepSpec, groups: dict[str, list], slots: int | None) -> dict[s
             raise ValueError(f"pack_plan names architectures not in the grid: {'; '.join(unknown)}; "
                              f"remove pack_plan (it is filled in when the sweep starts)")
         return {name: spec.pack_plan.get(name, 1) for name in groups}
-    return {name: _auto_size(spec, [cfg for _, cfg in trials], slots) for name, trials in groups.items()}
+    return _auto_sizes(spec, {name: [cfg for _, cfg in trials] for name, trials in groups.items()}, slots)
 
 
-def _auto_size(spec: SweepSpec, configs: list[TrialConfig], slots: int | None) -> int:
-    """Up to PACK_CAP members (NARROW_PACK_CAP up to NARROW_WIDTH wide), none where
-    `_unpacked_reason` says so, spread so every slot gets the same number of packs."""
-    if _unpacked_reason(spec, configs):
-        return 1
-    n = len(configs)
-    cap = NARROW_PACK_CAP if configs[0].width <= NARROW_WIDTH else PACK_CAP
-    packs = math.ceil(n / cap)
-    if slots:
-        packs = math.ceil(packs / slots) * slots  # whole rounds: no slot idles at the end
-    return max(1, math.ceil(n / packs))
+def _auto_sizes(spec: SweepSpec, groups: dict[str, list[TrialConfig]], slots: int | None) -> dict[str, int]:
+    """Up to PACK_CAP members (NARROW_PACK_CAP up to NARROW_WIDTH wide) per architecture, none
+    where `_unpacked_reason` says so; then the biggest packs are split until the packs fill
+    whole rounds of the `slots` (no slot idles at the end while the last pack runs)."""
+    sizes = {name: 1 for name, configs in groups.items() if _unpacked_reason(spec, configs)}
+    packable = {name: len(configs) for name, configs in groups.items() if name not in sizes}
+    packs = {name: math.ceil(n / (NARROW_PACK_CAP if groups[name][0].width <= NARROW_WIDTH else PACK_CAP))
+             for name, n in packable.items()}
+    if slots and packs:
+        for _ in range(-sum(packs.values()) % slots):
+            splittable = [name for name in packs if packs[name] < packable[name]]
+            if not splittable:
+                break
+            biggest = max(splittable, key=lambda name: packable[name] / packs[name])
+            packs[biggest] += 1
+    return {**sizes, **{name: math.ceil(n / packs[name]) for name, n in packable.items()}}
 
 
 def largest_pack(spec: SweepSpec, slots: int | None = None) -> int:

@@ -199,14 +199,17 @@ def test_auto_packs_each_architecture_by_itself():
     """On CPU a pack of 1024-wide MLPs costs more than running them alone: those run alone,
     while the grid's narrower MLPs are still packed (one pack size per architecture)."""
     mixed = widths(32, 256, 1024)  # 36 trials of each width
-    assert sizes(mixed, slots=2) == {32: 18, 256: 9, 1024: 1}
+    assert sizes(mixed, slots=2) == {32: 12, 256: 12, 1024: 1}  # 2 + 3 packs, the biggest split: 6 for 2 slots
     trials = ray_trials(planned_pack(mixed, 2))
-    assert sorted(len(t) for t in trials) == [1] * 36 + [9] * 4 + [18] * 2
+    assert sorted(len(t) for t in trials) == [1] * 36 + [12] * 6
     assert all(make_config(v).width == 1024 for t in trials if len(t) == 1 for v in t)
     assert sorted(tuple(sorted(v.items())) for t in trials for v in t) == sorted(
         tuple(sorted(v.items())) for v in mixed.trial_values())
-    assert sizes(widths(256, 512), slots=2) == {256: 9, 512: 9}
-    assert sizes(widths(256, 1024, resources={"cpu": 1, "gpu": 1}), slots=2) == {256: 9, 1024: 9}  # GPU: packed
+    assert sizes(widths(256, 512), slots=2) == {256: 12, 512: 12}
+    assert sizes(widths(256, 1024, resources={"cpu": 1, "gpu": 1}), slots=2) == {256: 12, 1024: 12}  # GPU: packed
+    small = widths(16, 32, 48, 64, seeds=1)  # 12 trials each: one pack each fills 2 rounds of 2 slots
+    assert sizes(small, slots=2) == {16: 12, 32: 12, 48: 12, 64: 12}  # not 8 packs of 6
+    assert sizes(small, slots=3) == {16: 6, 32: 6, 48: 12, 64: 12}  # 4 packs; 2 rounds of 3 need 6: two split
     assert sizes(widths(256, 1024, pack=4), slots=2) == {256: 4, 1024: 4}  # set by hand: as set
 
 

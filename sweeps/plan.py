@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import PACK_FIELDS, TrialConfig, make_config, pack_signature
+from trainables.config import TrialConfig, architecture, make_config
 from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
@@ -78,11 +78,6 @@ def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, i
     return [(pretrain_key(cfg, expected_device(spec, values)), cfg.pretrain_epochs)]
 
 
-def architecture(cfg: TrialConfig) -> str:
-    """The name of the stacked model a trial can share (`pack_signature`), as `pack_plan` keys it."""
-    return " ".join(f"{name}={value}" for name, value in zip(PACK_FIELDS, pack_signature(cfg)))
-
-
 def architectures(spec: SweepSpec) -> dict[str, list[tuple[dict[str, Any], TrialConfig]]]:
     """A grid's trials (values and config) by architecture, in grid order."""
     groups: dict[str, list[tuple[dict[str, Any], TrialConfig]]] = defaultdict(list)
@@ -104,11 +99,7 @@ def pack_plan(spec: SweepSpec, slots: int | None) -> dict[str, int]:
 def _plan(spec: SweepSpec, groups: dict[str, list], slots: int | None) -> dict[str, int]:
     if isinstance(spec.pack, int):
         return {name: spec.pack for name in groups}
-    if spec.pack_plan is not None:
-        unknown = sorted(set(spec.pack_plan) - set(groups))
-        if unknown:
-            raise ValueError(f"pack_plan names architectures not in the grid: {'; '.join(unknown)}; "
-                             f"remove pack_plan (it is filled in when the sweep starts)")
+    if spec.pack_plan is not None:  # its names are the grid's (checked by SweepSpec)
         return {name: spec.pack_plan.get(name, 1) for name in groups}
     return _auto_sizes(spec, {name: [cfg for _, cfg in trials] for name, trials in groups.items()}, slots)
 

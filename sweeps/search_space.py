@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.config import make_config
+from trainables.config import architecture, make_config
 
 from .keys import MEMBERS_KEY, SEEDS_KEY
 from .spec import RangeAxis, SweepSpec, _INT_FIELDS
@@ -29,7 +29,7 @@ def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[st
     """
     from ray import tune
 
-    from .plan import architecture, pack_plan, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
+    from .plan import pack_plan, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import SPEED_DEFAULTS, TrialConfig, describe_validation_error
+from trainables.config import SPEED_DEFAULTS, TrialConfig, architecture, describe_validation_error
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _INT_FIELDS = {name for name, f in TrialConfig.model_fields.items() if f.annotation is int}
@@ -240,6 +240,12 @@ class SweepSpec(BaseModel):
         if problems:
             more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
             raise ValueError("some trials would be invalid:\n" + "\n".join(problems[:12]) + more)
+        if self.pack_plan is not None:
+            names = {architecture(TrialConfig(**values)) for values in self.trial_values()}
+            unknown = sorted(set(self.pack_plan) - names)
+            if unknown:
+                raise ValueError(f"pack_plan names architectures not in the grid: {'; '.join(unknown)}; remove "
+                                 f"pack_plan (it is filled in when the sweep starts; the grid's: {'; '.join(sorted(names))})")
         return self
 
     # --- derived views -------------------------------------------------------------------

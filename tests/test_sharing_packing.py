@@ -13,9 +13,9 @@ import math
 
 import pytest
 
-from sweeps.plan import architecture, largest_pack, pack_plan, pretraining_jobs, pretraining_packs, ray_trials
+from sweeps.plan import largest_pack, pack_plan, pretraining_jobs, pretraining_packs, ray_trials
 from sweeps.spec import SweepError, parse_sweep
-from trainables.config import make_config
+from trainables.config import architecture, make_config
 from trainables.packed import run_pack
 from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_owned_pretrainings,
                                     run_shared_pretraining, run_shared_pretrainings)
@@ -217,8 +217,8 @@ def test_a_stored_pack_plan_is_what_a_resume_uses_and_is_checked():
     mixed = widths(128, 1024)
     stored = parse_sweep(planned_pack(mixed, 2).model_dump(), "spec.json")  # as a resume reads it
     assert sizes(stored, slots=None) == sizes(mixed, slots=2) == {128: 9, 1024: 1}  # not 12: planned for 2 slots
-    with pytest.raises(ValueError, match="pack_plan names architectures not in the grid: model=mlp width=99"):
-        pack_plan(mixed.model_copy(update={"pack_plan": {"model=mlp width=99": 4}}), 2)
+    with pytest.raises(SweepError, match="pack_plan names architectures not in the grid: model=mlp width=99"):
+        parse_sweep({**stored.model_dump(), "pack_plan": {"model=mlp width=99": 4}}, "spec.json")
     with pytest.raises(SweepError, match="pack_plan is how a grid sweep's pack: auto was resolved"):
         parse_sweep({**stored.model_dump(), "pack": 4}, "spec.json")
 

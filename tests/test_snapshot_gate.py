@@ -152,8 +152,8 @@ def test_tune_queues_the_gates_trials_as_it_queues_a_grids(monkeypatch):
 def test_a_grid_packed_per_architecture_gives_tune_packs_and_lone_trials(tmp_path):
     """Auto on CPU packs the 32-wide MLPs and runs the 1024-wide ones alone: Tune gets each
     pack as one config listing its members, each lone trial as a plain config."""
-    from sweeps.plan import architecture, pack_plan
-    from trainables.config import make_config
+    from sweeps.plan import pack_plan
+    from trainables.config import architecture, make_config
 
     def planned(**extra):
         spec = grid(base={"epochs": 5}, axes={"pretrain_epochs": [0, 10], "weight_decay": [0.0, 1e-3], "width": [32, 1024]},

@@ -130,6 +130,12 @@ def pack_signature(cfg: TrialConfig) -> tuple:
     return tuple(values[name] for name in PACK_FIELDS)
 
 
+def architecture(cfg: TrialConfig) -> str:
+    """The stacked model a trial can share, by name (`pack_signature` spelled out): the keys of
+    a sweep's `pack_plan`."""
+    return " ".join(f"{name}={value}" for name, value in zip(PACK_FIELDS, pack_signature(cfg)))
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names each bad field and what is allowed."""
 

@@ -120,18 +120,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {values}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .plan import largest_pack, pretraining_jobs, ray_trials, unpacked_reasons
+    from .plan import largest_pack, pack_plan, pretraining_jobs, ray_trials, unpacked_reasons
     from .runner import planned
 
     jobs, plan = pretraining_jobs(spec), planned(spec)
     if jobs:
         print(f"  shared    {len(jobs)} pretraining runs (up to {max(j.durations[-1] for j in jobs)} epochs) "
               f"serve {sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it")
-    alone, largest = unpacked_reasons(spec), largest_pack(plan)
+    alone, largest, sizes = unpacked_reasons(spec), largest_pack(plan), pack_plan(plan, None)
     if largest > 1:
         print(f"  packed    {len(ray_trials(plan))} Ray trials of up to {largest} trials each (pack: {spec.pack})")
-        for name, why in alone.items():
-            print(f"  alone     {name}: {why}")
+        if len(sizes) > 1:  # e.g. a width sweep: each architecture's plan
+            for name, size in sizes.items():
+                what = f"up to {size} trials per Ray trial" if size > 1 else alone.get(name, "pack_plan says 1")
+                print(f"  {'pack' if size > 1 else 'alone':<9} {name}: {what}")
     elif alone:
         print(f"  packed    no: {'; '.join(sorted(set(alone.values())))}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")

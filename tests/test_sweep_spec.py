@@ -110,7 +110,10 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     assert "packed    no: MLPs wider than 512 train faster alone on CPU" in wide.stdout, wide.stdout
     mixed = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "axes.width=[64, 1024]")
     assert "packed    10 Ray trials of up to 4 trials each" in mixed.stdout, mixed.stdout  # 8 of width 64 in 2 packs
-    assert "alone     dataset=mnist1d model=mlp width=1024 depth=2" in mixed.stdout
+    assert "alone     dataset=mnist1d model=mlp width=1024 depth=2 batch_size=64 device=auto torch_threads=1: " \
+           "MLPs wider than 512 train faster alone on CPU" in mixed.stdout
+    assert "pack      dataset=mnist1d model=mlp width=64 depth=2 batch_size=64 device=auto torch_threads=1: " \
+           "up to 4 trials per Ray trial" in mixed.stdout
     bad = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", "axes.weight_decay=[-1]", "--set", "resources.gpu=0.5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "smoke.yaml" in bad.stderr and "axes.weight_decay = -1" in bad.stderr

@@ -35,11 +35,12 @@ def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[st
     kind = spec.search.kind
     if kind == "grid":
         trials = ray_trials(spec)
-        configs = [{MEMBERS_KEY: members} if len(members) > 1 else members[0] for members in trials]
-        needs = [[n for v in members for n in snapshot_needs(spec, v)] for members in trials]
-        if snapshots and spec.share_pretraining and any(needs):
+        sharing = bool(snapshots) and spec.share_pretraining
+        needs = [[n for v in members for n in snapshot_needs(spec, v)] for members in trials] if sharing else []
+        if any(needs):
             from .snapshot_gate import SnapshotGate
 
+            configs = [{MEMBERS_KEY: members} if len(members) > 1 else members[0] for members in trials]
             jobs, sizes = pretraining_jobs(spec), pack_plan(spec, None)
             packable = {j.key for j in jobs if sizes.get(architecture(make_config(j.values)), 1) > 1
                         and packs_pretraining(j)}

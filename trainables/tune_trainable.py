@@ -7,7 +7,6 @@ Tune config that start with `_` are sweep settings, not trial fields (see sweeps
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from typing import Any, Callable
@@ -139,11 +138,13 @@ def _resumes_a_pack() -> bool:
     before lone trials ran as plain ones, resumes as the pack it was)."""
     from ray import tune
 
+    import pyarrow.fs
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return False
-    with checkpoint.as_directory() as d:
-        return os.path.exists(os.path.join(d, PACK_FILE))
+    info = checkpoint.filesystem.get_file_info(f"{checkpoint.path.rstrip('/')}/{PACK_FILE}")  # no download
+    return info.type == pyarrow.fs.FileType.File
 
 
 @contextlib.contextmanager

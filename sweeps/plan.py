@@ -170,6 +170,12 @@ def packs_pretraining(job: PretrainJob) -> bool:
     return cfg.model in AUTO_PACKED_MODELS and can_pack_pretraining(cfg)
 
 
+def pretrains_in_a_pack(job: PretrainJob, sizes: dict[str, int]) -> bool:
+    """Whether a shared pretraining runs packed with others of its architecture, under the
+    plan's `sizes` (`pack_plan`): only where that architecture's trials are packed."""
+    return sizes.get(architecture(make_config(job.values)), 1) > 1 and packs_pretraining(job)
+
+
 def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
     """The shared pretrainings grouped for one Ray task each: those of one MLP architecture
     trained together as a pack (at most its `pack_plan` size, spread over the `slots` that run at once),
@@ -178,9 +184,8 @@ def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | Non
     groups: dict[str, list[PretrainJob]] = defaultdict(list)
     alone: list[list[PretrainJob]] = []
     for job in jobs:
-        name = architecture(make_config(job.values))
-        if sizes.get(name, 1) > 1 and packs_pretraining(job):
-            groups[name].append(job)
+        if pretrains_in_a_pack(job, sizes):
+            groups[architecture(make_config(job.values))].append(job)
         else:
             alone.append([job])
     packs = []

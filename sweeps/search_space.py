@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.config import architecture, make_config
-
 from .keys import MEMBERS_KEY, SEEDS_KEY
 from .spec import RangeAxis, SweepSpec, _INT_FIELDS
 
@@ -29,7 +27,7 @@ def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[st
     """
     from ray import tune
 
-    from .plan import pack_plan, packs_pretraining, pretraining_jobs, ray_trials, snapshot_needs
+    from .plan import pack_plan, pretraining_jobs, pretrains_in_a_pack, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
@@ -42,8 +40,7 @@ def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[st
 
             configs = [{MEMBERS_KEY: members} if len(members) > 1 else members[0] for members in trials]
             jobs, sizes = pretraining_jobs(spec), pack_plan(spec, None)
-            packable = {j.key for j in jobs if sizes.get(architecture(make_config(j.values)), 1) > 1
-                        and packs_pretraining(j)}
+            packable = {j.key for j in jobs if pretrains_in_a_pack(j, sizes)}
             return {}, len(configs), SnapshotGate(configs, needs, snapshots,
                                                   {j.key: (j.values, j.durations) for j in jobs}, packable)
         if len(trials) < spec.num_trials():  # some packed: a grid over member lists (lone trials: lists of one)

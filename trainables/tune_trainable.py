@@ -136,9 +136,8 @@ def tune_trainable(config: dict[str, Any]) -> None:
 def _resumes_a_pack() -> bool:
     """Whether Tune restores this trial from a pack's checkpoint (a pack of one member, made
     before lone trials ran as plain ones, resumes as the pack it was)."""
-    from ray import tune
-
     import pyarrow.fs
+    from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

@@ -94,15 +94,29 @@ def main() -> None:
     parser.add_argument("--augmentations", default="none,shift")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=DEFAULT_ORDER,
-                        help="which to run, in order; a mode named twice runs twice and reports its mean")
+                        help="which to run, in order (names or letters: c,a,b,c); a mode named twice runs "
+                             "twice and reports its mean")
     parser.add_argument("--pack", default="auto", help="(c)'s pack: auto, or members per Ray trial")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the trials to MLflow")
     parser.add_argument("--keep", action="store_true", help="keep the results, MLflow store and exports")
     args = parser.parse_args()
+    try:
+        args.modes = ",".join(_mode_name(m) for m in args.modes.split(","))
+    except KeyError as err:
+        parser.error(f"--modes: unknown mode {err}; use {', '.join(MODES)} or their letters a, b, c")
     # a phase sweep leaves ~100 MB of results and checkpoints: removed unless kept
     with (contextlib.nullcontext(tempfile.mkdtemp(prefix="minima-cost-")) if args.keep
           else tempfile.TemporaryDirectory(prefix="minima-cost-")) as folder:
         print(json.dumps({**measure(args, Path(folder)), "kept": folder if args.keep else None}, indent=2))
+
+
+def _mode_name(mode: str) -> str:
+    """A mode's full name, from itself or its letter (`c` is `c_shared_and_packed`)."""
+    by_letter = {name[0]: name for name in MODES}
+    name = by_letter.get(mode.strip(), mode.strip())
+    if name not in MODES:
+        raise KeyError(mode)
+    return name
 
 
 def measure(args, root: Path) -> dict:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import measures
+from . import class_major, measures
 from .augment import apply, draw
 from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
 from .data import TensorData, load_dataset
@@ -424,7 +424,7 @@ def _eval_batches(net: StackedModel, x: torch.Tensor, y: torch.Tensor):
     for i in range(0, len(x), batch):
         logits = net.forward(x[i : i + batch], shared_input=True).float()
         targets = y[i : i + batch].expand(net.size, -1)
-        sample_losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        sample_losses = class_major.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         yield i, logits, _member_loss_sums(sample_losses.view(net.size, -1), logits, targets, "sum")
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from . import class_major
 from .models import MLP
 
 
@@ -88,13 +89,13 @@ class StackedModel:
         layers = self._mlp_layers(x.flatten(2))
         logits = layers.pop()
         k, b, classes = logits.shape
-        log_probs = torch.log_softmax(logits.reshape(k * b, classes), 1)
+        log_probs, by_class = class_major.log_softmax_forward(logits.reshape(k * b, classes))
         target = y.reshape(k * b)
         losses, total_weight = aten.nll_loss_forward(log_probs, target, None, 0, -100)  # reduction "none"
         # d(sum over members of the batch mean) / d(each sample's loss), as mean's backward forms it
         grad = torch.ones(k, 1, device=x.device, dtype=logits.dtype).expand(k, b) / b
         grad = aten.nll_loss_backward(grad.reshape(k * b), log_probs, target, None, 0, -100, total_weight)
-        grad = aten._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype).view(k, b, classes)
+        grad = class_major.log_softmax_backward(grad, log_probs, by_class).view(k, b, classes)
         weights = [p.detach() for p in self.params]
         grads: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
         for i in range(len(weights) - 2, -1, -2):

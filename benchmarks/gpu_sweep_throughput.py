@@ -60,18 +60,6 @@ def stage_cifar_shaped(train_rows: int, test_rows: int) -> None:
     data._load_torchvision = random_cifar
 
 
-def start_ray(hook) -> None:
-    """Local Ray as `init_ray` starts it, plus the hook that stages the data in each worker."""
-    import ray
-
-    from trainables.provenance import git_commit
-
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"MINIMA_GIT_COMMIT": git_commit() or "", "RAY_AUTH_MODE": "disabled"},
-                          "worker_process_setup_hook": hook})
-    init_ray()  # already started: a no-op, so the runner uses this Ray
-
-
 def make_spec(name: str, root: Path, args, pack: int):
     return parse_sweep({
         "name": name,
@@ -122,7 +110,7 @@ def main() -> None:
         stage_cifar_shaped(args.train_rows, args.test_rows)
 
     hook()  # the driver too
-    start_ray(hook)
+    init_ray({"worker_process_setup_hook": hook})  # run_sweep then finds Ray started
     sampler = GpuSampler()
     results, accs = {}, {}
     with tempfile.TemporaryDirectory(prefix="minima-gpu-sweep-") as folder:

@@ -80,8 +80,9 @@ def _on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-def init_ray() -> None:
-    """Local Ray with this machine's CPUs (dashboard off), or the cluster at RAY_ADDRESS."""
+def init_ray(runtime_env: dict | None = None) -> None:
+    """Local Ray with this machine's CPUs (dashboard off), or the cluster at RAY_ADDRESS;
+    `runtime_env` adds to what every worker gets (a benchmark's data-staging hook)."""
     import ray
 
     if ray.is_initialized():
@@ -94,11 +95,12 @@ def init_ray() -> None:
     for name in ("MINIMA_DATA_DIR", "MINIMA_NO_DOWNLOAD"):
         if os.environ.get(name):
             env[name] = os.environ[name]
+    runtime_env = {**(runtime_env or {}), "env_vars": env}
     if _on_cluster():
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env},
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
 
 

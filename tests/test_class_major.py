@@ -36,8 +36,8 @@ def test_used_while_the_classes_fit_in_one_avx512_vector():
     assert class_major.applies(torch.zeros(4, 10))
 
 
-def test_not_used_where_autograd_records_the_logits():
-    logits = torch.zeros(4, 10, requires_grad=True)
-    assert not class_major.applies(logits)
-    with torch.no_grad():
-        assert class_major.applies(logits) == class_major.agrees(10, torch.float32)
+def test_not_used_on_other_dtypes_or_shapes():
+    assert not class_major.applies(torch.zeros(4, 10, dtype=torch.bfloat16))
+    assert not class_major.applies(torch.zeros(2, 4, 10))
+    out, by_class = class_major.log_softmax_forward(torch.zeros(4, 10, dtype=torch.bfloat16))
+    assert by_class is None and out.dtype == torch.bfloat16

@@ -64,7 +64,7 @@ def agrees(classes: int, dtype: torch.dtype) -> bool:
 
 def applies(logits: torch.Tensor) -> bool:
     return (logits.device.type == "cpu" and logits.dim() == 2 and logits.dtype in (torch.float32, torch.float64)
-            and not (torch.is_grad_enabled() and logits.requires_grad) and agrees(logits.shape[1], logits.dtype))
+            and agrees(logits.shape[1], logits.dtype))
 
 
 @torch.no_grad()

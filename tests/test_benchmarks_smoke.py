@@ -27,3 +27,17 @@ def test_gpu_sweep_benchmark_runs_both_modes_through_ray_on_cpu(tmp_path):
     assert summary["device"] == "cpu" and summary["runs"] == {"alone": alone, "packed": packed}
     # conv nets pack under vmap: equal per step to float tolerance; one epoch stays close
     assert summary["max_test_acc_difference"] <= 0.05
+
+
+@pytest.mark.slow
+def test_gpu_pack_benchmark_runs_every_case_on_cpu(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_pack_throughput.py"), "--widths", "4", "--packs", "2",
+         "--epochs", "1", "--train-rows", "128", "--test-rows", "64"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    cases = {case["case"]: case for case in report["results"]}
+    assert set(cases) == {"w4_alone_fp32", "w4_alone_bf16_nhwc", "w4_shared_gpu_4", "w4_packed_2"}
+    assert all(case.get("statuses") == ["ok"] for case in cases.values()), cases  # the distinct statuses
+    assert (cases["w4_shared_gpu_4"]["processes"], cases["w4_packed_2"]["trials"]) == (4, 2)

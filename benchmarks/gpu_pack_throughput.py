@@ -71,33 +71,34 @@ def cases(widths: list[int], packs: list[int], epochs: int) -> list[dict]:
 
 # --- a worker process: one Ray trial's work, timed -------------------------------------------
 
-def stage_cifar_shaped(train_rows: int, test_rows: int):
-    """CIFAR-10-shaped random tensors where `load_dataset("cifar10", device)` finds them."""
-    import torch
+def stage_cifar_shaped(train_rows: int, test_rows: int) -> None:
+    """Make `load_dataset("cifar10", ...)` return random CIFAR-10-shaped arrays in this process
+    (the GPU machine cannot download CIFAR-10; a trial's cost does not depend on the pixels)."""
+    import numpy as np
 
-    from trainables import data as data_module
-    from trainables.trial import resolve_device
+    from trainables import data
 
-    device = resolve_device("auto")
-    g = torch.Generator().manual_seed(0)
-    staged = data_module.TensorData(
-        torch.randn(train_rows, 3, 32, 32, generator=g).to(device),
-        torch.randint(0, 10, (train_rows,), generator=g).to(device),
-        torch.randn(test_rows, 3, 32, 32, generator=g).to(device),
-        torch.randint(0, 10, (test_rows,), generator=g).to(device),
-        num_classes=10,
-    )
-    data_module._LOADED[("cifar10", str(device))] = staged
-    return device
+    def random_cifar(name: str):
+        if name != "cifar10":
+            raise ValueError(f"this benchmark stages cifar10 only, not {name}")
+        rng = np.random.default_rng(0)
+        images = lambda n: rng.standard_normal((n, 3, 32, 32), dtype=np.float32)  # noqa: E731
+        labels = lambda n: rng.integers(0, 10, n, dtype=np.int64)  # noqa: E731
+        return images(train_rows), labels(train_rows), images(test_rows), labels(test_rows)
+
+    data._load_torchvision = random_cifar
 
 
 def worker(job: dict) -> None:
     import torch
 
+    from trainables.data import load_dataset
     from trainables.packed import run_pack
-    from trainables.trial import run_trial
+    from trainables.trial import resolve_device, run_trial
 
-    device = stage_cifar_shaped(job["train_rows"], job["test_rows"])
+    stage_cifar_shaped(job["train_rows"], job["test_rows"])
+    device = resolve_device("auto")
+    load_dataset("cifar10", device)  # on the device before the start signal
     if device.type == "cuda":
         torch.cuda.synchronize()
     Path(job["ready"]).touch()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from gpu_pack_throughput import GpuSampler  # noqa: E402
+from gpu_pack_throughput import GpuSampler, stage_cifar_shaped  # noqa: E402
 from phase_sweep_cost import accuracies, tracking_uri  # noqa: E402
 
 from sweeps.plan import largest_pack, ray_trials  # noqa: E402
@@ -41,23 +41,6 @@ from sweeps.runner import init_ray, planned, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 
 MODES = ("alone", "packed")
-
-
-def stage_cifar_shaped(train_rows: int, test_rows: int) -> None:
-    """Make `load_dataset("cifar10", ...)` return random CIFAR-10-shaped arrays in this process."""
-    import numpy as np
-
-    from trainables import data
-
-    def random_cifar(name: str):
-        if name != "cifar10":
-            raise ValueError(f"this benchmark stages cifar10 only, not {name}")
-        rng = np.random.default_rng(0)
-        images = lambda n: rng.standard_normal((n, 3, 32, 32), dtype=np.float32)  # noqa: E731
-        labels = lambda n: rng.integers(0, 10, n, dtype=np.int64)  # noqa: E731
-        return images(train_rows), labels(train_rows), images(test_rows), labels(test_rows)
-
-    data._load_torchvision = random_cifar
 
 
 def make_spec(name: str, root: Path, args, pack: int):
@@ -105,6 +88,11 @@ def main() -> None:
         parser.error(f"--modes: unknown {', '.join(sorted(unknown))}; use {', '.join(MODES)}")
     if args.gpu_per_trial > 0 and not has_gpu:
         parser.error("--gpu-per-trial: this machine has no CUDA GPU; use 0 for a CPU smoke run")
+
+    import gpu_pack_throughput
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(gpu_pack_throughput)  # Ray's workers cannot import it
 
     def hook():  # Ray exports a named function, pickled by value
         stage_cifar_shaped(args.train_rows, args.test_rows)

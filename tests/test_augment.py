@@ -2,7 +2,8 @@ import torch
 
 import pytest
 
-from trainables.augment import apply, augment, cutout, draw, random_crop, random_flip, random_shift_1d
+from trainables.augment import (_shift, apply, augment, cutout, draw, drawn_serially, gather_shifted, random_crop,
+                                random_flip, random_shift_1d)
 
 
 def gen(seed=0):
@@ -19,6 +20,16 @@ def test_shift_is_a_circular_shift_of_each_signal():
         assert len(match) == 1
         shifts.add(match[0])
     assert shifts == {-2, -1, 0, 1, 2}  # 64 draws cover every offset
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 40), (5, 11), (0, 1, 40)])
+def test_shift_rolls_every_signal_of_a_row_by_that_rows_shift(shape):
+    x = torch.randn(shape)
+    shift = torch.arange(shape[0]) % 7 - 3  # beyond +-2 too: any offset, either way
+    expected = torch.stack([torch.roll(a, int(s), -1) for a, s in zip(x, shift)]) if shape[0] else x
+    assert torch.equal(_shift(x, shift), expected)
+    rows = torch.randint(0, max(shape[0], 1), (2 * shape[0],))  # rows repeated, in any order: a pack's epoch
+    assert torch.equal(gather_shifted(x, rows, shift.repeat(2)), _shift(x[rows], shift.repeat(2)))
 
 
 def test_flip_and_crop_keep_shape_and_move_content():
@@ -59,3 +70,27 @@ def test_joined_batches_get_exactly_what_each_gets_alone(kind, shape):
     draws = [draw(x, kind, 0.1, gen(i)) for i, x in enumerate(batches)]
     joined = apply(torch.cat(batches), kind, {k: torch.cat([d[k] for d in draws]) for k in draws[0]})
     assert torch.equal(joined, torch.cat(alone))
+
+
+@pytest.mark.parametrize("kind", ["none", "shift"])
+def test_what_is_drawn_serially_draws_a_whole_epoch_as_its_batches_in_turn(kind):
+    """How a pack draws an epoch's augmentation at once (trainables.packed): only where the
+    draws for N rows are exactly the draws for its consecutive batches, generator state included."""
+    assert drawn_serially(kind, 0.0, torch.device("cpu"))
+    x = torch.randn(1000, 1, 40)
+    whole, parts = gen(5), gen(5)
+    epoch = draw(x, kind, 0.0, whole)
+    for batch in (64, 100, 999):
+        steps = [draw(x[i : i + batch], kind, 0.0, parts) for i in range(0, len(x), batch)]
+        assert epoch.keys() == {k for step in steps for k in step}
+        assert all(torch.equal(epoch[k], torch.cat([step[k] for step in steps])) for k in epoch)
+        assert torch.equal(whole.get_state(), parts.get_state())
+        epoch = draw(x, kind, 0.0, whole)
+
+
+def test_only_single_integer_draws_on_a_cpu_are_drawn_serially():
+    cpu = torch.device("cpu")
+    assert drawn_serially("shift", 0.0, cpu) and drawn_serially("none", 0.0, cpu)
+    assert not drawn_serially("shift", 0.1, cpu)  # CPU Gaussian noise is filled 16 values at a time
+    assert not drawn_serially("flip_crop", 0.0, cpu)  # three draws per batch, interleaved
+    assert not drawn_serially("shift", 0.0, torch.device("cuda"))

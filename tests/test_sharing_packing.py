@@ -110,6 +110,32 @@ def test_a_pack_gives_each_member_exactly_its_standalone_result():
     assert epochs.count(4) == len(standalone[4].history)  # its pretraining epochs are reported too
 
 
+def test_a_pack_without_noise_draws_whole_epochs_and_still_gives_the_standalone_results(monkeypatch):
+    """Without Gaussian noise a CPU pack gathers and shifts an epoch's batches at once
+    (`packed._whole_epoch_fits`); too big for that, it goes batch by batch. Same bits either way.
+    Batches of 96 leave a short last one."""
+    import trainables.packed as packed
+
+    members = [dict(SMALL, seed=s, batch_size=96, augmentation=aug, weight_decay=wd, pretrain_epochs=p)
+               for s, aug, wd, p in ((0, "shift", 0.0, 0), (1, "none", 1e-3, 0), (2, "shift", 1e-3, 2), (3, "none", 0.0, 0))]
+    standalone = [run_trial(m) for m in members]
+    epochs_at_once = []
+    whole_epoch = packed._whole_epoch
+
+    def spied(*args):
+        batches = whole_epoch(*args)
+        epochs_at_once.append(batches[0] is not None)
+        return batches
+
+    monkeypatch.setattr(packed, "_whole_epoch", spied)
+    assert_same_results(run_pack(members), standalone)
+    assert epochs_at_once and all(epochs_at_once) == (DEVICE == "cpu")  # CUDA's generator goes batch by batch
+    epochs_at_once.clear()
+    monkeypatch.setattr(packed, "EPOCH_BATCHES_BYTES", 0)
+    assert_same_results(run_pack(members), standalone)
+    assert epochs_at_once and not any(epochs_at_once)
+
+
 def test_a_pack_measures_its_members_flatness_exactly_as_each_alone():
     members = [dict(SMALL, epochs=2, seed=s, flatness_samples=n) for s, n in ((0, 2), (1, 3), (2, 2), (3, 0))]
     packed = run_pack(members)

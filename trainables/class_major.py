@@ -1,9 +1,9 @@
 """A pack's log-softmax, run across rows of a (classes, rows) copy where that rounds the same.
 
-ATen's CPU log-softmax over the last dimension works row by row: for 10 classes it costs
-~150 ns a row, a fifth of a packed MLP's step and evaluation (24 members x 64 rows: 228 us).
-Over dimension 0 of a transposed copy it runs the same steps for many rows at once in vector
-lanes (11 us). While the classes fit in one vector (10 under AVX-512's 16 floats), the
+ATen's CPU log-softmax over the last dimension works row by row, which for 10 classes is a
+large share of a packed MLP's step and evaluation. Over dimension 0 of a transposed copy it
+runs the same steps for many rows at once in vector lanes (timings: docs/performance.md).
+While the classes fit in one vector (10 under AVX-512's 16 floats), the
 row-by-row kernel computes each row in one partial vector with those same steps, so the two
 agree bit for bit, forward and backward. Rows in the copy's last partial vector would take
 scalar code, so the copy is padded to a multiple of 64 rows. Whether the kernels agree is

@@ -1,4 +1,4 @@
-"""Claim (issue 5): on a GPU, packing K ResNet-18 trials into one stacked model runs more
+"""Claim: on a GPU, packing K ResNet-18 trials into one stacked model runs more
 trials per hour than one trial per process, alone on the GPU or four sharing it (Ray's
 `gpu: 0.25`, as `sweeps/phase_cifar10.yaml` asks).
 

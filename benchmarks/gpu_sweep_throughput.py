@@ -1,4 +1,4 @@
-"""Claim (issue 5): on a GPU, a packed phase sweep run through Ray does more trials per hour
+"""Claim: on a GPU, a packed phase sweep run through Ray does more trials per hour
 than the same sweep trial by trial, and keeps the GPU busier.
 
 Evidence: one small phase sweep of the `sweeps/phase_cifar10.yaml` kind (ResNet-18, or an MLP

@@ -1,5 +1,5 @@
-"""Benchmarks that only a lent GPU can measure still run here, on CPU at toy sizes, so a GPU
-session's few minutes go to measuring, not to fixing a benchmark that rotted meanwhile."""
+"""Benchmarks that only a lent GPU can measure still run here, on CPU at toy sizes, so the
+minutes a GPU is lent for go to measuring, not to fixing a benchmark that stopped running."""
 
 import json
 import subprocess

@@ -32,7 +32,8 @@ def tiny_cifar(monkeypatch):
 
 
 def test_configs_and_keys_made_before_the_options_existed_are_unchanged():
-    # values computed by the code before this change: stored sweeps keep their runs, checkpoints and snapshots
+    # pinned keys: a config at the speed options' defaults keeps its key, so stored sweeps keep their runs,
+    # checkpoints and snapshots
     assert trial_key({}) == "36515e8e2e9d"
     assert trial_key({"model": "cnn", "dataset": "cifar10", "seed": 3}) == "4a95a55930f6"
     assert pretrain_key(make_config({"pretrain_epochs": 5}), "cpu") == "9a4067faa3c4a714"

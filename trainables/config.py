@@ -27,7 +27,7 @@ SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False}
 
 
 class TrialConfig(BaseModel):
-    """Everything one trial needs. Field names carry units; see the README for the table."""
+    """Everything one trial needs. Field names carry units; docs/sweep-file.md has the table."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

@@ -46,7 +46,7 @@ def run_phase(trials_path: str | Path, x: str, y: str, by: list[str], delta: flo
     if not 0 < delta < 1:
         raise PhaseInputError(f"--delta {delta}: a test-accuracy drop between 0 and 1 (0.05 = 5 points)")
     labelled = label_phases(df, delta)
-    scale = declared_scale(meta, x, df[x].to_numpy(dtype=float))
+    scale = declared_scale(meta, x, df[x].dropna().to_numpy(dtype=float))
     boundaries = fit_boundaries(labelled, x, y, by, scale=scale)
     cells = cell_table(labelled, x, y, by)
     out = Path(out_dir)

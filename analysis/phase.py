@@ -30,6 +30,18 @@ def is_null(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
 
 
+def sorted_values(values) -> list:
+    """Axis values in order; a null (e.g. clip_norm = none) first, as None."""
+    unique = list(pd.unique(pd.Series(list(values), dtype=object)))
+    rest = sorted(v for v in unique if not is_null(v))
+    return ([None] if len(rest) < len(unique) else []) + rest
+
+
+def position(values: list, value) -> int:
+    """The index of `value` in `values`, a null finding the null."""
+    return next(i for i, v in enumerate(values) if (is_null(v) and is_null(value)) or v == value)
+
+
 def fmt(v) -> str:
     """A value as an axis label; null (no clipping, say) is 'none'."""
     if is_null(v):
@@ -48,9 +60,20 @@ def check_columns(df: pd.DataFrame, x: str, y: str, by: list[str]) -> None:
         if column not in df.columns:
             known = ", ".join(c for c in CONFIG_COLUMNS if c in df.columns)
             raise PhaseInputError(f"column {column!r} is not in the trials file; axes can be: {known}")
+    roles = [x, y, *by]
+    repeated = sorted({c for c in roles if roles.count(c) > 1})
+    if repeated:
+        raise PhaseInputError(f"{', '.join(repeated)}: each axis takes one role of --x, --y and --by")
     for name, column in (("--x", x), ("--y", y)):
         if df[column].nunique(dropna=False) < 2:
             raise PhaseInputError(f"{name} {column}: it has a single value in this sweep; pick an axis the sweep varies")
+    values = ", ".join(fmt(v) for v in sorted_values(df[x]))
+    if not pd.api.types.is_numeric_dtype(df[x]):
+        raise PhaseInputError(f"--x {x}: the boundary is fitted along a numeric axis, and {x} takes {values}; "
+                              f"use it as --y or --by")
+    if df[x].nunique() < 2:  # a null (clip_norm: none) has no place on the fitted line
+        raise PhaseInputError(f"--x {x}: the fit needs two values other than none, and the sweep has {values}; "
+                              f"use it as --y or --by")
 
 
 def slice_columns(df: pd.DataFrame) -> list[str]:
@@ -153,7 +176,7 @@ class Boundary:
 def _plain(v):
     if isinstance(v, (np.integer,)):
         return int(v)
-    if isinstance(v, (np.floating,)):
+    if isinstance(v, (float, np.floating)):  # a groupby key of a null is a plain float NaN
         return None if np.isnan(v) else float(v)
     return v
 
@@ -163,9 +186,10 @@ def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: di
     """Logistic fit of P(bad) against x over the good/bad trials of one slice.
 
     The 90% interval is the seed bootstrap's, widened to at least the swept values on either
-    side of the crossing.
+    side of the crossing. Trials whose x is null (clip_norm: none) have no place on the line and
+    are left out.
     """
-    fitted = trials[trials["phase"].isin(["good", "bad"])]
+    fitted = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
     t, bad = scale.to_fit(fitted[x].to_numpy()), (fitted["phase"] == "bad").to_numpy().astype(int)
     seeds = np.unique(fitted["seed"].to_numpy())
     t_star = _crossing(t, bad) if len(bad) else None
@@ -199,7 +223,7 @@ def declared_scale(meta: dict[str, str], x: str, values) -> AxisScale | None:
 
 def fit_boundaries(labelled: pd.DataFrame, x: str, y: str, by: list[str], seed: int = 0,
                    scale: AxisScale | None = None) -> list[Boundary]:
-    scale = scale or AxisScale.of(labelled[x].to_numpy())
+    scale = scale or AxisScale.of(labelled[x].dropna().to_numpy())
     rng = np.random.default_rng(seed)
     out = []
     for group_key, group in labelled.groupby(by or (lambda _: 0), dropna=False):
@@ -214,20 +238,22 @@ def fit_surface(group: pd.DataFrame, x: str, y: str, x_values: list, y_labels: l
 
     Index coordinates keep the surface on the heatmap's grid whatever the axes' spacing (and a
     weight decay of 0 needs no log). Quadratic features let the boundary bend. Returns (X, Y, P)
-    for a contour plot, or None when the group has only one phase.
+    for a contour plot, or None when the group has only one phase. A null x (first on the grid) is
+    left out, as in the boundary fit.
     """
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-    fitted = group[group["phase"].isin(["good", "bad"])]
+    fitted = group[group["phase"].isin(["good", "bad"]) & group[x].notna()]
     bad = (fitted["phase"] == "bad").to_numpy().astype(int)
     if len(bad) < 4 or bad.min() == bad.max():
         return None
-    xi = fitted[x].map({v: i for i, v in enumerate(x_values)}).to_numpy(float)
+    xi = fitted[x].map(lambda v: position(x_values, v)).to_numpy(float)
     yi = fitted[y].map(fmt).map({label: i for i, label in enumerate(y_labels)}).to_numpy(float)
     model = make_pipeline(PolynomialFeatures(2), StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
     model.fit(np.column_stack([xi, yi]), bad)
-    gx, gy = np.meshgrid(np.linspace(0, len(x_values) - 1, resolution), np.linspace(0, len(y_labels) - 1, resolution))
+    first = 1 if is_null(x_values[0]) else 0
+    gx, gy = np.meshgrid(np.linspace(first, len(x_values) - 1, resolution), np.linspace(0, len(y_labels) - 1, resolution))
     p = model.predict_proba(np.column_stack([gx.ravel(), gy.ravel()]))[:, 1].reshape(gx.shape)
     return gx, gy, p
 

@@ -11,16 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .phase import AxisScale, Boundary, fit_surface, fmt, is_null  # noqa: E402
+from .phase import AxisScale, Boundary, fit_surface, fmt, is_null, position, sorted_values  # noqa: E402
 
 PHASE_MARK = {"good": "G", "bad": "B", "not_fit": "N", "diverged": "D", "error": "E", "unfinished": "?"}
-
-
-def sorted_values(values) -> list:
-    """Axis values in order; a null (e.g. clip_norm = none) first, as None."""
-    unique = list(pd.unique(pd.Series(list(values), dtype=object)))
-    rest = sorted(v for v in unique if not is_null(v))
-    return ([None] if len(rest) < len(unique) else []) + rest
 
 
 def _groups(df: pd.DataFrame, by: list[str]):
@@ -32,9 +25,11 @@ def _groups(df: pd.DataFrame, by: list[str]):
 
 
 def _index_of(x_value: float, x_values: list, scale: AxisScale) -> float:
-    """Position of a value on the heatmap's column index, interpolated in fit coordinates."""
-    t = scale.to_fit(np.asarray(x_values, dtype=float))
-    return float(np.interp(scale.to_fit(x_value), t, np.arange(len(x_values))))
+    """Position of a value on the heatmap's column index, interpolated in fit coordinates
+    between the columns of non-null values."""
+    columns = [j for j, v in enumerate(x_values) if not is_null(v)]
+    t = scale.to_fit(np.asarray([x_values[j] for j in columns], dtype=float))
+    return float(np.interp(scale.to_fit(x_value), t, columns))
 
 
 def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[Boundary], x: str, y: str,
@@ -42,7 +37,7 @@ def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[B
     x_values = sorted_values(labelled[x])
     y_values = sorted_values(labelled[y])
     y_labels = [fmt(v) for v in y_values]
-    scale = scale or AxisScale.of(np.asarray(x_values, dtype=float))
+    scale = scale or AxisScale.of(np.asarray([v for v in x_values if not is_null(v)], dtype=float))
     groups = list(_groups(labelled, by))
     fig, axes = plt.subplots(1, len(groups), figsize=(1.4 + 1.3 * len(x_values) * len(groups), 1.6 + 0.75 * len(y_values)),
                              squeeze=False)
@@ -54,7 +49,7 @@ def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[B
         for k, v in by_values.items():
             sub = sub[sub[k].map(fmt) == fmt(v)]
         for _, c in sub.iterrows():
-            i, j = y_labels.index(fmt(c[y])), x_values.index(c[x])
+            i, j = y_labels.index(fmt(c[y])), position(x_values, c[x])
             grid[i, j] = 100 * c["drop_mean"]
             bad, n = int(c.get("bad", 0)), int(c["n"])
             ax.text(j, i, f"{PHASE_MARK[c['phase']]}\n{bad}/{n} bad", ha="center", va="center", fontsize=7)
@@ -83,7 +78,8 @@ def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[B
 
 def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, by: list[str], metric: str = "test_acc"):
     """Mean per-epoch `metric` (band: +-1 std over seeds) per cell, one panel per (by, y)."""
-    merged = curves.merge(trials[["trial_id", x, y, *by]], on="trial_id")
+    # only the curve's own columns: a per-epoch `lr` must not shadow the trial's `lr` axis
+    merged = curves[["trial_id", "step", metric]].merge(trials[["trial_id", x, y, *by]], on="trial_id")
     y_values = sorted_values(trials[y])
     x_values = sorted_values(trials[x])
     groups = list(_groups(merged, by))
@@ -95,7 +91,7 @@ def curves_figure(curves: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, by
             ax = axes[r, c]
             panel = group[group[y].map(fmt) == fmt(y_value)]
             for color, x_value in zip(colors, x_values):
-                cell = panel[panel[x] == x_value]
+                cell = panel[panel[x].isna()] if is_null(x_value) else panel[panel[x] == x_value]
                 if cell.empty:
                     continue
                 stats = cell.groupby("step")[metric].agg(["mean", "std", "size"])
@@ -136,6 +132,7 @@ def measures_figure(labelled: pd.DataFrame, curves: pd.DataFrame):
     left.set_title("flatness at the minimum (lower = flatter)", fontsize=9)
     clean = curves[(curves["stage"] == "train") & curves["mu_linear"].notna()] if "mu_linear" in curves else curves.iloc[:0]
     clean = clean.merge(labelled[["trial_id", "phase", "epochs"]], on="trial_id")
+    clean = clean[clean["phase"].isin(phases)]
     if not clean.empty:
         clean = clean.assign(tenth=np.ceil(10 * clean["epoch"] / clean["epochs"]).clip(1, 10) / 10)
         for phase in phases:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import yaml
@@ -329,6 +329,33 @@ def _allowed_keys(loc: tuple) -> list[str]:
     models = {"search": SearchSpec, "resources": ResourcesSpec}
     model = models.get(str(loc[0]), RangeAxis if loc and loc[0] == "axes" else SweepSpec) if len(loc) > 1 else SweepSpec
     return list(model.model_fields)
+
+
+def declared_type(model: type[BaseModel], name: str) -> Any:
+    """A field's declared type; one that defaults to null also takes null (width: unset). None if no such field."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    return Optional[field.annotation] if field.default is None else field.annotation
+
+
+def trial_value_type(path: tuple) -> Any:
+    """The declared type of the trial config value at `path` (("clip_norm",)); None if open."""
+    return declared_type(TrialConfig, path[0]) if len(path) == 1 else None
+
+
+def sweep_value_type(path: tuple) -> Any:
+    """The declared type of the value at `path` in a sweep file (("base", "lr"), ("axes", "clip_norm", 0),
+    ("axes", "lr", "low"), ("resources", "gpu")), so `--set` text is read as that field; None if open."""
+    head, rest = path[0], path[1:]
+    if head == "base":
+        return trial_value_type(rest)
+    if head == "axes" and len(rest) == 2:  # a list item has the field's type; a range has its own fields
+        name, item = rest
+        return declared_type(TrialConfig, name) if isinstance(item, int) else declared_type(RangeAxis, item)
+    if head in ("search", "resources") and len(rest) == 1:
+        return declared_type(SearchSpec if head == "search" else ResourcesSpec, rest[0])
+    return declared_type(SweepSpec, head) if not rest else None
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:

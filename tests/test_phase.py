@@ -1,5 +1,6 @@
 """Phase labelling and boundary fits on generated trials with a known boundary."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.export import TRIALS_SCHEMA
-from analysis.phase import PhaseInputError, label_phases
+from analysis.export import CURVES_SCHEMA, TRIALS_SCHEMA
+from analysis.phase import PhaseInputError, check_columns, label_phases, sorted_values
 from analysis.diagram import run_phase
 from trainables.config import make_config
 
@@ -99,3 +100,97 @@ def test_perfect_separation_gives_the_grid_bracket_not_a_point():
                          for x in (0, 10, 30, 100) for s in range(3)])
     b = fit_boundary(rows, "pretrain_epochs", AxisScale.of(rows["pretrain_epochs"]), 0.0, {}, np.random.default_rng(0))
     assert 10 < b.x_critical < 30 and (b.ci_low, b.ci_high) == pytest.approx((10, 30))
+
+
+LR_CRITICAL = {0.05: 25.0, 0.1: 10.0}  # lr -> critical pretraining epochs, whatever the clipping
+
+
+def synthetic_axes(out, clip_norms=(None, 1.0), seeds=range(4), critical=lambda lr, clip: LR_CRITICAL[lr]):
+    """trials.parquet and curves.parquet of a sweep over pretrain_epochs x lr x clip_norm (null = no
+    clipping); the curves carry each epoch's `lr`, as real ones do."""
+    rng = np.random.default_rng(0)
+    trials, curves = [], []
+    for lr, clip, x, seed in itertools.product(LR_CRITICAL, clip_norms, X_VALUES, seeds):
+        config = make_config({"pretrain_epochs": x, "lr": lr, "clip_norm": clip, "seed": seed}).to_dict()
+        bad = x > 0 and rng.random() < p_bad(x, critical(lr, clip))
+        trial_id = f"{lr}-{clip}-{x}-{seed}"
+        trials.append({**config, "sweep": "axes", "trial_id": trial_id, "trial_key": trial_id, "status": "ok",
+                       "cell": "c", "test_acc": 0.64 + rng.normal(0, 0.005) - (0.12 if bad else 0.0),
+                       "train_acc": 1.0, "reached_global_min": True, "local_energy_5pct": 0.1})
+        curves += [{"sweep": "axes", "trial_id": trial_id, "stage": "train", "epoch": e, "step": e, "lr": lr * 0.9 ** e,
+                    "test_acc": 0.2 * e, "mu_linear": 0.1 * e} for e in (1, 2, 3)]
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(trials, schema=TRIALS_SCHEMA), out / "trials.parquet")
+    pq.write_table(pa.Table.from_pylist(curves, schema=CURVES_SCHEMA), out / "curves.parquet")
+    return out / "trials.parquet"
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("x, y, by", [("pretrain_epochs", "clip_norm", ["lr"]), ("pretrain_epochs", "lr", ["clip_norm"]),
+                                      ("pretrain_epochs", "lr", []), ("lr", "clip_norm", ["pretrain_epochs"])])
+def test_any_config_field_works_as_x_y_or_by_beside_per_epoch_lr(tmp_path, x, y, by):
+    trials = synthetic_axes(tmp_path / "export")
+    result = run_phase(trials, x, y, by, 0.05, tmp_path / "out", log_to_mlflow=False)
+    assert {p.name for p in result.files} == {"phase.json", "phase.png", "phase.svg", "curves.png", "measures.png"}
+    saved = strict_json(tmp_path / "out" / "phase.json")  # a null axis value is null, not NaN
+    slices = {(b["y"], *b["by"].values()) for b in saved["boundary"]}
+    assert slices == set(itertools.product(*(sorted_values(result.labelled[c]) for c in (y, *by))))
+
+
+def test_boundaries_per_lr_and_clip_norm_are_recovered(tmp_path):
+    trials = synthetic_axes(tmp_path / "export", seeds=range(8))
+    result = run_phase(trials, "pretrain_epochs", "clip_norm", ["lr"], 0.05, tmp_path / "out", log_to_mlflow=False)
+    assert len(result.phase["boundary"]) == 4
+    for b in result.phase["boundary"]:
+        critical = LR_CRITICAL[b["by"]["lr"]]
+        assert b["y"] in (None, 1.0) and b["ci_low"] - 1e-9 <= critical <= b["ci_high"] + 1e-9, b
+
+
+def test_a_null_x_is_shown_but_left_out_of_the_fit(tmp_path):
+    clips = (None, 0.5, 1.0, 2.0, 4.0)  # bad only where clipping is loose: a boundary between 1 and 2
+    trials = synthetic_axes(tmp_path / "export", clip_norms=clips,
+                            critical=lambda lr, clip: 1.0 if clip is None or clip >= 2 else 1e6)
+    result = run_phase(trials, "clip_norm", "pretrain_epochs", ["lr"], 0.05, tmp_path / "out", log_to_mlflow=False)
+    far = [b for b in result.phase["boundary"] if b["y"] == 100]
+    assert len(far) == 2
+    for b in far:
+        assert 1.0 <= b["ci_low"] <= b["x_critical"] <= b["ci_high"] <= 2.0, b
+        assert b["n_trials"] == 4 * 4  # four clip_norm values (not none) x four seeds
+    assert (tmp_path / "out" / "phase.png").stat().st_size > 0
+
+
+def test_phase_by_lr_on_the_command_line(tmp_path):
+    trials = synthetic_axes(tmp_path / "export")
+    out = minima("phase", str(trials), "--y", "clip_norm", "--by", "lr", "--out", str(tmp_path / "o"), "--no-mlflow")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "critical pretrain_epochs per clip_norm (P(bad) = 0.5, 90% bootstrap interval over seeds):"
+    assert sum(line.startswith("  clip_norm=") and ", lr=" in line for line in lines) == 4
+    assert f"wrote {tmp_path / 'o' / 'curves.png'}" in lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--x", "lr", "--y", "lr"], "lr: each axis takes one role of --x, --y and --by"),
+    (["--y", "clip_norm", "--by", "clip_norm"], "clip_norm: each axis takes one role"),
+    (["--x", "clip_norm", "--y", "lr"], "--x clip_norm: the fit needs two values other than none, and the sweep has "
+                                        "none, 1; use it as --y or --by"),
+    (["--y", "lr", "--by", "learning_rate"], "column 'learning_rate' is not in the trials file"),
+])
+def test_axes_that_cannot_take_a_role_exit_2(tmp_path, args, message):
+    trials = synthetic_axes(tmp_path / "export", seeds=range(1))
+    out = minima("phase", str(trials), *args, "--out", str(tmp_path / "o"), "--no-mlflow")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_text_x_is_refused_with_the_fix(tmp_path):
+    df = pd.read_parquet(synthetic_axes(tmp_path / "export", seeds=range(1)))
+    df["augmentation"] = ["none", "shift"] * (len(df) // 2)
+    with pytest.raises(PhaseInputError, match="--x augmentation: the boundary is fitted along a numeric axis, and "
+                                              "augmentation takes none, shift; use it as --y or --by"):
+        check_columns(df, "augmentation", "lr", [])

@@ -346,3 +346,54 @@ def test_boundary_search_runs_real_trials_in_rounds_and_exports_them(tmp_path):
                     "--y", "weight_decay", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "boundary search over 0..6 (linear); ran: 0, " in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_sweep_over_lr_and_clip_norm_runs_exports_fits_and_reports(tmp_path):
+    """lr is also a per-epoch curve column and clip_norm holds a null: both as axes, from --set values
+    typed by their fields, through run, export, phase and report."""
+    import pandas as pd
+
+    sweep = tmp_path / "axes.yaml"
+    sweep.write_text("name: axes\nbase: {width: 32, depth: 2, epochs: 3, flatness_samples: 0}\n"
+                     "axes: {pretrain_epochs: [0, 2]}\nseeds: 2\nresources: {cpu: 1, gpu: 0}\n")
+    run = minima("run", str(sweep), "--set", "axes.lr=[0.05, 0.1]", "--set", "axes.clip_norm=[none, 1.0]",
+                 "--set", "base.augmentation=none", *places(tmp_path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sweep axes: 16 trials: 16 ok" in run.stdout
+
+    export = minima("export", "axes", "--out", str(tmp_path / "export"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "export" / "trials.parquet")
+    curves = pd.read_parquet(tmp_path / "export" / "curves.parquet")
+    assert len(trials) == 16 and set(trials["status"]) == {"ok"} and set(trials["augmentation"]) == {"none"}
+    assert sorted(trials["lr"].unique()) == [0.05, 0.1] and trials["clip_norm"].isna().sum() == 8
+    assert set(trials["clip_norm"].dropna()) == {1.0}
+    assert len(curves) == int((trials["pretrain_epochs"] + trials["train_epochs"]).sum()) and curves["lr"].notna().all()
+
+    trials_path = str(tmp_path / "export" / "trials.parquet")
+    for args, header in ((["--y", "clip_norm", "--by", "lr"], "critical pretrain_epochs per clip_norm"),
+                         (["--x", "lr", "--y", "clip_norm"], "critical lr per clip_norm")):
+        out_dir = tmp_path / f"phase-{args[1]}"
+        phase = minima("phase", trials_path, *args, "--out", str(out_dir), "--no-mlflow", cwd=tmp_path)
+        assert phase.returncode == 0, phase.stderr[-3000:]
+        lines = phase.stdout.splitlines()
+        assert lines[0].startswith(header) and sum(line.startswith("  clip_norm=") for line in lines) in (2, 4)
+        saved = json.loads((out_dir / "phase.json").read_text())
+        assert saved["n_trials"] == 16 and {b["y"] for b in saved["boundary"]} == {None, 1.0}
+        assert all((out_dir / name).stat().st_size > 0 for name in ("phase.png", "curves.png", "measures.png"))
+    refused = minima("phase", trials_path, "--x", "clip_norm", "--y", "lr", "--out", str(tmp_path / "p"), cwd=tmp_path)
+    assert refused.returncode == 2 and "--x clip_norm: the fit needs two values other than none" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    report = minima("report", "axes", "--out", str(tmp_path / "report"), "--storage", str(tmp_path / "results"),
+                    cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert report.stdout.startswith("critical pretrain_epochs per lr")  # y: the first other axis, by: the rest
+    assert sum(line.startswith("  lr=") and "clip_norm=" in line for line in report.stdout.splitlines()) == 4
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h1>Sweep <code>axes</code></h1>" in page and "16 trials (16 ok)" in page
+    assert page.count("data:image/png;base64,") == 3  # phase diagram, measures, learning curves
+    client, parents, _ = mlflow_runs(tmp_path, "axes")
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "phase")}
+    assert {"phase/phase.json", "phase/curves.png", "phase/phase.png"} <= artifacts

@@ -2,8 +2,9 @@
 server down for ~20 s and a SIGKILLed driver, and loses, duplicates and mis-resumes nothing.
 
 Evidence, with real processes on 127.0.0.1: a Ray cluster of a head (no CPUs) and two worker
-nodes (`ray.cluster_utils.Cluster`, each node its own raylet and processes), a real
-`mlflow server` (SQLite) as the tracking URI, the sweep's storage on a path every node shares.
+nodes (`ray.cluster_utils.Cluster`, each node its own raylet and processes) with token
+authentication, a real `mlflow server --app-name basic-auth` (SQLite) as the tracking URI that
+the driver logs to with the admin's credentials, the sweep's storage on a path every node shares.
 One chaos run: start the sweep; once a trial has checkpointed, SIGKILL a worker node (a spare
 joins, as an autoscaler would add one) and stop the MLflow server; restart it 20 s later;
 SIGKILL the driver at its next checkpoint; `minima resume` the sweep; then count, against
@@ -23,6 +24,7 @@ the same trials run uninterrupted in this process:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,7 +38,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "name": "chaos",
@@ -67,24 +68,49 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5) -> No
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a SQLite store, as on the cluster head."""
+    """`mlflow server` on 127.0.0.1 with a SQLite store and, as on the cluster head, accounts
+    (--app-name basic-auth, secrets made by `minima head-secrets`'s code); `client_env` holds the
+    admin's credentials the sweep driver logs with."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, accounts: bool = True):
+        from sweeps.mlflow_auth import HeadSecrets, provision, read_env_file
+
         self.db = root / "mlflow-server.db"
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = root / "mlflow-server.log"
         self.proc: subprocess.Popen | None = None
+        self.server_env: dict[str, str] = {}
+        self.client_env: dict[str, str] = {}
+        if accounts:
+            secrets = HeadSecrets(root / "secrets")
+            provision(secrets)
+            self.server_env, self.client_env = read_env_file(secrets.server_env), read_env_file(secrets.client_env)
 
     def start(self, timeout_s: float = 120) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, **self.server_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         mlflow = str(Path(sys.executable).parent / "mlflow")
+        accounts = ["--app-name", "basic-auth"] if self.server_env else []
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.db}", "--host", "127.0.0.1",
+                [mlflow, "server", *accounts, "--backend-store-uri", f"sqlite:///{self.db}", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_for(self.healthy, timeout_s, "the MLflow server to answer /health")
+
+    @contextlib.contextmanager
+    def credentials(self):
+        """This process's MLflow clients log in as the admin while inside."""
+        saved = {k: os.environ.get(k) for k in self.client_env}
+        os.environ.update(self.client_env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def healthy(self) -> bool:
         try:
@@ -100,10 +126,16 @@ class MlflowServer:
 
 
 class LocalCluster:
-    """A Ray head without CPUs and single-CPU worker nodes, each a separate raylet."""
+    """A Ray head without CPUs and single-CPU worker nodes, each a separate raylet, with token
+    authentication as on the cluster (this user's ~/.ray/auth_token)."""
 
     def __init__(self, workers: int = 2):
         from ray.cluster_utils import Cluster
+
+        from sweeps.ray_auth import AUTH_MODE_ENV, make_private_token
+
+        make_private_token()
+        os.environ[AUTH_MODE_ENV] = "token"  # nodes and the driver started from here inherit it
 
         self.cluster = Cluster(initialize_head=True, connect=False,
                                head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -177,7 +209,7 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
     mark("mlflow server up")
     cluster = LocalCluster(cluster_workers)
     mark(f"ray cluster up: head + {cluster_workers} workers at {cluster.address}")
-    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    env = {**os.environ, **server.client_env, "RAY_ADDRESS": cluster.address}
     driver_log = open(root / "driver.log", "w")
     try:
         driver = subprocess.Popen(minima_cmd("run", str(sweep_file)), cwd=root, env=env, stdout=driver_log,
@@ -212,7 +244,8 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
     finally:
         driver_log.close()
         cluster.shutdown()
-    counts = audit(spec, root, server.uri)
+    with server.credentials():
+        counts = audit(spec, root, server.uri)
     server.stop()
     return {"timeline": events, **counts}
 

@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from gpu_pack_throughput import GpuSampler, stage_cifar_shaped  # noqa: E402
 from phase_sweep_cost import accuracies, tracking_uri  # noqa: E402

@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 from analysis.export import export_sweep  # noqa: E402
 from sweeps.plan import largest_pack, ray_trials  # noqa: E402
 from sweeps.runner import experiment_path, init_ray, planned, run_sweep  # noqa: E402

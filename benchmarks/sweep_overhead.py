@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 from sweeps.runner import init_ray, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 

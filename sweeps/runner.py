@@ -80,9 +80,18 @@ def _on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
+LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, node address 127.0.0.1
+
+
 def init_ray(runtime_env: dict | None = None) -> None:
     """Local Ray with this machine's CPUs (dashboard off), or the cluster at RAY_ADDRESS;
-    `runtime_env` adds to what every worker gets (a benchmark's data-staging hook)."""
+    `runtime_env` adds to what every worker gets (a benchmark's data-staging hook).
+
+    Ray's token authentication stays as Ray sets it: on for local Ray (a private token in
+    ~/.ray/auth_token), on a cluster whatever its nodes were started with; a RAY_AUTH_MODE the
+    user set is theirs. Local Ray's ports listen on every interface, so the token is what keeps
+    other machines out.
+    """
     import ray
 
     if ray.is_initialized():
@@ -91,17 +100,31 @@ def init_ray(runtime_env: dict | None = None) -> None:
     # short trials Ray warns about it every few seconds (0 turns the warning off). A snapshot of
     # a sweep's state takes milliseconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    env = {"MINIMA_GIT_COMMIT": git_commit() or "", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env = {"MINIMA_GIT_COMMIT": git_commit() or ""}
     for name in ("MINIMA_DATA_DIR", "MINIMA_NO_DOWNLOAD"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     runtime_env = {**(runtime_env or {}), "env_vars": env}
     if _on_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        return
+    from .ray_auth import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, make_private_token
+
+    if os.environ.get(AUTH_MODE_ENV, "token") == "token" and not (
+            os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_PATH_ENV)):
+        make_private_token()  # before Ray would write one readable by every local user
+    # Ray resolves a 127.0.0.1 node address to the machine's network address unless it runs in
+    # its single-machine mode; a local sweep never has other nodes.
+    # Set only while Ray starts its processes, which keep it; later `ray start`s from this
+    # process (tests, benchmarks) stay cluster-capable.
+    mine = LOOPBACK_NODE_ENV not in os.environ
+    os.environ.setdefault(LOOPBACK_NODE_ENV, "0")
+    try:
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
+    finally:
+        if mine:
+            os.environ.pop(LOOPBACK_NODE_ENV, None)
 
 
 def check_resources(spec: SweepSpec, have: dict[str, float], on_cluster: bool) -> str | None:
@@ -138,12 +161,19 @@ def local_resources() -> dict[str, float]:
     return have
 
 
-def preflight(spec: SweepSpec, source: str = "sweep") -> None:
-    """Checks that need no Ray: storage, and resources when the sweep runs on local Ray."""
+def preflight(spec: SweepSpec, source: str = "sweep", tracking: bool = True) -> None:
+    """Checks that need no Ray: storage, resources when the sweep runs on local Ray, and that a
+    tracking server with accounts takes this client's credentials."""
     try:
         check_storage_writable(spec.storage)
         if not _on_cluster():
             check_resources(spec, local_resources(), on_cluster=False)
+        if tracking:
+            from .mlflow_auth import access_problem
+
+            problem = access_problem(spec.tracking_uri)
+            if problem:
+                raise SweepError(f"tracking_uri: {problem}")
     except SweepError as err:
         raise SweepError(f"{source}: {err}") from None
 
@@ -397,7 +427,7 @@ def has_results(spec: SweepSpec) -> bool:
 
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
     """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
-    preflight(spec, source)
+    preflight(spec, source, tracking=log_to_mlflow)
     if has_results(spec):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
                          f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
@@ -429,7 +459,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     path = experiment_path(spec)
     if not tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem(spec.storage)):
         raise SweepError(f"sweep {name!r} at {path} has no Ray experiment state to resume from")
-    preflight(spec, name)
+    preflight(spec, name, tracking=_logs_to_mlflow(spec))
     init_ray()
     notice = _cluster_notice(spec)
     if notice:

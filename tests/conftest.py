@@ -5,7 +5,6 @@ import pytest
 
 # Tests generate mnist1d into their own cache unless one is given (CI: a fresh folder per run).
 os.environ.setdefault("MINIMA_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".test-data"))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture

@@ -1,0 +1,114 @@
+"""Ray's token authentication, as this project uses it: where a token is found, and a private one made.
+
+Ray authenticates every RPC and HTTP request with one shared token when `RAY_AUTH_MODE=token`
+(local `ray.init()` turns it on by default). Ray reads the token from, in order, `RAY_AUTH_TOKEN`,
+the file at `RAY_AUTH_TOKEN_PATH`, then `~/.ray/auth_token`; this module follows the same order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+TOKEN_MARK = "minima-ray-token:"  # brackets the token in `ray exec` output, which also carries Ray's own lines
+
+FETCH_HINT = ("Fetch the cluster's token once with `minima fetch-token cluster.yaml` (it saves it readable by you "
+              "only and prints the `export RAY_AUTH_TOKEN_PATH=...` line to use), or pass --cluster-config cluster.yaml")
+
+
+class TokenError(RuntimeError):
+    """No usable token where one was asked for."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    source: str  # where it came from, for messages: never the value itself
+
+
+def default_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def make_private_token(path: Path | None = None) -> Path:
+    """Write a new 256-bit token readable by this user only, unless one is there; tighten the
+    permissions of one that is (Ray's own writer leaves it readable by everyone)."""
+    path = path or default_token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # the shape of Ray's own tokens
+    return path
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        value = path.expanduser().read_text().strip()
+    except OSError as err:
+        raise TokenError(f"{what}: cannot read {path} ({err.strerror})") from None
+    if not value:
+        raise TokenError(f"{what}: {path} is empty")
+    return value
+
+
+def token_from_cluster(cluster_config: str) -> Token:
+    """The head's token, read over SSH with `ray exec` (the cluster launcher's own login)."""
+    cmd = ["ray", "exec", cluster_config, f"echo {TOKEN_MARK}$(ray get-auth-token 2>/dev/null)"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise TokenError(f"--cluster-config: `ray exec {cluster_config}` failed ({err})") from None
+    value = parse_marked_token(out.stdout)
+    if out.returncode != 0 or not value:
+        raise TokenError(f"--cluster-config: could not read the token from the head of {cluster_config} "
+                         f"(ray exec exited {out.returncode}: {out.stderr.strip()[-300:]})")
+    return Token(value, f"the head of {cluster_config}")
+
+
+def parse_marked_token(text: str) -> str | None:
+    found = re.findall(re.escape(TOKEN_MARK) + r"(\S+)", text)
+    return found[-1] if found else None
+
+
+def find_token(cluster_config: str | None = None) -> Token | None:
+    """The token a client should send, in Ray's order; an explicit cluster config comes before the
+    default file, which holds this machine's own local token."""
+    if os.environ.get(TOKEN_ENV):
+        return Token(os.environ[TOKEN_ENV].strip(), TOKEN_ENV)
+    if os.environ.get(TOKEN_PATH_ENV):
+        path = Path(os.environ[TOKEN_PATH_ENV])
+        return Token(_read(path, TOKEN_PATH_ENV), f"{TOKEN_PATH_ENV} ({path})")
+    if cluster_config:
+        return token_from_cluster(cluster_config)
+    path = default_token_path()
+    if path.exists():
+        return Token(_read(path, str(path)), str(path))
+    return None
+
+
+def save_private(token: Token, path: Path) -> Path:
+    """Keep a fetched token in a file only this user can read."""
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token.value)
+    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that was already there
+    return path
+
+
+def bearer_headers(token: Token | None) -> dict[str, str]:
+    """What Ray's HTTP APIs (the Jobs API) read the token from."""
+    return {"Authorization": f"Bearer {token.value}"} if token else {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -266,22 +267,90 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
                              f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
                              f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")
+    from .ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token
+
+    try:
+        token = find_token(args.cluster_config)
+    except TokenError as err:
+        raise SweepError(str(err)) from None
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     sets = "".join(f" --set {shlex.quote(s)}" for s in args.set)
     name = f" --name {shlex.quote(args.name)}" if args.name else ""
     entrypoint = f"minima run {shlex.quote(str(sweep_file.relative_to(workdir)))}{sets}{name}"
-    client = JobSubmissionClient(args.address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(workdir), "excludes": [".venv", ".git", "minima_results", "mlruns",
-                                                              "mlflow.db", "data", ".test-data", "*.pt"]},
-        metadata={"sweep": spec.name},
-    )
+    try:
+        client = JobSubmissionClient(args.address, headers=bearer_headers(token))
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": str(workdir), "excludes": [".venv", ".git", "minima_results", "mlruns",
+                                                                  "mlflow.db", "data", ".test-data", "*.pt"]},
+            metadata={"sweep": spec.name},
+        )
+    except AuthenticationError:
+        sent = f"the token from {token.source}" if token else "no token (none found)"
+        raise SweepError(f"the Ray cluster at {args.address} refused the job: it needs the cluster's Ray token and "
+                         f"got {sent}. {FETCH_HINT}.") from None
+    except ConnectionError as err:
+        raise SweepError(f"--address {args.address}: {err} (is `ray dashboard cluster.yaml` forwarding it?)") from None
     print(job_id)
     print(f"follow it:  ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
     print(f"status:     ray job status --address {args.address} {job_id}", file=sys.stderr)
     print(f"MLflow:     {spec.tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .ray_auth import TokenError, save_private, token_from_cluster
+    from .spec import SweepError
+
+    try:
+        cluster = yaml.safe_load(Path(args.cluster_config).read_text()).get("cluster_name", "cluster")
+        out = save_private(token_from_cluster(args.cluster_config), Path(args.out or f"~/.ray/{cluster}.token"))
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise SweepError(f"{args.cluster_config}: cannot read it as a cluster config ({err})") from None
+    except TokenError as err:
+        raise SweepError(str(err)) from None
+    print(f"saved the Ray token of {cluster} to {out} (readable by you only); use it with:", file=sys.stderr)
+    print(f"export RAY_AUTH_TOKEN_PATH={shlex.quote(str(out))}")
+    return 0
+
+
+def cmd_head_secrets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .mlflow_auth import HeadSecrets, default_secrets, provision
+    from .ray_auth import make_private_token
+
+    token = make_private_token(Path(args.ray_token).expanduser() if args.ray_token else None)
+    where = HeadSecrets(Path(args.dir).expanduser()) if args.dir else default_secrets()
+    made = provision(where)
+    print(f"Ray token: {token} (0600)")
+    print(f"MLflow: {'made ' + ', '.join(p.name for p in made) if made else 'kept the existing secrets'} "
+          f"in {where.root} (0700)")
+    return 0
+
+
+def cmd_mlflow_user(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from .mlflow_auth import PASSWORD_ENV, USERNAME_ENV, create_read_account
+    from .spec import SweepError
+
+    if not os.environ.get(USERNAME_ENV):
+        raise SweepError(f"{USERNAME_ENV}/{PASSWORD_ENV}: the admin's credentials are needed to make an account "
+                         f"(on the head: `. ~/.minima/mlflow-client.env` first)")
+    try:
+        password = create_read_account(args.tracking_uri, args.username)
+    except MlflowException as err:
+        raise SweepError(f"{args.username}: the server at {args.tracking_uri} refused ({err.message})") from None
+    print(f"account {args.username!r} can read every sweep at {args.tracking_uri} and write none; its password "
+          f"(shown once):", file=sys.stderr)
+    print(password)
     return 0
 
 
@@ -359,12 +428,36 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     uri = args.tracking_uri
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                            "--host", args.host, "--port", str(args.port)])
+    # The UI only: MLflow's job-execution workers would be children it could leave behind.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port)], env=env, start_new_session=True)
+
+    def stop(signum, _frame):  # the server's whole process group: gunicorn/uvicorn and their workers
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    try:
+        return server.wait()
+    except (KeyboardInterrupt, SystemExit) as why:
+        code = why.code if isinstance(why, SystemExit) else 130
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(server.pid, signal.SIGKILL)
+        return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,7 +496,26 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_file_args(submit)
     submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
     submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
+    submit.add_argument("--cluster-config", help="read the cluster's Ray token from its head (`ray exec`) when "
+                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. cluster.yaml")
     submit.set_defaults(func=cmd_submit)
+
+    fetch = sub.add_parser("fetch-token", help="save a cluster's Ray token from its head, readable by you only")
+    fetch.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
+    fetch.add_argument("--out", help="where to save it (default: ~/.ray/CLUSTER_NAME.token)")
+    fetch.set_defaults(func=cmd_fetch_token)
+
+    head = sub.add_parser("head-secrets", help="on a cluster head: make the Ray token and the MLflow admin "
+                          "password and secret key once (files readable by this user only)")
+    head.add_argument("--dir", help="folder for the MLflow secrets (default: ~/.minima)")
+    head.add_argument("--ray-token", help="the Ray token file (default: ~/.ray/auth_token)")
+    head.set_defaults(func=cmd_head_secrets)
+
+    account = sub.add_parser("mlflow-user", help="make a read-only account on an MLflow server with accounts "
+                             "(run with the admin's MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    account.add_argument("username")
+    account.add_argument("--tracking-uri", required=True, help="the server, e.g. http://HEAD_PRIVATE_IP:5000")
+    account.set_defaults(func=cmd_mlflow_user)
 
     def stored_sweep_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", help="the sweep's name")

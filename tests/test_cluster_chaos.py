@@ -1,6 +1,7 @@
 """Reliability with real processes on 127.0.0.1: a multi-node Ray cluster losing a node, an
 MLflow server going down and coming back (or never), a driver killed mid-sweep."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,11 +55,12 @@ def test_a_tracking_server_that_never_returns_loses_nothing_and_says_how_to_repl
     try:
         sync = subprocess.run([sys.executable, "-m", "sweeps.cli", "sync-mlflow", "smoke", "--storage", str(storage),
                                "--tracking-uri", server.uri], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
+                              cwd=tmp_path, env={**os.environ, **server.client_env})
         assert sync.returncode == 0 and "8 finished" in sync.stdout, sync.stderr[-3000:]
         from sweeps.mlflow_audit import audit_mlflow
 
-        audit = audit_mlflow(str(storage / "smoke"), server.uri, "smoke")
+        with server.credentials():
+            audit = audit_mlflow(str(storage / "smoke"), server.uri, "smoke")
         assert audit.complete and audit.trials == 8
     finally:
         server.stop()

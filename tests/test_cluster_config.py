@@ -153,6 +153,41 @@ def exposed_service_problems(config: dict) -> list[str]:
     return problems
 
 
+def token_auth_problems(config: dict) -> list[str]:
+    """Every `ray start` runs with token authentication, the token is made on the head before
+    Ray starts there and reaches each worker before its `ray start`, and no secret is in the file."""
+    problems = []
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    if len(starts) != 2:
+        problems.append(f"expected one `ray start` on the head and one on workers, got {starts}")
+    for cmd in starts:
+        before = cmd[:cmd.index("ray start")]
+        if not re.search(r"(^|[\s;])RAY_AUTH_MODE=token\s+$", before):
+            problems.append(f"`ray start` without RAY_AUTH_MODE=token right before it: {cmd}")
+    if "~/.ray/auth_token" not in (config.get("cluster_synced_files") or []):
+        problems.append("the head's ~/.ray/auth_token is not in cluster_synced_files (workers would start without it)")
+    if not any("minima head-secrets" in c for c in config.get("head_setup_commands") or []):
+        problems.append("no `minima head-secrets` in head_setup_commands: nothing makes the token on the head")
+    text = yaml.safe_dump(config)
+    if re.search(r"\b[0-9a-f]{32,}\b", text) or "password1234" in text or "RAY_AUTH_MODE=disabled" in text:
+        problems.append("a token, a password or RAY_AUTH_MODE=disabled is written in the file")
+    return problems
+
+
+def mlflow_account_problems(config: dict) -> list[str]:
+    problems = []
+    servers = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    for cmd in servers:
+        if "--app-name basic-auth" not in cmd:
+            problems.append(f"mlflow server without accounts (--app-name basic-auth): {cmd}")
+        if ". ~/.minima/mlflow-server.env" not in cmd[:cmd.index("mlflow server")]:
+            problems.append("mlflow server starts without its secrets (. ~/.minima/mlflow-server.env)")
+    head = next((c for c in config["head_start_ray_commands"] if "ray start --head" in c), "")
+    if ". ~/.minima/mlflow-client.env" not in head[:head.index("ray start")] if head else True:
+        problems.append("the head's `ray start` lacks the MLflow client credentials the sweep driver logs with")
+    return problems
+
+
 # --- 1. Ray's own validation ---------------------------------------------------------------------
 
 def test_ray_prepares_and_validates_the_config_offline(config):
@@ -163,7 +198,8 @@ def test_ray_prepares_and_validates_the_config_offline(config):
     assert prepared["auth"]["ssh_user"] == "ubuntu"
     assert prepared["head_node_type"] in prepared["available_node_types"]
     # our explicit blocks win over Ray's AWS defaults.yaml (which would pip-install a Ray nightly)
-    assert prepared["head_setup_commands"] == prepared["worker_setup_commands"] == config["setup_commands"]
+    assert prepared["worker_setup_commands"] == config["setup_commands"]
+    assert prepared["head_setup_commands"] == config["setup_commands"] + config["head_setup_commands"]
     assert not any("ray-wheels" in c or "nightly" in c for c in prepared["head_setup_commands"])
 
 
@@ -265,6 +301,33 @@ def test_dashboard_on_localhost_and_mlflow_on_the_private_ip(raw):
     assert mlflow.rstrip().endswith("echo $! > ~/mlflow-server.pid") and "nohup" in mlflow
 
 
+def test_every_ray_start_runs_with_a_token_made_on_the_head_and_synced_to_workers(raw):
+    assert token_auth_problems(raw) == []
+
+
+def test_mlflow_runs_with_accounts_and_the_sweep_driver_has_credentials(raw):
+    assert mlflow_account_problems(raw) == []
+    extras = re.search(r"^cluster = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert "mlflow[auth]" in extras  # the basic-auth app needs Flask-WTF
+
+
+def test_head_secrets_writes_the_token_where_cluster_yaml_syncs_it_from(raw, tmp_path, monkeypatch):
+    """The command head_setup_commands runs, with the head's home in a temp dir."""
+    import stat
+
+    from sweeps.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for _ in range(2):  # a second `ray up` keeps the secrets
+        assert main(["head-secrets"]) == 0
+    token = Path(raw["cluster_synced_files"][0].replace("~", str(tmp_path), 1))
+    assert len(token.read_text()) == 64 and stat.S_IMODE(token.stat().st_mode) == 0o600
+    for name in ("mlflow-server.env", "mlflow-client.env"):
+        assert (tmp_path / ".minima" / name).exists(), name
+        assert f". ~/.minima/{name}" in " ".join(raw["head_start_ray_commands"])
+    assert stat.S_IMODE((tmp_path / ".minima").stat().st_mode) == 0o700
+
+
 # --- 4. the checks can fail ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad_rule, port", [
@@ -327,3 +390,24 @@ def test_ray_validator_rejects_more_min_workers_than_the_global_cap(config):
     config["available_node_types"]["gpu-a10g-spot"]["min_workers"] = config["max_workers"] + 1
     with pytest.raises(ValueError, match="max_workers"):
         prepared_and_validated(config)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["worker_start_ray_commands"].__setitem__(1, "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379"),
+    lambda c: c["head_start_ray_commands"].__setitem__(
+        1, c["head_start_ray_commands"][1].replace("RAY_AUTH_MODE=token", "RAY_AUTH_MODE=disabled")),
+    lambda c: c.__setitem__("cluster_synced_files", []),
+    lambda c: c.__setitem__("head_setup_commands", []),
+    lambda c: c["worker_start_ray_commands"].__setitem__(
+        1, "RAY_AUTH_TOKEN=" + "ab" * 32 + " RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379"),
+])
+def test_token_checker_flags_a_door_left_open(config, mutate):
+    mutate(config)
+    assert token_auth_problems(config)
+
+
+def test_mlflow_checker_flags_a_server_without_accounts(config):
+    cmds = config["head_start_ray_commands"]
+    i = next(i for i, c in enumerate(cmds) if "mlflow server" in c)
+    cmds[i] = cmds[i].replace(" --app-name basic-auth", "")
+    assert mlflow_account_problems(config)

@@ -1,0 +1,87 @@
+"""Where the Ray token is found and how the secrets files are made (no processes; see
+test_locked_doors.py for the real Ray and MLflow servers)."""
+
+import stat
+
+import pytest
+
+from sweeps.mlflow_auth import HeadSecrets, provision, read_env_file
+from sweeps.ray_auth import TokenError, find_token, make_private_token, parse_marked_token, save_private
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_private_token_is_made_once_and_a_readable_one_is_tightened(home):
+    path = make_private_token()
+    first = path.read_text()
+    assert path == home / ".ray" / "auth_token" and len(first) == 64 and mode(path) == 0o600
+    assert make_private_token().read_text() == first  # kept
+    path.chmod(0o644)  # as Ray's own writer leaves it
+    make_private_token()
+    assert mode(path) == 0o600 and path.read_text() == first
+
+
+def test_the_token_is_found_in_rays_order(home, monkeypatch):
+    assert find_token() is None
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("default\n")
+    assert (find_token().value, find_token().source) == ("default", str(home / ".ray" / "auth_token"))
+    (home / "cluster.token").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "cluster.token"))
+    assert find_token().value == "from-path" and "cluster.token" in find_token().source
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert find_token().value == "from-env" and find_token().source == "RAY_AUTH_TOKEN"
+
+
+def test_an_empty_or_missing_token_file_is_an_error_naming_it(home, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "nope"))
+    with pytest.raises(TokenError, match="RAY_AUTH_TOKEN_PATH: cannot read .*nope"):
+        find_token()
+    (home / "empty").write_text("\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "empty"))
+    with pytest.raises(TokenError, match="is empty"):
+        find_token()
+
+
+def test_the_token_is_read_from_ray_exec_output_among_rays_own_lines():
+    out = "Loaded cached provider configuration\nFetched IP: 10.0.0.1\nminima-ray-token:abc123\nShared connection closed.\n"
+    assert parse_marked_token(out) == "abc123"
+    assert parse_marked_token("Fetched IP: 10.0.0.1\nminima-ray-token:\n") is None  # the head had no token
+    assert parse_marked_token("error: no cluster\n") is None
+
+
+def test_a_fetched_token_is_saved_readable_by_its_owner_only(home):
+    from sweeps.ray_auth import Token
+
+    target = home / "keys" / "c.token"
+    target.parent.mkdir()
+    target.write_text("old")
+    target.chmod(0o644)
+    save_private(Token("new", "test"), target)
+    assert target.read_text() == "new" and mode(target) == 0o600
+
+
+def test_head_secrets_are_private_random_and_kept(tmp_path):
+    where = HeadSecrets(tmp_path / "secrets")
+    made = provision(where)
+    assert set(made) == {where.auth_config, where.server_env, where.client_env}
+    assert mode(where.root) == 0o700 and all(mode(p) == 0o600 for p in made)
+    client, server = read_env_file(where.client_env), read_env_file(where.server_env)
+    assert client["MLFLOW_TRACKING_USERNAME"] == "admin" and len(client["MLFLOW_TRACKING_PASSWORD"]) >= 32
+    assert client["MLFLOW_TRACKING_PASSWORD"] != "password1234"
+    assert f"admin_password = {client['MLFLOW_TRACKING_PASSWORD']}" in where.auth_config.read_text()
+    assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(where.auth_config) and len(server["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == 64
+    assert provision(where) == [] and read_env_file(where.client_env) == client  # a second start keeps them
+    other = HeadSecrets(tmp_path / "other")
+    provision(other)
+    assert read_env_file(other.client_env) != client  # made anew for each head, never a fixed value

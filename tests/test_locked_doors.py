@@ -1,0 +1,269 @@
+"""Ray token authentication and MLflow accounts, with real processes on 127.0.0.1: a local sweep
+and a `ray start --head` refuse clients without the token; an MLflow server with accounts refuses
+anonymous writes, takes the sweep's credentials and gives read accounts nothing to write."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.chaos import MlflowServer, free_port, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SMOKE = str(REPO / "sweeps" / "smoke.yaml")
+BIN = Path(sys.executable).parent
+
+# A client of the cluster at argv[1]: runs one task and prints where it ran.
+PROBE = """
+import sys, ray
+ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False)
+print("RAN", ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote(), timeout=60), flush=True)
+"""
+
+
+def probe(address: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True, timeout=180,
+                          env=env)
+
+
+def without_ray_auth(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return {**env, **(extra or {})}
+
+
+def session_gcs_port(driver_pid: int) -> int | None:
+    """The GCS port of the local Ray that the process `driver_pid` started (Ray names the session
+    folder after its driver's pid and writes the port beside it)."""
+    for session in glob.glob(f"/tmp/ray/session_*_{driver_pid}"):
+        ports = glob.glob(f"{session}/gcs_server_port_*")
+        if ports and Path(ports[0]).read_text().strip():
+            return int(Path(ports[0]).read_text().strip())
+    return None
+
+
+def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_nothing(tmp_path):
+    env = without_ray_auth()  # Ray's default for a local cluster: token authentication
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", SMOKE, "--set", f"storage={tmp_path / 'r'}",
+                               "--set", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", "base.epochs=60",
+                               "--set", "base.stop_at_train_acc=null"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: session_gcs_port(driver.pid) is not None or driver.poll() is not None, 120,
+                 "the sweep's local Ray")
+        port = session_gcs_port(driver.pid)
+        assert port, driver.communicate()[1][-3000:]
+        # Ray's ports listen on every interface: a client on the network reaches this one too.
+        address = f"127.0.0.1:{port}"
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        clients = {"no token": without_ray_auth({"RAY_AUTH_MODE": "disabled"}),
+                   "a wrong token": without_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}),
+                   "the token": without_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})}
+        with ThreadPoolExecutor(len(clients)) as pool:
+            tried = dict(zip(clients, pool.map(lambda e: probe(address, e), clients.values())))
+        assert driver.poll() is None, "the sweep ended before every client had tried: probes prove nothing"
+    finally:
+        out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0 and "8 trials: 8 ok" in out, err[-3000:]
+    for who in ("no token", "a wrong token"):
+        assert tried[who].returncode != 0 and "RAN" not in tried[who].stdout, (who, tried[who].stdout)
+        assert "Failed to connect" in tried[who].stderr or "uthenticat" in tried[who].stderr, tried[who].stderr[-2000:]
+    # the same client with the token runs a task, on a node whose address is loopback
+    assert tried["the token"].returncode == 0 and "RAN 127.0.0.1" in tried["the token"].stdout, \
+        tried["the token"].stderr[-2000:]
+    assert os.stat(Path.home() / ".ray" / "auth_token").st_mode & 0o077 == 0  # the token is this user's only
+
+
+@pytest.fixture(scope="module")
+def accounts_server(tmp_path_factory):
+    """`mlflow server --app-name basic-auth` with secrets made as on a cluster head."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-accounts"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_nothing(accounts_server, tmp_path):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = accounts_server.uri
+    created = requests.post(f"{uri}/api/2.0/mlflow/experiments/create", json={"name": "anonymous"}, timeout=30)
+    assert created.status_code in (401, 403), created.text
+    wrong = requests.post(f"{uri}/api/2.0/mlflow/experiments/create", json={"name": "anonymous"}, timeout=30,
+                          auth=("admin", "password1234"))  # MLflow's old default admin password
+    assert wrong.status_code in (401, 403), wrong.text
+
+    # a sweep without credentials is refused before Ray starts, naming the fix
+    places = ["--set", f"storage={tmp_path / 'r'}", "--set", f"tracking_uri={uri}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", SMOKE, *places], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "r" / "smoke").exists()
+
+    with accounts_server.credentials():
+        admin = MlflowClient(uri)
+        exp = admin.create_experiment("admins-sweep")
+        run = admin.create_run(exp)
+        account = subprocess.run([sys.executable, "-m", "sweeps.cli", "mlflow-user", "reader", "--tracking-uri", uri],
+                                 capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert account.returncode == 0, account.stderr[-2000:]
+    password = account.stdout.strip().splitlines()[-1]
+    reader_env = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": password}
+    saved = {k: os.environ.get(k) for k in reader_env}
+    os.environ.update(reader_env)
+    try:
+        reader = MlflowClient(uri)
+        assert reader.get_run(run.info.run_id).info.experiment_id == exp  # reads
+        with pytest.raises(MlflowException) as denied:
+            reader.log_metric(run.info.run_id, "test_acc", 0.5)
+        assert denied.value.get_http_status_code() == 403
+        with pytest.raises(MlflowException):
+            reader.delete_run(run.info.run_id)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with accounts_server.credentials():
+        assert MlflowClient(uri).get_run(run.info.run_id).info.lifecycle_stage == "active"
+
+
+def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_credentials(accounts_server, tmp_path):
+    """A real Ray head with token auth and the Jobs API on 127.0.0.1, started as cluster.yaml starts
+    it (the MLflow client credentials in its environment); `minima submit` must run the sweep there."""
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from sweeps.ray_auth import make_private_token
+
+    token_file = make_private_token(tmp_path / "cluster.token")  # the head's own token, not this user's default
+    token = token_file.read_text()
+    head_env = {**without_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}),
+                **accounts_server.client_env, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    port, dashboard = free_port(), free_port()
+    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+                            "--disable-usage-stats"], env=head_env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    address = f"http://127.0.0.1:{dashboard}"
+    user_env = {k: v for k, v in without_ray_auth().items() if not k.startswith("MLFLOW_TRACKING_")}
+    places = ["--set", f"storage={tmp_path / 'results'}", "--set", f"tracking_uri={accounts_server.uri}"]
+
+    def submit(env, *extra):
+        return subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
+                               "--working-dir", str(REPO), *places, "--set", "base.epochs=2", *extra],
+                              capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+
+    try:
+        relative = subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
+                                   "--working-dir", str(REPO)], capture_output=True, text=True, timeout=120,
+                                  env=user_env, cwd=tmp_path)
+        assert relative.returncode == 2 and "storage: 'minima_results' is relative" in relative.stderr
+
+        # no token: this user's own default token file is not the cluster's
+        for env in ({**user_env, "HOME": str(tmp_path)}, user_env,
+                    {**user_env, "RAY_AUTH_TOKEN": "f" * 64}):
+            refused = submit(env)
+            assert refused.returncode == 2 and "refused the job" in refused.stderr, refused.stderr[-2000:]
+            assert "minima fetch-token cluster.yaml" in refused.stderr and "Traceback" not in refused.stderr
+            assert token not in refused.stderr + refused.stdout
+        anonymous = requests.get(f"{address}/api/jobs/", timeout=30)
+        assert anonymous.status_code == 401
+        with pytest.raises(Exception, match="(?i)auth"):
+            JobSubmissionClient(address).submit_job(entrypoint="echo pwned")
+
+        out = submit({**user_env, "RAY_AUTH_TOKEN_PATH": str(token_file)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        job_id = out.stdout.strip().splitlines()[-1]
+        client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+        wait_for(lambda: client.get_job_status(job_id) in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED),
+                 400, "the submitted job to end")
+        logs = client.get_job_logs(job_id)
+        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-3000:]
+        assert "8 ok" in logs and "not fully logged" not in logs, logs[-3000:]
+        assert len(client.list_jobs()) == 1  # the refused submissions left no job behind
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=head_env, capture_output=True, timeout=120)
+    with accounts_server.credentials():
+        mlflow_client = MlflowClient(accounts_server.uri)
+        runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("smoke").experiment_id])
+    children = [r for r in runs if r.data.tags.get("minima.role") != "parent"]
+    assert len(runs) == 9 and len(children) == 8 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def ui_processes(port: int) -> list[int]:
+    """Pids of processes whose command line names this port (the UI server and its workers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if f"127.0.0.1:{port}" in cmdline or f"--port {port}" in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_minima_ui_starts_only_the_ui_and_stops_with_its_children(tmp_path, stop):
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                           "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, 120, "minima ui to answer")
+        time.sleep(2)  # anything it starts after the first answer
+        family = descendants(ui.pid)
+        commands = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in family if alive(p)]
+        assert family and not [c for c in commands if "huey" in c or "job" in c.lower()], commands
+        ui.send_signal(stop)
+        ui.wait(timeout=30)
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+        output = ui.stdout.read().decode(errors="replace")
+    wait_for(lambda: not [p for p in family if alive(p)], 30, "the UI's processes to exit")
+    assert not [p for p in ui_processes(port) if alive(p)], output[-2000:]
+    assert "Traceback" not in output, output[-2000:]

@@ -30,8 +30,8 @@ from .stacked import StackedModel
 from .models import MLP
 from .pretraining import can_pack_pretraining
 from .seeding import generator
-from .trial import (Stage, TrialResult, _summary, init_model, linear_mu, mu_due, plan_stages, resolve_device,
-                    run_trial)
+from .metrics import mu_due
+from .trial import Stage, TrialResult, _summary, init_model, linear_mu, plan_stages, resolve_device, run_trial
 
 PACK_FORMAT = 1
 EPOCH_BATCHES_BYTES = 64 << 20  # see _whole_epoch: mnist1d's inputs for 32 members take 20 MB

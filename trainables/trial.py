@@ -21,20 +21,12 @@ from .config import TrialConfig, make_config
 from .data import TensorData, load_dataset
 from .execution import TrainingForward, place_model
 from .label_noise import make_pretrain_set
+from .metrics import GLOBAL_MIN_TRAIN_ACC, mu_due
 from .models import build_model
 from .provenance import git_commit, package_version
 from .seeding import generator, stream_seed
 
-GLOBAL_MIN_TRAIN_ACC = 0.999  # "reached a global minimum": at most 0.1% of train rows wrong
 STEP_SCHEDULE = ((0.5, 0.1), (0.75, 0.01))  # lr_schedule=step: x0.1 at 50%, x0.01 at 75% of epochs
-
-# Numeric per-epoch metrics and the summary's own, as loggers and exports name them.
-EPOCH_METRICS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "pretrain_acc", "step_loss",
-                 "grad_norm", "clipped_frac", "weight_norm", "dist_from_init", "l1_path_norm", "l2_path_norm",
-                 "mu_linear", "epoch_time_s")
-MU_POINTS = 10  # mu_linear at every 10% of the clean phase's epoch cap, and where it ends
-FINAL_METRICS = ("reached_global_min", "epochs_to_fit", "train_epochs", "pretrain_final_acc",
-                 "local_energy_1pct", "local_energy_5pct", "local_energy_10pct", "wall_time_s")
 
 OnEpoch = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -230,11 +222,6 @@ def run_trial(
     summary = _summary(cfg, model, data, device, history, diverged)
     summary["wall_time_s"] = elapsed_before + time.perf_counter() - started
     return TrialResult(summary, history)
-
-
-def mu_due(epoch: int, epochs: int) -> bool:
-    """Whether epoch index `epoch` (0-based) ends one of the MU_POINTS tenths of `epochs`."""
-    return epoch + 1 in {math.ceil(k * epochs / MU_POINTS) for k in range(1, MU_POINTS + 1)}
 
 
 def linear_mu(predicted: torch.Tensor, data: TensorData, dataset: str) -> float:

@@ -23,12 +23,11 @@ from torch import nn
 
 from . import class_major, measures
 from .augment import apply, draw, drawn_serially, gather_shifted
-from .config import PACK_FIELDS, TrialConfig, make_config, pack_signature
+from .config import PACK_FIELDS, TrialConfig, can_pack_pretraining, make_config, pack_signature
 from .data import TensorData, load_dataset
 from .loss_sums import cascade_sums
 from .stacked import StackedModel
 from .models import MLP
-from .pretraining import can_pack_pretraining
 from .seeding import generator
 from .metrics import mu_due
 from .trial import Stage, TrialResult, _summary, init_model, linear_mu, plan_stages, resolve_device, run_trial

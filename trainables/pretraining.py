@@ -154,11 +154,6 @@ def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], sto
     return plan.report()
 
 
-def can_pack_pretraining(cfg: TrialConfig) -> bool:
-    """Whether `run_shared_pretrainings` can pack this pretraining (see `packed.run_pretraining_pack`)."""
-    return cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0 and not cfg.speed_options
-
-
 def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], store_root: str) -> list[dict[str, Any]]:
     """Several shared pretrainings of one architecture, trained together as one pack.
 

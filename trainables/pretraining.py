@@ -112,7 +112,7 @@ class _SnapshotPlan:
     """One shared pretraining: its key, the durations still missing, and saving them."""
 
     def __init__(self, values: dict[str, Any], durations: Iterable[int], store: SnapshotStore):
-        from .trial import resolve_device
+        from .stages import resolve_device
 
         durations = sorted({int(d) for d in durations if int(d) > 0})
         self.config = make_config({**values, "pretrain_epochs": durations[-1]})

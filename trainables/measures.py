@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-EVAL_BATCH = {"cpu": 256, "cuda": 2048}  # measured: big conv batches are 2x slower on CPU
+EVAL_BATCH = {"cpu": 256, "cuda": 2048}  # big conv batches are slower on CPU
 FLATNESS_SCALES = (0.01, 0.05, 0.1)  # relative std of multiplicative weight noise
 FLATNESS_MAX_ROWS = 10_000  # local energy on at most this many training rows (fixed subset)
 

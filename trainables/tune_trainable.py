@@ -22,10 +22,9 @@ MEMBERS_KEY = "_members"  # packed trials: the member trial configs, run as one 
 SNAPSHOTS_KEY = "_snapshots"  # where the sweep's shared pretraining snapshots are
 PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before it starts (SnapshotGate)
 MEMBER_KEY = "member"  # in each report of a packed trial: which member it belongs to
-# One Tune report may carry many rows. Each report costs ~4 ms of driver CPU and stalls the
-# trial for a round trip to the driver (Tune's function trainables wait for it; measured here:
-# 4,656 per-epoch reports of 96 small trials spent 20 s blocked and ~17 s of driver CPU), so
-# epochs are batched: a report at most every REPORT_EVERY_S, and always with a checkpoint.
+# One Tune report may carry many rows. Each report costs driver CPU and stalls the trial for a
+# round trip to the driver (Tune's function trainables wait for it), so epochs are batched: a
+# report at most every REPORT_EVERY_S, and always with a checkpoint.
 RECORDS_KEY = "records"
 REPORT_EVERY_S = 2.0
 

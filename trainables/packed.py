@@ -15,7 +15,7 @@ packed. Shared pretrainings of one architecture pack by themselves (`run_pretrai
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -33,6 +33,14 @@ OnMemberDone = Callable[[int, TrialResult], None]
 # a member finished); reports are made here, so a checkpoint covers every earlier report
 OnPackEpoch = Callable[[Callable[[], dict[str, Any]] | None, bool], None]
 OnPretrainEpoch = Callable[[int, dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+class Start(NamedTuple):
+    """A member at the start of the pack: its model now, its weights at init, its SGD momentum."""
+
+    model: torch.nn.Module
+    init: list[torch.Tensor]
+    momentum: list[torch.Tensor]
 
 
 def run_pack(
@@ -79,9 +87,9 @@ def run_pack(
     if not active:
         return [m.result for m in members]  # type: ignore[misc]
 
-    engine = StackedEngine([m.cfg for m in active], [starts[m.index][0] for m in active],
-                           [starts[m.index][1] for m in active], [m.stage for m in active],
-                           [starts[m.index][2] for m in active], data, device)
+    engine = StackedEngine([m.cfg for m in active], [starts[m.index].model for m in active],
+                           [starts[m.index].init for m in active], [m.stage for m in active],
+                           [starts[m.index].momentum for m in active], data, device)
 
     def report(epoch, active, finished, state):
         for m in active:
@@ -131,10 +139,11 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
     return [m.history for m in members]
 
 
-def _start_members(members: list[Member], data, device, resume, pretrained, on_epoch, on_pack_epoch):
-    """Each member's (model, init weights, momentum) at the start of its clean phase (pretrained,
-    resumed or fresh), by member index, and the pack's epoch to start at."""
-    starts: dict[int, tuple] = {}
+def _start_members(members: list[Member], data, device, resume, pretrained, on_epoch,
+                   on_pack_epoch) -> tuple[dict[int, Start], int]:
+    """Each member's start of its clean phase (pretrained, resumed or fresh) by member index,
+    and the pack's epoch to start at; a member that has already ended gets its result instead."""
+    starts: dict[int, Start] = {}
     saved = {i: s for i, s in enumerate(resume["members"])} if resume is not None else {}
     epoch = resume["epoch"] if resume is not None else 0
     for m in members:
@@ -151,7 +160,7 @@ def _start_members(members: list[Member], data, device, resume, pretrained, on_e
                 continue
             model.load_state_dict(state["model"])
             m.stage.gen.set_state(state["generator"])
-            starts[m.index] = (model, init, [b.to(device) for b in state["momentum"]])
+            starts[m.index] = Start(model, init, [b.to(device) for b in state["momentum"]])
             continue
         start = (pretrained or [None] * len(members))[m.index]
         if m.cfg.pretrain_epochs > 0 and start is None:
@@ -163,7 +172,7 @@ def _start_members(members: list[Member], data, device, resume, pretrained, on_e
             if start["position"][0] >= len(stages):  # diverged while pretraining: no clean phase
                 m.result = run_trial(m.cfg, resume=start)
                 continue
-        starts[m.index] = (model, init, [torch.zeros_like(p) for p in model.parameters()])
+        starts[m.index] = Start(model, init, [torch.zeros_like(p) for p in model.parameters()])
     return starts, epoch
 
 

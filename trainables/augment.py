@@ -79,8 +79,8 @@ def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def gather_shifted(x: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """`x[rows]` with each row's signals rolled right by its `shift`, in one copy: every signal
-    is a contiguous window of itself written twice, copied whole (not gathered element by
-    element; a pack gathers and shifts a whole epoch's batches this way)."""
+    is a contiguous window of itself written twice, copied whole (faster than gathering
+    element by element; a pack gathers and shifts a whole epoch's batches this way)."""
     length = x.shape[-1]
     if len(rows) == 0 or x.numel() == 0:
         return x.new_empty((len(rows), *x.shape[1:]))

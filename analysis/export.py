@@ -24,7 +24,7 @@ from sweeps.keys import cell_key, member_trial_id, member_values, trial_key
 from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
-from trainables.trial import EPOCH_METRICS, FINAL_METRICS
+from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
 # Final metrics as typed in the stored results: the last epoch's losses and accuracies, then the summary's own.
 FINAL_COLUMNS = {name: RESULT_SCHEMA.field(name).type

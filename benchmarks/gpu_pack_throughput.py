@@ -94,7 +94,8 @@ def worker(job: dict) -> None:
 
     from trainables.data import load_dataset
     from trainables.packed import run_pack
-    from trainables.trial import resolve_device, run_trial
+    from trainables.stages import resolve_device
+    from trainables.trial import run_trial
 
     stage_cifar_shaped(job["train_rows"], job["test_rows"])
     device = resolve_device("auto")

@@ -1,7 +1,7 @@
 """Claim: a CPU pack of narrow MLPs runs faster with each of its CPU levers than without it,
 with the same bits: its log-softmax taken class-major (`trainables/class_major.py`) rather
 than by ATen's row-by-row kernel, and its batches gathered and shifted a whole epoch at once
-(`packed._whole_epoch`) rather than batch by batch.
+(`stacked_step.whole_epoch`) rather than batch by batch.
 
 Measured side by side in one run, interleaved (this machine's speed drifts within minutes):
 `run_pack` of K mnist1d MLPs (members differing in seed, weight decay and augmentation; a
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from trainables import class_major, packed
+from trainables import class_major, stacked_step
 from trainables.packed import run_pack
 
 TIMING_FIELDS = ("epoch_time_s", "wall_time_s")
@@ -61,8 +61,8 @@ def summary(times: list[float]) -> dict:
 
 
 def modes() -> dict:
-    """Each mode's switches: (class_major.applies, packed.EPOCH_BATCHES_BYTES)."""
-    on = (class_major.applies, packed.EPOCH_BATCHES_BYTES)
+    """Each mode's switches: (class_major.applies, stacked_step.EPOCH_BATCHES_BYTES)."""
+    on = (class_major.applies, stacked_step.EPOCH_BATCHES_BYTES)
     return {"all_levers": on, "aten_log_softmax": (lambda logits: False, on[1]), "batch_by_batch": (on[0], 0)}
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     try:
         for _ in range(args.repeats):
             for mode, (applies, epoch_bytes) in switches.items():
-                class_major.applies, packed.EPOCH_BATCHES_BYTES = applies, epoch_bytes
+                class_major.applies, stacked_step.EPOCH_BATCHES_BYTES = applies, epoch_bytes
                 start = time.perf_counter()
                 results = run_pack(configs)
                 times[mode].append(time.perf_counter() - start)
@@ -91,7 +91,7 @@ def main() -> None:
                 if mode in kernels:
                     kernels[mode].append(kernel_seconds(args.members * 64, 3))
     finally:
-        class_major.applies, packed.EPOCH_BATCHES_BYTES = switches["all_levers"]
+        class_major.applies, stacked_step.EPOCH_BATCHES_BYTES = switches["all_levers"]
     assert all(s == seen["all_levers"] for s in seen.values()), "a member's records differ between modes"
     fastest = statistics.median(times["all_levers"])
     print(json.dumps({

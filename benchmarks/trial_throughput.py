@@ -2,7 +2,7 @@
 augmentation, grad-norm bookkeeping) is faster than the textbook loop over a DataLoader.
 
 Measured side by side in one run, same model, batch size, thread count and data:
-  - ours:      trainables.trial.train_epoch (the training pass every trial runs)
+  - ours:      trainables.plain_engine.train_epoch (the training pass every lone trial runs)
   - ours_with_epoch_metrics: that pass plus the per-epoch train/test evaluation and norms
   - reference: DataLoader(TensorDataset(x, y), batch_size, shuffle=True), num_workers=0
 Cases: mnist1d with the paper's MLP 256x2, and a CIFAR-shaped CNN on synthetic tensors.
@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainables.config import make_config
 from trainables.data import TensorData, load_dataset
 from trainables.seeding import generator
-from trainables.trial import Stage, _epoch_record, init_model, train_epoch
+from trainables.loop import epoch_record
+from trainables.plain_engine import PlainEngine, train_epoch
+from trainables.stages import Stage, init_model
 
 
 def reference_epoch(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader) -> None:
@@ -52,19 +54,19 @@ def measure_case(name: str, cfg_values: dict, data: TensorData, repeats: int) ->
     device = data.x_train.device
     ours_model = init_model(cfg, data, device)
     ref_model = init_model(cfg, data, device)
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=cfg.lr, momentum=cfg.momentum, foreach=True)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     stage = Stage("train", 1, data.x_train, data.y_train, cfg.lr, cfg.momentum, 0.0, "constant",
                   cfg.augmentation, 0.0, None, None, generator(0, "train", device))
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.batch_size, shuffle=True)
-    params = list(ours_model.parameters())
-    init_params = [p.detach().clone() for p in params]
+    engine = PlainEngine(cfg, ours_model, data, device)
+    engine.start_stage(stage)  # SGD(lr, momentum, foreach), as a trial's stage makes it
 
     def full_epoch() -> None:  # what a trial does per epoch: train, then every per-epoch measure
-        stats = train_epoch(ours_model, ours_opt, stage, cfg.batch_size)
-        _epoch_record(ours_model, params, init_params, data, stage, 0, stats)
+        first = lambda values: {name: v[0] for name, v in values.items()}  # noqa: E731
+        stats = first(engine.train_epoch(0))
+        epoch_record(stage, 0, first(engine.evaluate()), stats, engine.norms()[0], 0.0, 1)
 
-    ours = timed(lambda: train_epoch(ours_model, ours_opt, stage, cfg.batch_size), repeats)
+    ours = timed(lambda: train_epoch(ours_model, engine.opt, stage, cfg.batch_size), repeats)
     ours_full = timed(full_epoch, repeats)
     ref = timed(lambda: reference_epoch(ref_model, ref_opt, loader), repeats)
     return {

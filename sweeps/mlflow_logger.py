@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from trainables.trial import EPOCH_METRICS, FINAL_METRICS
+from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
 from .keys import MEMBER_KEY, cell_key, member_trial_id, member_values, report_rows, trial_key
 from .results import read_result_rows

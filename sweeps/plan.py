@@ -13,8 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import TrialConfig, architecture, make_config
-from trainables.pretraining import can_pack_pretraining, pretrain_key
+from trainables.config import TrialConfig, architecture, can_pack_pretraining, make_config
+from trainables.pretraining import pretrain_key
 
 from .spec import SweepSpec
 

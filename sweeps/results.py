@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from trainables.trial import EPOCH_METRICS, FINAL_METRICS
+from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
 RESULT_SCHEMA = pa.schema(

@@ -74,7 +74,7 @@ def test_joined_batches_get_exactly_what_each_gets_alone(kind, shape):
 
 @pytest.mark.parametrize("kind", ["none", "shift"])
 def test_what_is_drawn_serially_draws_a_whole_epoch_as_its_batches_in_turn(kind):
-    """How a pack draws an epoch's augmentation at once (trainables.packed): only where the
+    """How a pack draws an epoch's augmentation at once (trainables.stacked_step): only where the
     draws for N rows are exactly the draws for its consecutive batches, generator state included."""
     assert drawn_serially(kind, 0.0, torch.device("cpu"))
     x = torch.randn(1000, 1, 40)

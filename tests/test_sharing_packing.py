@@ -19,7 +19,9 @@ from trainables.config import architecture, make_config
 from trainables.packed import run_pack
 from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_owned_pretrainings,
                                     run_shared_pretraining, run_shared_pretrainings)
-from trainables.trial import TrialResult, resolve_device, run_trial
+from trainables.loop import TrialResult
+from trainables.stages import resolve_device
+from trainables.trial import run_trial
 
 TIMING = ("epoch_time_s", "wall_time_s")
 DEVICE = resolve_device("auto").type  # where the trials below run, and so whose snapshots they use
@@ -112,26 +114,26 @@ def test_a_pack_gives_each_member_exactly_its_standalone_result():
 
 def test_a_pack_without_noise_draws_whole_epochs_and_still_gives_the_standalone_results(monkeypatch):
     """Without Gaussian noise a CPU pack gathers and shifts an epoch's batches at once
-    (`packed._whole_epoch`); too big for that, it goes batch by batch. Same bits either way.
+    (`stacked_step.whole_epoch`); too big for that, it goes batch by batch. Same bits either way.
     Batches of 96 leave a short last one."""
-    import trainables.packed as packed
+    import trainables.stacked_step as stacked_step
 
     members = [dict(SMALL, seed=s, batch_size=96, augmentation=aug, weight_decay=wd, pretrain_epochs=p)
                for s, aug, wd, p in ((0, "shift", 0.0, 0), (1, "none", 1e-3, 0), (2, "shift", 1e-3, 2), (3, "none", 0.0, 0))]
     standalone = [run_trial(m) for m in members]
     epochs_at_once = []
-    whole_epoch = packed._whole_epoch
+    whole_epoch = stacked_step.whole_epoch
 
     def spied(*args):
         batches = whole_epoch(*args)
         epochs_at_once.append(batches[0] is not None)
         return batches
 
-    monkeypatch.setattr(packed, "_whole_epoch", spied)
+    monkeypatch.setattr(stacked_step, "whole_epoch", spied)
     assert_same_results(run_pack(members), standalone)
     assert epochs_at_once and all(epochs_at_once) == (DEVICE == "cpu")  # CUDA's generator goes batch by batch
     epochs_at_once.clear()
-    monkeypatch.setattr(packed, "EPOCH_BATCHES_BYTES", 0)
+    monkeypatch.setattr(stacked_step, "EPOCH_BATCHES_BYTES", 0)
     assert_same_results(run_pack(members), standalone)
     assert epochs_at_once and not any(epochs_at_once)
 

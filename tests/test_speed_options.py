@@ -13,7 +13,8 @@ from trainables.config import ConfigError, make_config
 from trainables.data import TensorData
 from trainables.packed import run_pack
 from trainables.pretraining import pretrain_key
-from trainables.trial import resolve_device, run_trial
+from trainables.stages import resolve_device
+from trainables.trial import run_trial
 
 IMAGES = dict(dataset="cifar10", model="cnn", width=8, depth=2, epochs=3, flatness_samples=0, stop_at_train_acc=None,
               batch_size=32)

@@ -130,6 +130,12 @@ def pack_signature(cfg: TrialConfig) -> tuple:
     return tuple(values[name] for name in PACK_FIELDS)
 
 
+def can_pack_pretraining(cfg: TrialConfig) -> bool:
+    """Whether this trial's pretraining can train in a pack (`packed.run_pretraining_pack`): on the
+    train set's own inputs, with the default speed options."""
+    return cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0 and not cfg.speed_options
+
+
 def architecture(cfg: TrialConfig) -> str:
     """The stacked model a trial can share, by name (`pack_signature` spelled out): the keys of
     a sweep's `pack_plan`."""

@@ -33,3 +33,14 @@ def cascade_sums(losses: torch.Tensor) -> torch.Tensor:
             total += np.add.accumulate(seq[:, full:], axis=1)[:, -1]
         seq = np.add.accumulate(seq[:, :full].reshape(count, -1, RUN), axis=2)[:, :, -1]
     return torch.from_numpy(total + values[:, 0])
+
+
+def member_loss_sums(sample_losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                     reduction: str) -> torch.Tensor:
+    """Each member's batch loss (K,), rounded as its standalone `cross_entropy` call rounds it:
+    from the per-sample losses (K, B) on CPU, by a call per member on a GPU."""
+    if sample_losses.device.type == "cpu":
+        sums = cascade_sums(sample_losses)
+        return sums / sample_losses.shape[1] if reduction == "mean" else sums
+    return torch.stack([torch.nn.functional.cross_entropy(logits[k], targets[k], reduction=reduction)
+                        for k in range(len(logits))])

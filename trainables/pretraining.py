@@ -112,7 +112,7 @@ class _SnapshotPlan:
     """One shared pretraining: its key, the durations still missing, and saving them."""
 
     def __init__(self, values: dict[str, Any], durations: Iterable[int], store: SnapshotStore):
-        from .trial import resolve_device
+        from .stages import resolve_device
 
         durations = sorted({int(d) for d in durations if int(d) > 0})
         self.config = make_config({**values, "pretrain_epochs": durations[-1]})
@@ -152,11 +152,6 @@ def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], sto
     if plan.missing:
         plan.epochs_run = len(run_trial(plan.config, on_epoch=plan.at_epoch, pretrain_only=True).history)
     return plan.report()
-
-
-def can_pack_pretraining(cfg: TrialConfig) -> bool:
-    """Whether `run_shared_pretrainings` can pack this pretraining (see `packed.run_pretraining_pack`)."""
-    return cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0 and not cfg.speed_options
 
 
 def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], store_root: str) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 One small net leaves a CPU core or a GPU mostly idle between kernel launches; K nets whose
 weights sit side by side do K times the work per launch. MLPs use batched matrix products
-directly, forward and backward by hand (measured faster than vmap and than autograd here);
+directly, forward and backward by hand (no vmap or autograd graph to build each step);
 every other model runs under `torch.func.vmap` of `functional_call`, batch-norm buffers
 included.
 """
@@ -78,7 +78,7 @@ class StackedModel:
 
     def _mlp_losses_and_grads(self, x: torch.Tensor, y: torch.Tensor):
         """Forward and backward by hand, in the kernels autograd runs for `nn.Linear` + ReLU +
-        `cross_entropy`, bit for bit, without building a graph (which cost 15-30% of a pack's step).
+        `cross_entropy`, bit for bit, without building a graph (a large share of a narrow pack's step).
 
         The weight gradient is formed per member as g.T @ x, as `nn.Linear`'s backward forms it;
         autograd's own bmm backward forms (x.T @ g).T, whose float sums differ in the last bit,

@@ -165,7 +165,7 @@ def _run_owned_pretrainings(config: dict[str, Any]) -> None:
 
 def _shared_start(cfg, store: str) -> dict[str, Any] | None:
     from .pretraining import resume_state_from_snapshot
-    from .trial import resolve_device
+    from .stages import resolve_device
 
     return resume_state_from_snapshot(cfg, store, resolve_device(cfg.device).type)
 

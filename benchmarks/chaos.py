@@ -132,10 +132,16 @@ class LocalCluster:
     def __init__(self, workers: int = 2):
         from ray.cluster_utils import Cluster
 
-        from sweeps.ray_auth import AUTH_MODE_ENV, make_private_token
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader
+
+        from sweeps.ray_auth import make_private_token
 
         make_private_token()
-        os.environ[AUTH_MODE_ENV] = "token"  # nodes and the driver started from here inherit it
+        # RAY_AUTH_MODE=token for this process (Ray caches the mode it saw when first imported)
+        # and the nodes and driver started from it
+        _enable_token_auth()
+        AuthenticationTokenLoader.instance().reset_cache()
 
         self.cluster = Cluster(initialize_head=True, connect=False,
                                head_node_args={"num_cpus": 0, "include_dashboard": False})

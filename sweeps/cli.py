@@ -10,10 +10,12 @@ import math
 import os
 import shlex
 import sys
+import time
 import types
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 EXIT_BAD_INPUT = 2
+AGENT_WAIT_S = 60  # how long `submit` waits for a new head's job agent
 
 
 NULLS = ("null", "none", "~")
@@ -233,6 +235,9 @@ def _report(outcome) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .ray_auth import advertise_loopback
+
+    advertise_loopback()
     spec = _load(args)
     from .runner import has_results, resume_sweep, run_sweep
 
@@ -247,6 +252,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from .ray_auth import advertise_loopback
+
+    advertise_loopback()
     from .runner import resume_sweep
 
     return _report(resume_sweep(args.name, args.storage, on_notice=lambda m: print(m, file=sys.stderr)))
@@ -281,12 +289,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     entrypoint = f"minima run {shlex.quote(str(sweep_file.relative_to(workdir)))}{sets}{name}"
     try:
         client = JobSubmissionClient(args.address, headers=bearer_headers(token))
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env={"working_dir": str(workdir), "excludes": [".venv", ".git", "minima_results", "mlruns",
-                                                                  "mlflow.db", "data", ".test-data", "*.pt"]},
-            metadata={"sweep": spec.name},
-        )
+        for attempt in range(AGENT_WAIT_S // 2):
+            try:
+                job_id = client.submit_job(
+                    entrypoint=entrypoint,
+                    runtime_env={"working_dir": str(workdir), "excludes": [
+                        ".venv", ".git", "minima_results", "mlruns", "mlflow.db", "data", ".test-data", "*.pt"]},
+                    metadata={"sweep": spec.name},
+                )
+                break
+            except RuntimeError as err:  # a head that has just started has no job agent yet
+                if "No available agent" not in str(err) or attempt == AGENT_WAIT_S // 2 - 1:
+                    raise
+                time.sleep(2)
     except AuthenticationError:
         sent = f"the token from {token.source}" if token else "no token (none found)"
         raise SweepError(f"the Ray cluster at {args.address} refused the job: it needs the cluster's Ray token and "
@@ -294,8 +309,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ConnectionError as err:
         raise SweepError(f"--address {args.address}: {err} (is `ray dashboard cluster.yaml` forwarding it?)") from None
     print(job_id)
-    print(f"follow it:  ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
-    print(f"status:     ray job status --address {args.address} {job_id}", file=sys.stderr)
+    auth = "RAY_AUTH_MODE=token " if token else ""  # Ray's CLI then sends the same token
+    print(f"follow it:  {auth}ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
+    print(f"status:     {auth}ray job status --address {args.address} {job_id}", file=sys.stderr)
     print(f"MLflow:     {spec.tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
     return 0
 

@@ -92,7 +92,7 @@ def create_read_account(tracking_uri: str, username: str) -> str:
     return password
 
 
-def access_problem(tracking_uri: str, timeout_s: float = 10.0) -> str | None:
+def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
     """Why a tracking server refuses this client's credentials, or None. A server that does not
     answer is no problem here: the sweep runs without it and replays later."""
     if not tracking_uri.startswith(("http://", "https://")):

@@ -17,6 +17,7 @@ from pathlib import Path
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 TOKEN_MARK = "minima-ray-token:"  # brackets the token in `ray exec` output, which also carries Ray's own lines
 
 FETCH_HINT = ("Fetch the cluster's token once with `minima fetch-token cluster.yaml` (it saves it readable by you "
@@ -31,6 +32,14 @@ class TokenError(RuntimeError):
 class Token:
     value: str
     source: str  # where it came from, for messages: never the value itself
+
+
+def advertise_loopback() -> None:
+    """Let the local Ray this process starts advertise 127.0.0.1, not the machine's network
+    address (its ports still listen on every interface: the token is what keeps others out).
+    Ray reads this when it is first imported, so call it before that; a user's setting wins."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOOPBACK_NODE_ENV, "0")
 
 
 def default_token_path() -> Path:

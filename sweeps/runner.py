@@ -80,9 +80,6 @@ def _on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, node address 127.0.0.1
-
-
 def init_ray(runtime_env: dict | None = None) -> None:
     """Local Ray with this machine's CPUs (dashboard off), or the cluster at RAY_ADDRESS;
     `runtime_env` adds to what every worker gets (a benchmark's data-staging hook).
@@ -113,18 +110,8 @@ def init_ray(runtime_env: dict | None = None) -> None:
     if os.environ.get(AUTH_MODE_ENV, "token") == "token" and not (
             os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_PATH_ENV)):
         make_private_token()  # before Ray would write one readable by every local user
-    # Ray resolves a 127.0.0.1 node address to the machine's network address unless it runs in
-    # its single-machine mode; a local sweep never has other nodes.
-    # Set only while Ray starts its processes, which keep it; later `ray start`s from this
-    # process (tests, benchmarks) stay cluster-capable.
-    mine = LOOPBACK_NODE_ENV not in os.environ
-    os.environ.setdefault(LOOPBACK_NODE_ENV, "0")
-    try:
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=False)
-    finally:
-        if mine:
-            os.environ.pop(LOOPBACK_NODE_ENV, None)
+    ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
+             log_to_driver=False, configure_logging=False)
 
 
 def check_resources(spec: SweepSpec, have: dict[str, float], on_cluster: bool) -> str | None:

@@ -3,6 +3,7 @@ and a `ray start --head` refuse clients without the token; an MLflow server with
 anonymous writes, takes the sweep's credentials and gives read accounts nothing to write."""
 
 import glob
+import ipaddress
 import os
 import signal
 import subprocess
@@ -24,22 +25,57 @@ pytestmark = pytest.mark.slow
 SMOKE = str(REPO / "sweeps" / "smoke.yaml")
 BIN = Path(sys.executable).parent
 
-# A client of the cluster at argv[1]: runs one task and prints where it ran.
+# A client of the cluster at argv[1]: runs one task and prints the address its node advertises.
 PROBE = """
 import sys, ray
 ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False)
-print("RAN", ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote(), timeout=60), flush=True)
+assert ray.get(ray.remote(lambda: 42).remote(), timeout=60) == 42
+print("RAN", *sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]), flush=True)
 """
 
 
-def probe(address: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True, timeout=180,
-                          env=env)
+REFUSED = ("InvalidAuthToken", "Unauthenticated", "Failed to connect")  # what Ray's client says when refused
+
+
+def probe(address: str, env: dict, tmp: Path, name: str) -> tuple[int | None, str, str]:
+    """(exit code or None if it was still trying, stdout, stderr) of a client of `address`. A
+    refused client may retry for minutes: once Ray has said why, it is stopped."""
+    out, err = tmp / f"{name}.out", tmp / f"{name}.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        client = subprocess.Popen([sys.executable, "-c", PROBE, address], stdout=o, stderr=e, env=env)
+    deadline = time.monotonic() + 120
+    while client.poll() is None and time.monotonic() < deadline:
+        if any(word in err.read_text() for word in REFUSED[:2]) and time.monotonic() > deadline - 110:
+            break  # refused, and given ten seconds to run anything regardless
+        time.sleep(0.5)
+    code = client.poll()
+    if code is None:
+        client.kill()
+        client.wait()
+    return code, out.read_text(), err.read_text()
 
 
 def without_ray_auth(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return {**env, **(extra or {})}
+
+
+def listening_addresses(port: int) -> set:
+    """The addresses a TCP port listens on, from /proc/net (nothing is sent anywhere)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(host)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(ipaddress.ip_address(words[:width]))
+    return found
+
+
+def is_loopback(address) -> bool:
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def session_gcs_port(driver_pid: int) -> int | None:
@@ -55,7 +91,7 @@ def session_gcs_port(driver_pid: int) -> int | None:
 def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_nothing(tmp_path):
     env = without_ray_auth()  # Ray's default for a local cluster: token authentication
     driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", SMOKE, "--set", f"storage={tmp_path / 'r'}",
-                               "--set", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", "base.epochs=60",
+                               "--set", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", "base.epochs=100",
                                "--set", "base.stop_at_train_acc=null"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -63,24 +99,30 @@ def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_no
                  "the sweep's local Ray")
         port = session_gcs_port(driver.pid)
         assert port, driver.communicate()[1][-3000:]
-        # Ray's ports listen on every interface: a client on the network reaches this one too.
+        # the sweep's Ray answers on loopback only: no other machine reaches its GCS
+        listening = listening_addresses(port)
+        assert listening and all(is_loopback(a) for a in listening), listening
+        # a local client without the token (another user on a shared node) runs nothing
         address = f"127.0.0.1:{port}"
         token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-        clients = {"no token": without_ray_auth({"RAY_AUTH_MODE": "disabled"}),
-                   "a wrong token": without_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}),
-                   "the token": without_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})}
+        local = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # clients on this machine reach it at 127.0.0.1
+        clients = {"no token": without_ray_auth({**local, "RAY_AUTH_MODE": "disabled"}),
+                   "a wrong token": without_ray_auth({**local, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}),
+                   "the token": without_ray_auth({**local, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})}
         with ThreadPoolExecutor(len(clients)) as pool:
-            tried = dict(zip(clients, pool.map(lambda e: probe(address, e), clients.values())))
+            tried = dict(zip(clients, pool.map(lambda kv: probe(address, kv[1], tmp_path, kv[0].replace(" ", "_")),
+                                               clients.items())))
         assert driver.poll() is None, "the sweep ended before every client had tried: probes prove nothing"
     finally:
         out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0 and "8 trials: 8 ok" in out, err[-3000:]
     for who in ("no token", "a wrong token"):
-        assert tried[who].returncode != 0 and "RAN" not in tried[who].stdout, (who, tried[who].stdout)
-        assert "Failed to connect" in tried[who].stderr or "uthenticat" in tried[who].stderr, tried[who].stderr[-2000:]
+        code, stdout, stderr = tried[who]
+        assert code != 0 and "RAN" not in stdout, (who, stdout)
+        assert any(word in stderr for word in REFUSED), (who, stderr[-2000:])
     # the same client with the token runs a task, on a node whose address is loopback
-    assert tried["the token"].returncode == 0 and "RAN 127.0.0.1" in tried["the token"].stdout, \
-        tried["the token"].stderr[-2000:]
+    code, stdout, stderr = tried["the token"]
+    assert code == 0 and "RAN 127.0.0.1" in stdout, stderr[-2000:]
     assert os.stat(Path.home() / ".ray" / "auth_token").st_mode & 0o077 == 0  # the token is this user's only
 
 
@@ -185,6 +227,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
         out = submit({**user_env, "RAY_AUTH_TOKEN_PATH": str(token_file)})
         assert out.returncode == 0, out.stderr[-2000:]
         job_id = out.stdout.strip().splitlines()[-1]
+        assert "ray job logs" in out.stderr and token not in out.stdout + out.stderr
         client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
         wait_for(lambda: client.get_job_status(job_id) in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED),
                  400, "the submitted job to end")
@@ -192,6 +235,11 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
         assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-3000:]
         assert "8 ok" in logs and "not fully logged" not in logs, logs[-3000:]
         assert len(client.list_jobs()) == 1  # the refused submissions left no job behind
+        status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
+                                env={**user_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)},
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0 and "SUCCEEDED" in status.stdout + status.stderr, status.stderr[-2000:]
+        assert f"RAY_AUTH_MODE=token ray job status --address {address} {job_id}" in out.stderr
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=head_env, capture_output=True, timeout=120)
     with accounts_server.credentials():

@@ -41,7 +41,7 @@ from pathlib import Path
 
 SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "name": "chaos",
-    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 400,
+    "base": {"dataset": "mnist1d", "model": "mlp", "width": 32, "depth": 2, "epochs": 800,
              "stop_at_train_acc": None, "flatness_samples": 1},
     "axes": {"pretrain_epochs": [0, 5], "weight_decay": [0.0, 5.0e-4]},
     "seeds": 2,
@@ -50,6 +50,10 @@ SWEEP = {  # 8 trials in packs of 2: 4 Ray trials over 2 single-CPU nodes
     "checkpoint_every": 5,
 }
 OUTAGE_S = 20.0
+
+# Token authentication for the cluster this process starts, its nodes and its drivers. Ray reads
+# the mode once, when it is first imported, so it is set here, before any Ray import.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def free_port() -> int:
@@ -132,16 +136,11 @@ class LocalCluster:
     def __init__(self, workers: int = 2):
         from ray.cluster_utils import Cluster
 
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-        from ray._raylet import AuthenticationTokenLoader
+        from sweeps.ray_auth import AUTH_MODE_ENV, make_private_token
 
-        from sweeps.ray_auth import make_private_token
-
+        if os.environ.get(AUTH_MODE_ENV) != "token":  # Ray reads it once, when first imported
+            raise RuntimeError(f"{AUTH_MODE_ENV}=token must be set before Ray is imported (this module does)")
         make_private_token()
-        # RAY_AUTH_MODE=token for this process (Ray caches the mode it saw when first imported)
-        # and the nodes and driver started from it
-        _enable_token_auth()
-        AuthenticationTokenLoader.instance().reset_cache()
 
         self.cluster = Cluster(initialize_head=True, connect=False,
                                head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -213,7 +212,11 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
 
     server.start()
     mark("mlflow server up")
-    cluster = LocalCluster(cluster_workers)
+    try:
+        cluster = LocalCluster(cluster_workers)
+    except BaseException:
+        server.stop()
+        raise
     mark(f"ray cluster up: head + {cluster_workers} workers at {cluster.address}")
     env = {**os.environ, **server.client_env, "RAY_ADDRESS": cluster.address}
     driver_log = open(root / "driver.log", "w")

@@ -5,6 +5,9 @@ import pytest
 
 # Tests generate mnist1d into their own cache unless one is given (CI: a fresh folder per run).
 os.environ.setdefault("MINIMA_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".test-data"))
+# Token authentication, as for Ray's local default, also for the clusters tests start in this
+# process (Ray reads the mode once, when first imported). test_locked_doors runs without it set.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture

@@ -204,7 +204,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
     def submit(env, *extra):
         return subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
                                "--working-dir", str(REPO), *places, "--set", "base.epochs=2", *extra],
-                              capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=420, env=env, cwd=tmp_path)
 
     try:
         relative = subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
@@ -238,7 +238,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
         status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
                                 env={**user_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)},
                                 capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0 and "SUCCEEDED" in status.stdout + status.stderr, status.stderr[-2000:]
+        assert status.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower(), status.stderr[-2000:]
         assert f"RAY_AUTH_MODE=token ray job status --address {address} {job_id}" in out.stderr
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=head_env, capture_output=True, timeout=120)

@@ -135,7 +135,8 @@ def accounts_server(tmp_path_factory):
     server.stop()
 
 
-def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_nothing(accounts_server, tmp_path):
+def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_nothing(accounts_server, tmp_path,
+                                                                                       monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -162,10 +163,9 @@ def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_n
                                  capture_output=True, text=True, timeout=120, env={**os.environ})
     assert account.returncode == 0, account.stderr[-2000:]
     password = account.stdout.strip().splitlines()[-1]
-    reader_env = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": password}
-    saved = {k: os.environ.get(k) for k in reader_env}
-    os.environ.update(reader_env)
-    try:
+    with monkeypatch.context() as reading:
+        reading.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        reading.setenv("MLFLOW_TRACKING_PASSWORD", password)
         reader = MlflowClient(uri)
         assert reader.get_run(run.info.run_id).info.experiment_id == exp  # reads
         with pytest.raises(MlflowException) as denied:
@@ -173,9 +173,6 @@ def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_n
         assert denied.value.get_http_status_code() == 403
         with pytest.raises(MlflowException):
             reader.delete_run(run.info.run_id)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     with accounts_server.credentials():
         assert MlflowClient(uri).get_run(run.info.run_id).info.lifecycle_stage == "active"
 

@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.export import export_sweep  # noqa: E402
-from analysis.phase import AxisScale, fit_boundaries, label_phases  # noqa: E402
+from analysis.phase import fit_boundaries  # noqa: E402
 from sweeps.boundary_searcher import HISTORY_FILE  # noqa: E402
+from sweeps.phase_fit import AxisScale, label_phases  # noqa: E402
 from sweeps.runner import experiment_path, init_ray, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from .boundary import RESULT_FIELDS, cell_key, coarse_cells, fit_slices, next_cells
+from .boundary import RESULT_FIELDS, fit_slices, next_cells
+from .boundary_grid import cell_id, coarse_cells
 from .spec import SweepSpec, parse_sweep
 
 HISTORY_FILE = "boundary_search.json"
@@ -95,7 +96,7 @@ class BoundarySearcher(Searcher):
         if not trials:
             self.finished = True
             return
-        self.cells |= {cell_key(c) for c in cells}
+        self.cells |= {cell_id(c) for c in cells}
         self.queue = trials
 
     def _notice(self, fits, queued: int, budget: int) -> None:

@@ -181,7 +181,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  trials    {'at most ' if spec.search.kind == 'boundary' else ''}{info['trials']}  "
           f"({len(info['seeds'])} seeds: {info['seeds']})")
     if spec.search.kind == "boundary":
-        from .boundary import candidate_values, coarse_trials, slices
+        from .boundary_grid import candidate_values, coarse_trials, slices
 
         print(f"  boundary  {len(slices(spec))} slices along {spec.search.x}; coarse grid {coarse_trials(spec)} trials; "
               f"then up to {len(candidate_values(spec))} x values; stop at ci_width {spec.search.ci_width or 'none'}")

@@ -169,7 +169,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .runner import preflight
+    from .ray_cluster import preflight
 
     preflight(spec, args.file)
     notice = None
@@ -234,7 +234,8 @@ def _report(outcome) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .runner import has_results, resume_sweep, run_sweep
+    from .runner import resume_sweep, run_sweep
+    from .tuner import has_results
 
     if args.resume and has_results(spec):
         print(f"sweep {spec.name} has results: resuming it (finished trials are kept)", file=sys.stderr)
@@ -357,8 +358,8 @@ def cmd_mlflow_user(args: argparse.Namespace) -> int:
 def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     from analysis.export import export_sweep
 
-    from .runner import experiment_path, read_spec
     from .spec import RangeAxis
+    from .sweep_files import experiment_path, read_spec
 
     spec = read_spec(name, storage)
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
@@ -416,7 +417,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     from .mlflow_logger import MLflowSweepLogger
-    from .runner import experiment_path, read_spec
+    from .sweep_files import experiment_path, read_spec
 
     spec = read_spec(args.name, args.storage)
     uri = args.tracking_uri or spec.tracking_uri

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
+from trainables.uri import filesystem, read_bytes, read_text
 
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
 RESULT_SCHEMA = pa.schema(
@@ -25,33 +26,11 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def _fs_and_path(path: str):
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _read_bytes(path: str) -> bytes | None:
-    fs, inner = _fs_and_path(path)
-    try:
-        with fs.open_input_stream(inner) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _read_text(path: str) -> str | None:
-    data = _read_bytes(path)
-    return None if data is None else data.decode()
-
-
 def list_trial_dirs(experiment_dir: str) -> list[str]:
     """The trial folders of a sweep (`trial_*`), sorted."""
     import pyarrow.fs
 
-    fs, inner = _fs_and_path(experiment_dir)
+    fs, inner = filesystem(experiment_dir)
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
     except (FileNotFoundError, OSError):
@@ -63,12 +42,12 @@ def list_trial_dirs(experiment_dir: str) -> list[str]:
 
 def read_trial_params(trial_dir: str) -> dict[str, Any] | None:
     """The Tune config of a trial (params.json), or None if it was never started."""
-    text = _read_text(f"{trial_dir.rstrip('/')}/params.json")
+    text = read_text(f"{trial_dir.rstrip('/')}/params.json")
     return json.loads(text) if text else None
 
 
 def read_trial_error(trial_dir: str) -> str | None:
-    return _read_text(f"{trial_dir.rstrip('/')}/error.txt")
+    return read_text(f"{trial_dir.rstrip('/')}/error.txt")
 
 
 def _python_rows(text: str) -> list[dict[str, Any]]:
@@ -114,7 +93,7 @@ def read_result_table(trial_dir: str) -> pa.Table:
     """
     import pyarrow.json as pj
 
-    data = _read_bytes(f"{trial_dir.rstrip('/')}/result.json")
+    data = read_bytes(f"{trial_dir.rstrip('/')}/result.json")
     if not data:
         return RESULT_SCHEMA.empty_table()
     try:

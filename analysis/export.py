@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeps.keys import cell_key, member_trial_id, member_values, trial_key
+from sweeps.keys import cell_key, member_trial_id, trial_key
 from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
+from trainables.tune_trainable import FINAL_KEY, member_values
 
 # Final metrics as typed in the stored results: the last epoch's losses and accuracies, then the summary's own.
 FINAL_COLUMNS = {name: RESULT_SCHEMA.field(name).type
@@ -83,7 +84,7 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
         results = member_table(table, member) if len(members) > 1 else table
         trial_id = member_trial_id(ray_trial_id, member, len(members))
         config = make_config(values).model_dump()  # every column, speed options included
-        is_final = results.column("final").fill_null(False)
+        is_final = results.column(FINAL_KEY).fill_null(False)
         finals = results.filter(is_final)
         curves = results.filter(pc.invert(is_final))
         final = finals.slice(finals.num_rows - 1).to_pylist()[0] if finals.num_rows else None

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from trainables.tune_trainable import FINAL_KEY
+
 from .boundary import RESULT_FIELDS, fit_slices, next_cells
 from .boundary_grid import cell_id, coarse_cells
 from .spec import SweepSpec, parse_sweep
@@ -75,7 +77,7 @@ class BoundarySearcher(Searcher):
         values = self.pending.pop(trial_id, None)
         if values is None:
             return
-        final = result if (result and result.get("final") and not error) else {}
+        final = result if (result and result.get(FINAL_KEY) and not error) else {}
         self.rows.append({**values, **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "error"})
 
     # --- rounds --------------------------------------------------------------------------

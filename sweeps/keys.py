@@ -8,8 +8,6 @@ import json
 from typing import Any
 
 from trainables.config import make_config
-from trainables.tune_trainable import (MEMBER_KEY, MEMBERS_KEY, SEEDS_KEY, member_values, report_rows,  # noqa: F401
-                                       trial_values)  # (re-exported)
 
 
 def _digest(values: dict[str, Any]) -> str:

@@ -23,7 +23,9 @@ from ray.tune import Callback
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
-from .keys import MEMBER_KEY, cell_key, member_trial_id, member_values, report_rows, trial_key
+from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, report_rows
+
+from .keys import cell_key, member_trial_id, trial_key
 from .results import read_result_rows
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def _result_events(result: dict[str, Any]) -> _RunEvents:
     """The metrics and tags of one Tune report (an epoch, or the trial's final summary)."""
     step = int(result.get("step") or result.get("training_iteration") or 0)
     stamp = int((result.get("timestamp") or time.time()) * 1000)
-    if result.get("final"):
+    if result.get(FINAL_KEY):
         items = _metric_items(result, FINAL_METRICS)
         tags = {"status": str(result.get("status"))}
     else:
@@ -178,7 +180,7 @@ class MLflowSweepLogger(Callback):
         keys = self._keys(trial)
         for row in report_rows(result):
             key = keys[row.get(MEMBER_KEY) or 0]
-            if row.get("final"):
+            if row.get(FINAL_KEY):
                 self._finals_seen.add(key)
             self._queue.put((key, _result_events({"timestamp": result.get("timestamp"), **row})))
 
@@ -443,7 +445,7 @@ class MLflowSweepLogger(Callback):
                 continue
             trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
             identities = self._run_identities(params, trial_id, [trial_dir])
-            finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get("final")}
+            finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
             error = None if len(finals) == len(identities) else read_trial_error(trial_dir)
             for member, (key, events) in enumerate(identities):
                 counts["trials"] += 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .keys import MEMBERS_KEY, SEEDS_KEY
 from trainables.config import INT_FIELDS
+from trainables.tune_trainable import MEMBERS_KEY, SEEDS_KEY
 
 from .spec import RangeAxis, SweepSpec
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 import types
 import typing
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sweeps.keys import cell_key, member_trial_id, trial_key
+from sweeps.mlflow_runs import quick_client, trial_runs
 from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
@@ -114,23 +114,12 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
 
 def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
     """trial_key -> MLflow run id; {} when the tracking store cannot be reached quickly."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
+        client = quick_client(tracking_uri, max_retries=0, timeout_s=10)
         experiment = client.get_experiment_by_name(sweep)
         if experiment is None:
             return {}
-        out, token = {}, None
-        while True:
-            page = client.search_runs([experiment.experiment_id], "tags.trial_key != ''", max_results=10_000,
-                                      page_token=token)
-            out.update({r.data.tags["trial_key"]: r.info.run_id for r in page})
-            token = page.token
-            if not token:
-                return out
+        return {key: run.info.run_id for key, run in trial_runs(client, experiment.experiment_id).items()}
     except Exception:  # the export must not depend on the tracking server
         return {}
 

@@ -321,13 +321,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from .mlflow_logger import MLflowSweepLogger
+    from .mlflow_sync import sync_from_storage
+    from .mlflow_writer import MLflowWriter
     from .sweep_files import experiment_path, read_spec
 
     spec = read_spec(args.name, args.storage)
     uri = args.tracking_uri or spec.tracking_uri
-    logger = MLflowSweepLogger(uri, spec.name, list(spec.axes))
-    counts = logger.sync_from_storage(experiment_path(spec))
+    counts = sync_from_storage(MLflowWriter(uri, spec.name, list(spec.axes)), experiment_path(spec))
     print(f"sweep {spec.name}: {counts['trials']} trials synced to {uri} ({counts['finished']} finished, "
           f"{counts['failed']} failed, {counts['unfinished']} unfinished)")
     return 0

@@ -1,4 +1,4 @@
-"""Where to run the next trials of a boundary search: the plan, without Ray.
+"""Where a boundary search runs its next trials: each slice's fit and the x values it proposes, without Ray.
 
 A grid spends most of its trials deep inside a phase. A boundary search runs a coarse grid of
 the x axis (every slice, i.e. every combination of the other axes, with every seed, plus the

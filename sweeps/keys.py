@@ -1,5 +1,5 @@
-"""Deterministic names for trials and cells, shared by the trainable, the MLflow logger and
-the exports: the same config always gets the same key, across restarts and machines."""
+"""Deterministic names for trials and cells, shared by the MLflow logging, its audit and the
+exports: the same config always gets the same key, across restarts and machines."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def only_json_results(on: bool) -> None:
         os.environ.pop(AUTO_LOGGERS_OFF, None)
 
 
-def callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
+def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
     from ray.tune.logger import JsonLoggerCallback
 
     from .mlflow_logger import MLflowSweepLogger
@@ -104,7 +104,7 @@ def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
             name=spec.name,
             storage_path=storage_root(spec.storage),
             storage_filesystem=storage_filesystem(spec.storage),
-            callbacks=callbacks(spec, log_to_mlflow),
+            callbacks=tune_callbacks(spec, log_to_mlflow),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,

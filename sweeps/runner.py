@@ -13,6 +13,7 @@ from .safe_storage import prune_unreferenced_checkpoints
 from .spec import SweepError, SweepSpec
 from .sweep_files import experiment_path, logs_to_mlflow, read_spec, run_settings, snapshot_store, write_spec
 from .tuner import build_tuner, has_results, only_json_results, pending_trials, restore_tuner
+from .tuner import trial_dirname  # noqa: F401 - sweeps stored before sweeps.tuner existed pickled it by this path
 
 
 def planned(spec: SweepSpec) -> SweepSpec:

@@ -12,7 +12,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .phase import PhaseInputError, cell_table, check_columns, declared_scale, fit_boundaries, label_phases
+from sweeps.phase_fit import label_phases
+
+from .phase import PhaseInputError, cell_table, check_columns, declared_scale, fit_boundaries
 from .plots import measures_figure, curves_figure, phase_figure, save
 
 log = logging.getLogger(__name__)

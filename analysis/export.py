@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 import types
 import typing
@@ -20,11 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeps.keys import cell_key, member_trial_id, member_values, trial_key
+from sweeps.keys import cell_key, member_trial_id, trial_key
+from sweeps.mlflow_runs import quick_client, trial_runs
 from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
+from trainables.tune_trainable import FINAL_KEY, member_values
 
 # Final metrics as typed in the stored results: the last epoch's losses and accuracies, then the summary's own.
 FINAL_COLUMNS = {name: RESULT_SCHEMA.field(name).type
@@ -83,7 +84,7 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
         results = member_table(table, member) if len(members) > 1 else table
         trial_id = member_trial_id(ray_trial_id, member, len(members))
         config = make_config(values).model_dump()  # every column, speed options included
-        is_final = results.column("final").fill_null(False)
+        is_final = results.column(FINAL_KEY).fill_null(False)
         finals = results.filter(is_final)
         curves = results.filter(pc.invert(is_final))
         final = finals.slice(finals.num_rows - 1).to_pylist()[0] if finals.num_rows else None
@@ -113,23 +114,12 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
 
 def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
     """trial_key -> MLflow run id; {} when the tracking store cannot be reached quickly."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
+        client = quick_client(tracking_uri, max_retries=0, timeout_s=10)
         experiment = client.get_experiment_by_name(sweep)
         if experiment is None:
             return {}
-        out, token = {}, None
-        while True:
-            page = client.search_runs([experiment.experiment_id], "tags.trial_key != ''", max_results=10_000,
-                                      page_token=token)
-            out.update({r.data.tags["trial_key"]: r.info.run_id for r in page})
-            token = page.token
-            if not token:
-                return out
+        return {key: run.info.run_id for key, run in trial_runs(client, experiment.experiment_id).items()}
     except Exception:  # the export must not depend on the tracking server
         return {}
 

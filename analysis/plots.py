@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .phase import AxisScale, Boundary, fit_surface, fmt, is_null, position, sorted_values  # noqa: E402
+from sweeps.phase_fit import AxisScale, Boundary, fmt, is_null  # noqa: E402
+
+from .phase import fit_surface, position, sorted_values  # noqa: E402
 
 PHASE_MARK = {"good": "G", "bad": "B", "not_fit": "N", "diverged": "D", "error": "E", "unfinished": "?"}
 

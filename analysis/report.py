@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from sweeps.phase_fit import BASELINE_AXIS, fmt
+
 from .diagram import run_phase
-from .phase import BASELINE_AXIS, PhaseInputError, fmt
+from .phase import PhaseInputError
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}

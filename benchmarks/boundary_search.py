@@ -32,10 +32,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.export import export_sweep  # noqa: E402
-from analysis.phase import AxisScale, fit_boundaries, label_phases  # noqa: E402
+from analysis.phase import fit_boundaries  # noqa: E402
 from sweeps.boundary_searcher import HISTORY_FILE  # noqa: E402
-from sweeps.runner import experiment_path, init_ray, run_sweep  # noqa: E402
+from sweeps.phase_fit import AxisScale, label_phases  # noqa: E402
+from sweeps.ray_cluster import init_ray  # noqa: E402
+from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
+from sweeps.sweep_files import experiment_path  # noqa: E402
 
 BASE = {"dataset": "mnist1d", "model": "mlp", "width": 256, "depth": 2, "label_noise": 1.0, "pretrain_lr": 0.05,
         "pretrain_momentum": 0.9, "lr": 0.1, "momentum": 0.0, "batch_size": 64, "epochs": 200,

@@ -283,7 +283,8 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     from analysis.export import export_sweep
-    from sweeps.runner import CHECKPOINTS_TO_KEEP, experiment_path
+    from sweeps.sweep_files import experiment_path
+    from sweeps.tuner import CHECKPOINTS_TO_KEEP
 
     reference = reference_results(spec)
     export_sweep(experiment_path(spec), root / "export", spec.name, tracking_uri)

@@ -86,7 +86,7 @@ def stage_cifar_shaped(train_rows: int, test_rows: int) -> None:
         labels = lambda n: rng.integers(0, 10, n, dtype=np.int64)  # noqa: E731
         return images(train_rows), labels(train_rows), images(test_rows), labels(test_rows)
 
-    data._load_torchvision = random_cifar
+    data.load_torchvision = random_cifar
 
 
 def worker(job: dict) -> None:

@@ -34,7 +34,8 @@ from gpu_pack_throughput import GpuSampler, stage_cifar_shaped  # noqa: E402
 from phase_sweep_cost import accuracies, tracking_uri  # noqa: E402
 
 from sweeps.plan import largest_pack, ray_trials  # noqa: E402
-from sweeps.runner import init_ray, planned, run_sweep  # noqa: E402
+from sweeps.ray_cluster import init_ray  # noqa: E402
+from sweeps.runner import planned, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 
 MODES = ("alone", "packed")

@@ -33,8 +33,10 @@ from pathlib import Path
 
 from analysis.export import export_sweep  # noqa: E402
 from sweeps.plan import largest_pack, ray_trials  # noqa: E402
-from sweeps.runner import experiment_path, init_ray, planned, run_sweep  # noqa: E402
+from sweeps.ray_cluster import init_ray  # noqa: E402
+from sweeps.runner import planned, run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
+from sweeps.sweep_files import experiment_path  # noqa: E402
 
 MODES = {  # name -> (pack, share_pretraining)
     "a_trial_by_trial": (1, False),

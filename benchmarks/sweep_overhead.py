@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeps.runner import init_ray, run_sweep  # noqa: E402
+from sweeps.ray_cluster import init_ray  # noqa: E402
+from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 
 

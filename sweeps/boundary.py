@@ -1,45 +1,29 @@
-"""Where to run the next trials of a boundary search: the plan, without Ray.
+"""Where a boundary search runs its next trials: each slice's fit and the x values it proposes, without Ray.
 
 A grid spends most of its trials deep inside a phase. A boundary search runs a coarse grid of
 the x axis (every slice, i.e. every combination of the other axes, with every seed, plus the
 `pretrain_epochs = 0` baselines the phase labels need), then repeatedly fits P(bad global
-minimum) along x in each slice, with the fit `minima phase` uses (`analysis.phase`), and
+minimum) along x in each slice, with the fit `minima phase` uses (`sweeps.phase_fit`), and
 proposes the configs where that fit is least certain: the untried x values nearest the crossing
 P = 0.5, inside its bootstrap interval. A slice is settled when its interval is narrower than
 `ci_width`, when it has no crossing (one phase throughout the range), or when no untried x is
 left inside its interval (x is refined to every integer of an integer axis, else REFINE times
-finer than the coarse grid).
+finer than the coarse grid; the cells themselves are `sweeps.boundary_grid`'s).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.phase import BASELINE_AXIS, AxisScale, fit_boundary, fmt, label_phases
+from .boundary_grid import candidate_values, slices, with_baselines
+from .phase_fit import BASELINE_AXIS, AxisScale, fit_boundary, fmt, label_phases
+from .spec import SweepSpec
 
-from .spec import SweepSpec, _INT_FIELDS
-
-REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
-MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
-
-
-def candidate_values(spec: SweepSpec) -> list[Any]:
-    """Every x the search may propose: every integer of an integer axis (epochs: a grid cannot
-    be finer), else the coarse grid refined REFINE times."""
-    x = spec.search.x
-    axis = spec.axes[x]
-    if x in _INT_FIELDS and axis.high - axis.low <= MAX_INT_CANDIDATES:
-        return list(range(int(round(axis.low)), int(round(axis.high)) + 1))
-    points = (np.geomspace if axis.scale == "log" else np.linspace)(axis.low, axis.high, (axis.count - 1) * REFINE + 1)
-    if x in _INT_FIELDS:
-        return sorted({int(round(p)) for p in points})
-    return [float(f"{p:.6g}") for p in points]
 
 
 def fit_scale(spec: SweepSpec) -> AxisScale:
@@ -48,47 +32,6 @@ def fit_scale(spec: SweepSpec) -> AxisScale:
     x = spec.search.x
     log = spec.axes[x].scale == "log"
     return AxisScale(log, 1.0 if log and x == BASELINE_AXIS else 0.0)
-
-
-def slices(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every combination of the axes other than x: one boundary each."""
-    others = [n for n in spec.axes if n != spec.search.x]
-    return [dict(zip(others, combo)) for combo in itertools.product(*(spec.axis_values(n) for n in others))]
-
-
-def baseline_of(spec: SweepSpec, cell: dict[str, Any]) -> dict[str, Any]:
-    """The cell whose trials give `cell`'s baseline accuracy: the same config, not pretrained."""
-    return {**cell, BASELINE_AXIS: 0}
-
-
-def _pretrain_epochs(spec: SweepSpec, cell: dict[str, Any]) -> int:
-    return cell.get(BASELINE_AXIS, spec.base.get(BASELINE_AXIS, 0))
-
-
-def with_baselines(spec: SweepSpec, cells: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
-    """`cells` plus the baseline cells they need that are neither known nor already in the list."""
-    out, seen = [], set(known)
-    for cell in cells:
-        for c in ([baseline_of(spec, cell)] if _pretrain_epochs(spec, cell) != 0 else []) + [cell]:
-            if cell_key(c) not in seen:
-                seen.add(cell_key(c))
-                out.append(c)
-    return out
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    """A cell's identity whatever its key order and null values (clip_norm: null)."""
-    return "|".join(f"{k}={fmt(v)}" for k, v in sorted(cell.items()))
-
-
-def coarse_cells(spec: SweepSpec) -> list[dict[str, Any]]:
-    x = spec.search.x
-    cells = [{**s, x: v} for s in slices(spec) for v in spec.axis_values(x)]
-    return with_baselines(spec, cells, set())
-
-
-def coarse_trials(spec: SweepSpec) -> int:
-    return len(coarse_cells(spec)) * len(spec.seeds)
 
 
 @dataclass

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from .boundary import RESULT_FIELDS, cell_key, coarse_cells, fit_slices, next_cells
+from trainables.tune_trainable import FINAL_KEY
+
+from .boundary import RESULT_FIELDS, fit_slices, next_cells
+from .boundary_grid import cell_id, coarse_cells
 from .spec import SweepSpec, parse_sweep
 
 HISTORY_FILE = "boundary_search.json"
@@ -74,7 +77,7 @@ class BoundarySearcher(Searcher):
         values = self.pending.pop(trial_id, None)
         if values is None:
             return
-        final = result if (result and result.get("final") and not error) else {}
+        final = result if (result and result.get(FINAL_KEY) and not error) else {}
         self.rows.append({**values, **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "error"})
 
     # --- rounds --------------------------------------------------------------------------
@@ -95,7 +98,7 @@ class BoundarySearcher(Searcher):
         if not trials:
             self.finished = True
             return
-        self.cells |= {cell_key(c) for c in cells}
+        self.cells |= {cell_id(c) for c in cells}
         self.queue = trials
 
     def _notice(self, fits, queued: int, budget: int) -> None:

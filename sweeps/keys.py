@@ -1,5 +1,5 @@
-"""Deterministic names for trials and cells, shared by the trainable, the MLflow logger and
-the exports: the same config always gets the same key, across restarts and machines."""
+"""Deterministic names for trials and cells, shared by the MLflow logging, its audit and the
+exports: the same config always gets the same key, across restarts and machines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 from typing import Any
 
 from trainables.config import make_config
-from trainables.tune_trainable import (MEMBER_KEY, MEMBERS_KEY, SEEDS_KEY, member_values, report_rows,  # noqa: F401
-                                       trial_values)  # (re-exported)
 
 
 def _digest(values: dict[str, Any]) -> str:

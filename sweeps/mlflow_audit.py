@@ -7,11 +7,11 @@ how to replay them (`minima sync-mlflow`), instead of letting a gap pass unnotic
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from .keys import trial_key
-from .mlflow_logger import FINAL_LOGGED_TAG, short_error
+from .mlflow_runs import quick_client, short_error, trial_runs
+from .mlflow_writer import FINAL_LOGGED_TAG
 from .results import stored_trials
 
 
@@ -28,23 +28,10 @@ class MlflowAudit:
 
 def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str) -> MlflowAudit:
     finished = [t for t in stored_trials(experiment_dir) if t["finished"]]
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
+        client = quick_client(tracking_uri, max_retries=1, timeout_s=15)
         experiment = client.get_experiment_by_name(sweep)
-        runs = {}
-        if experiment is not None:
-            token = None
-            while True:
-                page = client.search_runs([experiment.experiment_id], "tags.trial_key != ''", max_results=10_000,
-                                          page_token=token)
-                runs.update({r.data.tags["trial_key"]: r for r in page})
-                token = page.token
-                if not token:
-                    break
+        runs = trial_runs(client, experiment.experiment_id) if experiment is not None else {}
     except Exception as err:  # unreachable server: nothing can be confirmed
         return MlflowAudit(len(finished), len(finished), short_error(err))
     missing = 0

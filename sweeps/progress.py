@@ -12,7 +12,7 @@ from collections import Counter
 
 from ray.tune import Callback
 
-from .keys import MEMBER_KEY, member_values, report_rows
+from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, report_rows
 
 
 def _clock(seconds: float) -> str:
@@ -43,7 +43,7 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         for row in report_rows(result):
-            if row.get("final"):
+            if row.get(FINAL_KEY):
                 finals = self._finals.setdefault(trial.trial_id, {})
                 if row.get(MEMBER_KEY) not in finals:
                     self._done_here += 1

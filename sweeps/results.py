@@ -12,10 +12,12 @@ from typing import Any
 import pyarrow as pa
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
+from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
+from trainables.uri import filesystem, read_bytes, read_text
 
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
 RESULT_SCHEMA = pa.schema(
-    [("member", pa.int64()), ("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), ("final", pa.bool_()),
+    [(MEMBER_KEY, pa.int64()), ("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), (FINAL_KEY, pa.bool_()),
      ("status", pa.string()), ("diverged", pa.bool_())]
     + [(m, pa.float64()) for m in EPOCH_METRICS]
     + [("reached_global_min", pa.bool_()), ("epochs_to_fit", pa.int64()), ("train_epochs", pa.int64())]
@@ -25,33 +27,11 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def _fs_and_path(path: str):
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _read_bytes(path: str) -> bytes | None:
-    fs, inner = _fs_and_path(path)
-    try:
-        with fs.open_input_stream(inner) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _read_text(path: str) -> str | None:
-    data = _read_bytes(path)
-    return None if data is None else data.decode()
-
-
 def list_trial_dirs(experiment_dir: str) -> list[str]:
     """The trial folders of a sweep (`trial_*`), sorted."""
     import pyarrow.fs
 
-    fs, inner = _fs_and_path(experiment_dir)
+    fs, inner = filesystem(experiment_dir)
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
     except (FileNotFoundError, OSError):
@@ -63,12 +43,12 @@ def list_trial_dirs(experiment_dir: str) -> list[str]:
 
 def read_trial_params(trial_dir: str) -> dict[str, Any] | None:
     """The Tune config of a trial (params.json), or None if it was never started."""
-    text = _read_text(f"{trial_dir.rstrip('/')}/params.json")
+    text = read_text(f"{trial_dir.rstrip('/')}/params.json")
     return json.loads(text) if text else None
 
 
 def read_trial_error(trial_dir: str) -> str | None:
-    return _read_text(f"{trial_dir.rstrip('/')}/error.txt")
+    return read_text(f"{trial_dir.rstrip('/')}/error.txt")
 
 
 def _python_rows(text: str) -> list[dict[str, Any]]:
@@ -114,7 +94,7 @@ def read_result_table(trial_dir: str) -> pa.Table:
     """
     import pyarrow.json as pj
 
-    data = _read_bytes(f"{trial_dir.rstrip('/')}/result.json")
+    data = read_bytes(f"{trial_dir.rstrip('/')}/result.json")
     if not data:
         return RESULT_SCHEMA.empty_table()
     try:
@@ -140,8 +120,8 @@ def read_result_table(trial_dir: str) -> pa.Table:
 def _dedupe(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
-    keys = list(zip(table.column("member").to_pylist(), table.column("step").to_pylist(),
-                    table.column("final").to_pylist()))
+    keys = list(zip(table.column(MEMBER_KEY).to_pylist(), table.column("step").to_pylist(),
+                    table.column(FINAL_KEY).to_pylist()))
     last = {k: i for i, k in enumerate(keys)}
     if len(last) == table.num_rows:
         return table
@@ -153,7 +133,7 @@ def member_table(table: pa.Table, member: int) -> pa.Table:
     """The rows of one pack member (an unpacked trial's rows are member 0)."""
     import pyarrow.compute as pc
 
-    return table.filter(pc.equal(table.column("member").fill_null(0), member))
+    return table.filter(pc.equal(table.column(MEMBER_KEY).fill_null(0), member))
 
 
 def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str, Any]]:
@@ -165,15 +145,13 @@ def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str
 def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
     """Every started trial of a sweep (pack members one by one): its folder, member index,
     config values and whether its final report is stored."""
-    from .keys import member_values
-
     out = []
     for trial_dir in list_trial_dirs(experiment_dir):
         params = read_trial_params(trial_dir)
         if params is None:
             continue
         members = member_values(params)
-        finals = {r.get("member") or 0 for r in read_result_rows(trial_dir) if r.get("final")}
+        finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
         out += [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
                 for m, v in enumerate(members)]
     return out

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .keys import MEMBERS_KEY, SEEDS_KEY
-from .spec import RangeAxis, SweepSpec, _INT_FIELDS
+from trainables.config import INT_FIELDS
+from trainables.tune_trainable import MEMBERS_KEY, SEEDS_KEY
+
+from .spec import RangeAxis, SweepSpec
 
 
 def _distribution(name: str, axis: RangeAxis):
     from ray import tune
 
-    if name in _INT_FIELDS:
+    if name in INT_FIELDS:
         low, high = int(round(axis.low)), int(round(axis.high))
         return tune.lograndint(low, high + 1) if axis.scale == "log" else tune.randint(low, high + 1)
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)

@@ -17,10 +17,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import SPEED_DEFAULTS, TrialConfig, architecture, describe_validation_error
+from trainables.config import INT_FIELDS, SPEED_DEFAULTS, TrialConfig, architecture, describe_validation_error
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
-_INT_FIELDS = {name for name, f in TrialConfig.model_fields.items() if f.annotation is int}
 
 
 class SweepLoader(yaml.SafeLoader):
@@ -223,7 +222,7 @@ class SweepSpec(BaseModel):
                              f"is the coarse grid, the search refines between its points")
         if self.axes[x].count < 2:
             raise ValueError(f"axes.{x}.count: the coarse grid needs at least 2 points (got {self.axes[x].count})")
-        from .boundary import coarse_trials  # the plan needs the validated spec
+        from .boundary_grid import coarse_trials  # it reads the fields validated above
 
         coarse = coarse_trials(self)
         if coarse > self.search.max_trials:
@@ -255,7 +254,7 @@ class SweepSpec(BaseModel):
         if isinstance(axis, list):
             return list(axis)
         points = (np.geomspace if axis.scale == "log" else np.linspace)(axis.low, axis.high, axis.count)
-        if name in _INT_FIELDS:
+        if name in INT_FIELDS:
             return sorted({int(round(p)) for p in points})
         return [float(f"{p:.6g}") for p in points]
 
@@ -291,7 +290,7 @@ def _config_problems(spec: SweepSpec):
         names = list(spec.axes)
         options = [a if isinstance(a, list) else [a.low, a.high] for a in spec.axes.values()]
         candidates = [dict(zip(names, combo)) for combo in itertools.product(*options)]
-        candidates = [{k: (round(v) if k in _INT_FIELDS and isinstance(v, float) else v) for k, v in c.items()}
+        candidates = [{k: (round(v) if k in INT_FIELDS and isinstance(v, float) else v) for k, v in c.items()}
                       for c in candidates]
     seen: set[str] = set()
     for overrides in candidates:

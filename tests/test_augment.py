@@ -2,7 +2,7 @@ import torch
 
 import pytest
 
-from trainables.augment import (_shift, apply, augment, cutout, draw, drawn_serially, gather_shifted, random_crop,
+from trainables.augment import (apply, augment, cutout, draw, drawn_serially, gather_shifted, random_crop, roll_rows,
                                 random_flip, random_shift_1d)
 
 
@@ -27,9 +27,9 @@ def test_shift_rolls_every_signal_of_a_row_by_that_rows_shift(shape):
     x = torch.randn(shape)
     shift = torch.arange(shape[0]) % 7 - 3  # beyond +-2 too: any offset, either way
     expected = torch.stack([torch.roll(a, int(s), -1) for a, s in zip(x, shift)]) if shape[0] else x
-    assert torch.equal(_shift(x, shift), expected)
+    assert torch.equal(roll_rows(x, shift), expected)
     rows = torch.randint(0, max(shape[0], 1), (2 * shape[0],))  # rows repeated, in any order: a pack's epoch
-    assert torch.equal(gather_shifted(x, rows, shift.repeat(2)), _shift(x[rows], shift.repeat(2)))
+    assert torch.equal(gather_shifted(x, rows, shift.repeat(2)), roll_rows(x[rows], shift.repeat(2)))
 
 
 def test_flip_and_crop_keep_shape_and_move_content():

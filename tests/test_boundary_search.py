@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sweeps.boundary import REFINE, candidate_values, coarse_cells, coarse_trials
+from sweeps.boundary_grid import REFINE, candidate_values, coarse_cells, coarse_trials
 from sweeps.boundary_searcher import BoundarySearcher
 from sweeps.spec import SweepError, parse_sweep
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.cli import parse_assignments
+from sweeps.assignments import parse_assignments
 from sweeps.spec import load_sweep, sweep_value_type, trial_value_type
 from trainables.config import ConfigError
 

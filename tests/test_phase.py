@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.export import CURVES_SCHEMA, TRIALS_SCHEMA
-from analysis.phase import PhaseInputError, check_columns, label_phases, sorted_values
+from analysis.phase import PhaseInputError, check_columns, sorted_values
 from analysis.diagram import run_phase
+from sweeps.phase_fit import label_phases
 from trainables.config import make_config
 
 TRUE_CRITICAL = {0.0: 10.0, 1e-4: 25.0}  # weight decay -> critical pretraining epochs; 1e-3: never bad
@@ -94,7 +95,7 @@ def test_bad_inputs_name_the_column(tmp_path):
 
 
 def test_perfect_separation_gives_the_grid_bracket_not_a_point():
-    from analysis.phase import AxisScale, fit_boundary
+    from sweeps.phase_fit import AxisScale, fit_boundary
 
     rows = pd.DataFrame([{"pretrain_epochs": x, "seed": s, "phase": "bad" if x >= 30 else "good"}
                          for x in (0, 10, 30, 100) for s in range(3)])

@@ -130,7 +130,7 @@ def test_tune_queues_the_gates_trials_as_it_queues_a_grids(monkeypatch):
     from ray.tune.execution.tune_controller import _get_max_pending_trials
     from ray.tune.search import SearchGenerator
 
-    from sweeps.runner import PENDING_TRIALS_ENV, pending_trials
+    from sweeps.tuner import PENDING_TRIALS_ENV, pending_trials
 
     monkeypatch.delenv(PENDING_TRIALS_ENV, raising=False)
     spec = grid()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.runner import CHECKPOINTS_TO_KEEP
+from sweeps.tuner import CHECKPOINTS_TO_KEEP
 
 SMOKE = str(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml")
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.runner import check_resources
+from sweeps.ray_cluster import check_resources
 from sweeps.spec import SweepError, load_sweep, parse_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"

@@ -13,7 +13,7 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
     import ray
     from ray import tune
 
-    from trainables.tune_trainable import trial_values, tune_trainable
+    from trainables.tune_trainable import tune_config_values, tune_trainable
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster found on the machine
     try:
@@ -33,7 +33,7 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
         assert len(result.metrics_dataframe) < len(rows)  # batched: fewer reports than rows
         final = result.metrics
         assert final["final"] and final["status"] == "ok" and 0 <= final["test_acc"] <= 1
-        config = make_config(trial_values(result.config)).to_dict()
+        config = make_config(tune_config_values(result.config)).to_dict()
         with result.checkpoint.as_directory() as d:
             state = load_state(d, config)
         assert state["position"] == [2, 0] and len(state["history"]) == 5
@@ -47,12 +47,12 @@ def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(t
     from trainables import tune_trainable as trainable
 
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    assert not trainable._resumes_a_pack()  # a fresh trial
+    assert not trainable.resumes_a_pack()  # a fresh trial
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "state.pt").write_bytes(b"")
     monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "plain")))
-    assert not trainable._resumes_a_pack()
+    assert not trainable.resumes_a_pack()
     (tmp_path / "pack").mkdir()
     (tmp_path / "pack" / trainable.PACK_FILE).write_bytes(b"")
     monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "pack")))
-    assert trainable._resumes_a_pack()
+    assert trainable.resumes_a_pack()

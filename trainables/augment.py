@@ -50,7 +50,7 @@ def drawn_serially(kind: str, noise_std: float, device: torch.device) -> bool:
 def apply(x: torch.Tensor, kind: str, draws: Draws) -> torch.Tensor:
     """The batch augmented with `draws` (from `draw`; rows of several batches may be joined)."""
     if kind == "shift":
-        x = _shift(x, draws["shift"])
+        x = roll_rows(x, draws["shift"])
     elif kind in ("flip_crop", "flip_crop_cutout"):
         x = _crop(_flip(x, draws["flip"]), CROP_PAD, draws["dy"], draws["dx"])
         if kind == "flip_crop_cutout":
@@ -70,10 +70,11 @@ def _randint(high: int, n: int, gen: torch.Generator, device) -> torch.Tensor:
 
 def random_shift_1d(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Circularly shift each signal (N, C, L) by its own offset in [-max_shift, max_shift]."""
-    return _shift(x, _randint(2 * max_shift + 1, x.shape[0], gen, x.device) - max_shift)
+    return roll_rows(x, _randint(2 * max_shift + 1, x.shape[0], gen, x.device) - max_shift)
 
 
-def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def roll_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Each row of `x` with its signals rolled right by its `shift`."""
     return gather_shifted(x, torch.arange(len(x), device=x.device), shift)
 
 

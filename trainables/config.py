@@ -121,6 +121,8 @@ class TrialConfig(BaseModel):
         return {name: getattr(self, name) for name, default in SPEED_DEFAULTS.items() if getattr(self, name) != default}
 
 
+INT_FIELDS = frozenset(name for name, f in TrialConfig.model_fields.items() if f.annotation is int)  # ranges round to these
+
 # Trials that agree on these can be trained together as one stacked model (trainables.packed).
 PACK_FIELDS = ("dataset", "model", "width", "depth", "batch_size", "device", "torch_threads")
 

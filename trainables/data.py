@@ -58,7 +58,7 @@ def load_dataset(name: str, device: torch.device | str = "cpu") -> TensorData:
     """The named dataset on `device`, loaded once per process."""
     key = (name, str(device))
     if key not in _LOADED:
-        arrays = _load_mnist1d() if name == "mnist1d" else _load_torchvision(name)
+        arrays = _load_mnist1d() if name == "mnist1d" else load_torchvision(name)
         _LOADED[key] = TensorData(
             *(torch.as_tensor(a).to(device) for a in arrays), num_classes=NUM_CLASSES[name]
         )
@@ -86,7 +86,7 @@ def _load_mnist1d() -> tuple[np.ndarray, ...]:
     return as_input(x), y.astype(np.int64), as_input(xt), yt.astype(np.int64)
 
 
-def _load_torchvision(name: str) -> tuple[np.ndarray, ...]:
+def load_torchvision(name: str) -> tuple[np.ndarray, ...]:
     """Download (once, under a file lock) and normalise a torchvision dataset."""
     import torchvision.datasets as tvd
     from filelock import FileLock

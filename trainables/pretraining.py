@@ -21,6 +21,7 @@ import pickle
 from typing import Any, Iterable
 
 from .config import TrialConfig, make_config
+from .uri import filesystem
 
 FORMAT = 1
 FAILED_FILE = "failed.json"  # beside a pretraining's snapshots when its owner trial could not make them
@@ -40,20 +41,12 @@ def pretrain_key(cfg: TrialConfig, device_type: str) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _fs(path: str):
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
 class SnapshotStore:
     """Pretraining snapshots under one folder or URI: `<key>/epochs_<n>.pt`, written atomically."""
 
     def __init__(self, root: str):
         self.root = root.rstrip("/")
-        self._fs, self._inner = _fs(self.root)
+        self._fs, self._inner = filesystem(self.root)
 
     def _path(self, key: str, epochs: int) -> str:
         return f"{self._inner}/{key}/epochs_{epochs:05d}.pt"

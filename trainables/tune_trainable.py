@@ -1,7 +1,7 @@
 """The trial as a Ray Tune function trainable: reports its epochs in batches, checkpoints every k epochs.
 
 Ray imports stay inside the function so `run_trial` works without Ray on the path. Keys of the
-Tune config that start with `_` are sweep settings, not trial fields (see sweeps.keys).
+Tune config that start with `_` are sweep settings, not trial fields.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable
 from .config import make_config
 
 FINAL_KEY = "final"  # the last report carries the trial's summary and final=True
+FINAL_STAGE = "final"  # the stage named in that last report
 CHECKPOINT_EVERY_KEY = "_checkpoint_every"
 PACK_FILE = "pack_state.pt"
 SEEDS_KEY = "_seeds"  # optuna sweeps: the seed list, indexed by Ray's Repeater
@@ -35,7 +36,7 @@ def report_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows if rows is not None else [result]
 
 
-def trial_values(tune_config: dict[str, Any]) -> dict[str, Any]:
+def tune_config_values(tune_config: dict[str, Any]) -> dict[str, Any]:
     """The trial config fields in a Ray Tune config: reserved `_` keys dropped, the seed resolved."""
     values = {k: v for k, v in tune_config.items() if not k.startswith("_")}
     if REPEAT_INDEX_KEY in tune_config and SEEDS_KEY in tune_config:
@@ -46,8 +47,8 @@ def trial_values(tune_config: dict[str, Any]) -> dict[str, Any]:
 def member_values(tune_config: dict[str, Any]) -> list[dict[str, Any]]:
     """The trial configs a Ray trial runs: its members when packed, else itself."""
     if MEMBERS_KEY in tune_config:
-        return [trial_values(v) for v in tune_config[MEMBERS_KEY]]
-    return [trial_values(tune_config)]
+        return [tune_config_values(v) for v in tune_config[MEMBERS_KEY]]
+    return [tune_config_values(tune_config)]
 
 
 class _BatchedReports:
@@ -88,14 +89,14 @@ class _BatchedReports:
 
 def _final_report(summary: dict[str, Any], steps: int) -> dict[str, Any]:
     final = {k: v for k, v in summary.items() if k != "config"}
-    return {**final, "stage": "final", "step": steps, FINAL_KEY: True}
+    return {**final, "stage": FINAL_STAGE, "step": steps, FINAL_KEY: True}
 
 
 def tune_trainable(config: dict[str, Any]) -> None:
     """Run one trial (or one pack of trials) under Ray Tune, resuming from Tune's checkpoint
     when there is one, else starting from a shared pretraining snapshot when there is one."""
     if MEMBERS_KEY in config:
-        if len(config[MEMBERS_KEY]) > 1 or _resumes_a_pack():
+        if len(config[MEMBERS_KEY]) > 1 or resumes_a_pack():
             return _run_packed(config)
         # a grid's lone trial among its packs (Tune's grid lists both as member lists)
         config = {**{k: v for k, v in config.items() if k != MEMBERS_KEY}, **config[MEMBERS_KEY][0]}
@@ -104,7 +105,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     from .checkpoint import load_state, save_state  # torch: imported in the worker, not by the CLI
     from .trial import run_trial
 
-    cfg = make_config(trial_values(config))
+    cfg = make_config(tune_config_values(config))
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
     reports = _BatchedReports(latest_on_top=True)
     resume = None
@@ -132,7 +133,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     reports.send(force=True)  # the last report: the final row on top, where Tune's result is read
 
 
-def _resumes_a_pack() -> bool:
+def resumes_a_pack() -> bool:
     """Whether Tune restores this trial from a pack's checkpoint (a checkpoint of a pack of one
     member resumes as a pack, not as a plain trial)."""
     import pyarrow.fs

@@ -1,0 +1,75 @@
+"""The cells a boundary search can run, from its sweep alone (no fit, no Ray): the coarse grid of
+the x axis in every slice with the baselines it needs, and the finer x values the search may
+refine to.
+
+It reads a validated sweep spec's attributes and imports no sweep module back: `sweeps.spec`
+checks with it that a boundary search's budget covers its coarse grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from trainables.config import INT_FIELDS
+
+from .phase_fit import BASELINE_AXIS, fmt
+
+REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
+MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span
+
+
+def candidate_values(spec) -> list[Any]:
+    """Every x the search may propose: every integer of an integer axis (epochs: a grid cannot
+    be finer), else the coarse grid refined REFINE times."""
+    x = spec.search.x
+    axis = spec.axes[x]
+    if x in INT_FIELDS and axis.high - axis.low <= MAX_INT_CANDIDATES:
+        return list(range(int(round(axis.low)), int(round(axis.high)) + 1))
+    points = (np.geomspace if axis.scale == "log" else np.linspace)(axis.low, axis.high, (axis.count - 1) * REFINE + 1)
+    if x in INT_FIELDS:
+        return sorted({int(round(p)) for p in points})
+    return [float(f"{p:.6g}") for p in points]
+
+
+def slices(spec) -> list[dict[str, Any]]:
+    """Every combination of the axes other than x: one boundary each."""
+    others = [n for n in spec.axes if n != spec.search.x]
+    return [dict(zip(others, combo)) for combo in itertools.product(*(spec.axis_values(n) for n in others))]
+
+
+def baseline_of(spec, cell: dict[str, Any]) -> dict[str, Any]:
+    """The cell whose trials give `cell`'s baseline accuracy: the same config, not pretrained."""
+    return {**cell, BASELINE_AXIS: 0}
+
+
+def _pretrain_epochs(spec, cell: dict[str, Any]) -> int:
+    return cell.get(BASELINE_AXIS, spec.base.get(BASELINE_AXIS, 0))
+
+
+def with_baselines(spec, cells: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
+    """`cells` plus the baseline cells they need that are neither known nor already in the list."""
+    out, seen = [], set(known)
+    for cell in cells:
+        for c in ([baseline_of(spec, cell)] if _pretrain_epochs(spec, cell) != 0 else []) + [cell]:
+            if cell_id(c) not in seen:
+                seen.add(cell_id(c))
+                out.append(c)
+    return out
+
+
+def cell_id(cell: dict[str, Any]) -> str:
+    """A cell's identity whatever its key order and null values (clip_norm: null)."""
+    return "|".join(f"{k}={fmt(v)}" for k, v in sorted(cell.items()))
+
+
+def coarse_cells(spec) -> list[dict[str, Any]]:
+    x = spec.search.x
+    cells = [{**s, x: v} for s in slices(spec) for v in spec.axis_values(x)]
+    return with_baselines(spec, cells, set())
+
+
+def coarse_trials(spec) -> int:
+    return len(coarse_cells(spec)) * len(spec.seeds)

@@ -1,0 +1,39 @@
+"""The tracking store as a sweep sees it: a client that fails fast, the sweep's trial runs found
+in one search, and a tracking failure in one line."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+SEARCH_PAGE = 10_000  # runs per page when a sweep's trial runs are looked up
+
+
+def quick_client(tracking_uri: str, max_retries: int, timeout_s: int):
+    """An MlflowClient whose HTTP calls give up after `max_retries` retries and `timeout_s` each
+    (MLflow's own retries would block for minutes); a value the user set is kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def trial_runs(client, experiment_id: str) -> dict[str, Any]:
+    """Every trial run of a sweep's experiment, by its `trial_key` tag."""
+    runs, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], "tags.trial_key != ''", max_results=SEARCH_PAGE, page_token=token)
+        runs.update({r.data.tags["trial_key"]: r for r in page if "trial_key" in r.data.tags})
+        token = page.token
+        if not token:
+            return runs
+
+
+def short_error(err: Exception) -> str:
+    """One line about a tracking-store failure (MLflow's own messages run to a paragraph)."""
+    text = str(err)
+    for cause in ("Connection refused", "Read timed out", "Name or service not known", "database is locked"):
+        if cause in text:
+            return f"{type(err).__name__}: {cause.lower()}"
+    return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"

@@ -1,0 +1,182 @@
+"""A sweep's MLflow runs, written synchronously: one experiment per sweep, one parent run, one
+child run per trial, found again by the trial's deterministic key.
+
+A run found from an earlier driver (or a sync) continues: metrics at steps it already holds are
+skipped, reports this process never saw are back-filled from the trial's result.json, and its
+params go out with its first metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainables.metrics import FINAL_METRICS
+from trainables.tune_trainable import member_values
+
+from . import mlflow_batches
+from .keys import cell_key, member_trial_id, trial_key
+from .mlflow_events import RunEvents, result_events
+from .mlflow_runs import quick_client, trial_runs
+from .results import read_result_rows
+
+LOGGED_STEP_TAG = "minima.logged_step"
+FINAL_LOGGED_TAG = "minima.final_logged"
+
+
+class MLflowWriter:
+    def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None):
+        self.tracking_uri = tracking_uri
+        self.sweep = sweep
+        self.axes = axes
+        self.tags = dict(tags or {})
+        self.client = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._runs: dict[str, str] = {}  # trial key -> run id
+        self._logged_step: dict[str, int] = {}
+        self._params_due: dict[str, dict[str, str]] = {}  # per key: params its run still lacks
+        self._final_logged: set[str] = set()
+        self._sent_tags: dict[str, dict[str, str]] = {}  # per key: tags this process has logged
+        self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
+        self._backfilled: set[str] = set()
+        self._existing: dict[str, Any] = {}  # trial key -> its run from an earlier driver or sync
+
+    def run_identities(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
+        """Params and identifying tags of the runs of a Ray trial (one per pack member);
+        remembers where their results live."""
+        members = member_values(config)
+        out = []
+        for member, values in enumerate(members):
+            key = trial_key(values)
+            self._trial_dirs[key] = (dirs, member if len(members) > 1 else None)
+            events = RunEvents(
+                params={k: str(v) for k, v in sorted(values.items())},
+                tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
+                      "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
+                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **self.tags},
+            )
+            out.append((key, events))
+        return out
+
+    def connect(self) -> None:
+        if self.client is not None:
+            return
+        client = quick_client(self.tracking_uri, max_retries=1, timeout_s=15)  # the caller retries instead
+        experiment = client.get_experiment_by_name(self.sweep)
+        self.experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.sweep)
+        if experiment:  # a resumed or synced sweep: its trials' runs, found in one search, not one each
+            self._existing = trial_runs(client, self.experiment_id)
+        parents = client.search_runs(
+            [self.experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{self.sweep}'", max_results=1
+        )
+        if parents:
+            self.parent_run_id = parents[0].info.run_id
+            if parents[0].info.status != "RUNNING":
+                client.update_run(self.parent_run_id, status="RUNNING")
+        else:
+            run = client.create_run(self.experiment_id, run_name=f"{self.sweep} (sweep)",
+                                    tags={"minima.role": "parent", "sweep": self.sweep, **self.tags})
+            self.parent_run_id = run.info.run_id
+        self.client = client
+
+    def _run_for(self, key: str, ev: RunEvents) -> str:
+        """The run of trial `key`: cached, found when the driver connected, or created. Its
+        params go out with its first metrics (`_params_due`), one call fewer per run; a run
+        found without them (its driver died in between) gets them then."""
+        if key in self._runs:
+            return self._runs[key]
+        client = self.client
+        run = self._existing.pop(key, None)
+        if run is not None:
+            run_id = run.info.run_id
+            self._logged_step[key] = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
+            if run.data.tags.get(FINAL_LOGGED_TAG):
+                self._final_logged.add(key)
+            if run.info.status != "RUNNING" and ev.end_status is None:
+                client.update_run(run_id, status="RUNNING")  # a trial resumed after an error
+            missing = {k: v for k, v in ev.params.items() if k not in run.data.params}
+        else:
+            tags = {"mlflow.parentRunId": self.parent_run_id, **ev.tags}
+            run_id = client.create_run(self.experiment_id, tags=tags).info.run_id
+            self._logged_step[key] = 0
+            missing = dict(ev.params)
+        if missing:
+            self._params_due[key] = missing
+        self._runs[key] = run_id
+        return run_id
+
+    def flush(self, pending: dict[str, RunEvents], order: list[str]) -> None:
+        """Send every pending run's events, in order; a run leaves `pending` once all of it is sent."""
+        if not pending:
+            return
+        from mlflow.entities import RunTag
+
+        self.connect()
+        while order:
+            key = order[0]
+            ev = pending[key]
+            run_id = self._run_for(key, ev)
+            if key not in self._backfilled:
+                self._backfill(key, ev)
+            floor = self._logged_step.get(key, 0)
+            # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
+            # step, the final summary by its tag
+            final_done = key in self._final_logged
+            epochs = sorted((m for m in ev.metrics if m[0] not in FINAL_METRICS and m[3] > floor), key=lambda m: m[3])
+            finals = [m for m in ev.metrics if m[0] in FINAL_METRICS and not final_done]
+            # every report repeats its stage tag: an unchanged tag costs a SQL upsert (20% of a batch) for nothing
+            sent = self._sent_tags.setdefault(key, {})
+            tags = {k: v for k, v in ev.tags.items() if sent.get(k) != v}
+            self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()])
+            sent.update(tags)
+            if ev.end_status:
+                self.client.set_terminated(run_id, ev.end_status)
+            del pending[key]
+            order.pop(0)
+
+    def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
+        """Log a run's metrics, due params and changed tags in as few calls as MLflow's batch
+        limits allow (`mlflow_batches.calls`), the logged-step mark moving with each call."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        params = [Param(k, v) for k, v in self._params_due.get(key, {}).items()]
+        for call in mlflow_batches.calls(epochs, finals, params, tags, self._logged_step.get(key, 0)):
+            marks = [RunTag(LOGGED_STEP_TAG, str(call.logged_step))]
+            if call.final_logged:
+                marks.append(RunTag(FINAL_LOGGED_TAG, "1"))
+            self.client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in call.metrics],
+                                  params=call.params, tags=call.tags + marks)
+            self._logged_step[key] = call.logged_step
+            if not call.params_left:
+                self._params_due.pop(key, None)
+        if finals:
+            self._final_logged.add(key)
+
+    def _backfill(self, key: str, ev: RunEvents) -> None:
+        """Put reports this process never saw (made before a driver died) ahead of the live ones.
+
+        Ray's result.json holds every report up to the restored checkpoint; whatever of it is
+        already in MLflow is skipped by step, so the run's history ends up complete, once.
+        """
+        rows: list[dict[str, Any]] = []
+        dirs, member = self._trial_dirs.get(key, ([], None))
+        for trial_dir in dirs:
+            rows = read_result_rows(trial_dir, member)
+            if rows:
+                break
+        earlier = RunEvents()
+        for row in rows:
+            earlier.absorb(result_events(row))
+        seen = {(m[0], m[3]) for m in earlier.metrics}
+        ev.metrics = earlier.metrics + [m for m in ev.metrics if (m[0], m[3]) not in seen]
+        ev.tags = {**earlier.tags, **ev.tags}
+        self._backfilled.add(key)
+
+    def finish_parent(self) -> None:
+        """Mark the sweep's parent run finished (once connected)."""
+        if self.client is not None:
+            self.client.set_terminated(self.parent_run_id, "FINISHED")
+
+    def _run_name(self, values: dict[str, Any]) -> str:
+        parts = [f"{a}={values[a]}" for a in self.axes if a in values] + [f"seed={values.get('seed', 0)}"]
+        return " ".join(parts)

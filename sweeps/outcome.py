@@ -1,0 +1,56 @@
+"""What a sweep's run left: trials per status (pack members one by one), and whether MLflow
+holds them all."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
+
+from .results import read_result_rows
+from .spec import SweepSpec
+from .sweep_files import experiment_path, logs_to_mlflow
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    path: str
+    total: int
+    counts: dict[str, int]  # ok / diverged / error / unfinished
+    mlflow: "MlflowAudit | None" = None  # None when the sweep was not logged
+    storage: str = ""
+    tracking_uri: str = ""
+
+    @property
+    def all_finished(self) -> bool:
+        return self.counts.get("unfinished", 0) == 0
+
+
+def count_outcome(spec: SweepSpec, grid) -> SweepOutcome:
+    """Counts per trial (pack members counted one by one, from their own final reports)."""
+    counts: Counter = Counter()
+    seen = 0
+    for result in grid:
+        members = len(member_values(result.config or {}))
+        seen += members
+        if members == 1:
+            finals = {0: result.metrics} if (result.metrics or {}).get(FINAL_KEY) else {}
+        else:
+            trial_dir = f"{experiment_path(spec)}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
+            finals = {r.get(MEMBER_KEY) or 0: r for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
+        for status in (finals[i].get("status") or "ok" for i in finals):
+            counts[status] += 1
+        counts["error" if result.error is not None else "unfinished"] += members - len(finals)
+    total = spec.num_trials()
+    if spec.search.kind == "boundary":  # its budget is a cap, not a count of trials owed
+        total = seen
+    counts["unfinished"] += max(0, total - seen)
+    audit = None
+    if logs_to_mlflow(spec):
+        from .mlflow_audit import audit_mlflow
+
+        audit = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name)
+    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v}, audit,
+                        spec.storage, spec.tracking_uri)

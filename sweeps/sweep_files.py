@@ -1,0 +1,78 @@
+"""A sweep's folder in its storage: where it is, and the files we keep beside Ray's experiment
+state (the resolved sweep, how it was started)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from pathlib import Path
+
+from trainables.uri import filesystem, is_uri, read_text
+
+from .spec import SweepError, SweepSpec, parse_sweep
+
+SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
+RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not)
+
+
+def storage_root(storage: str) -> str:
+    """Absolute local path, or the URI unchanged (Ray needs absolute paths)."""
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(spec: SweepSpec) -> str:
+    return f"{storage_root(spec.storage).rstrip('/')}/{spec.name}"
+
+
+def snapshot_store(spec: SweepSpec) -> str:
+    """Where a sweep's shared pretraining snapshots live: beside its trials, in its storage."""
+    return f"{experiment_path(spec)}/pretrained"
+
+
+def check_storage_writable(storage: str) -> None:
+    """Fail now, not mid-sweep, when results could not be written."""
+    if is_uri(storage):
+        try:
+            fs, path = filesystem(storage)
+            fs.create_dir(path, recursive=True)
+        except Exception as err:
+            raise SweepError(f"storage: cannot write to {storage} ({err}); check the URI and credentials") from None
+        return
+    root = Path(storage_root(storage))
+    probe = root / f".minima-write-test-{uuid.uuid4().hex}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0" * 1024 * 1024)  # a full disk fails here, not at the first checkpoint
+    except OSError as err:
+        raise SweepError(f"storage: cannot write to {root} ({err.strerror}); choose a writable folder with free space") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def write_spec(spec: SweepSpec, log_to_mlflow: bool) -> None:
+    fs, root = filesystem(experiment_path(spec))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
+        f.write(json.dumps(spec.model_dump(), indent=2).encode())
+    with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
+        f.write(json.dumps({"log_to_mlflow": log_to_mlflow, "json_logger_only": True}).encode())
+
+
+def read_spec(name: str, storage: str) -> SweepSpec:
+    path = f"{storage_root(storage).rstrip('/')}/{name}/{SPEC_FILE}"
+    text = read_text(path)
+    if text is None:
+        raise SweepError(f"no sweep named {name!r} under {storage_root(storage)} (looked for {path}); "
+                         f"pass --storage where it ran")
+    return parse_sweep(json.loads(text), path)
+
+
+def run_settings(spec: SweepSpec) -> dict:
+    text = read_text(f"{experiment_path(spec)}/{RUN_FILE}")
+    return json.loads(text) if text else {}
+
+
+def logs_to_mlflow(spec: SweepSpec) -> bool:
+    return bool(run_settings(spec).get("log_to_mlflow"))

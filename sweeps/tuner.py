@@ -1,0 +1,128 @@
+"""A sweep's Ray Tune `Tuner`: its trainable, search, callbacks and run settings; and the
+environment Tune reads while it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from trainables.provenance import git_commit, package_version
+from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_trainable  # light: torch loads in workers
+
+from .safe_storage import storage_filesystem
+from .spec import SweepSpec
+from .sweep_files import experiment_path, snapshot_store, storage_root
+
+CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
+
+
+AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def only_json_results(on: bool) -> None:
+    """Ray's result.json (the source of truth for exports) without its CSV and TensorBoard loggers:
+    they print a pack's batched `records` in full as an 'invalid value' warning and copy it into
+    progress.csv. A stored sweep whose run file does not ask for it (`json_logger_only`) resumes
+    with Ray's defaults."""
+    if on:
+        os.environ[AUTO_LOGGERS_OFF] = "1"
+    else:
+        os.environ.pop(AUTO_LOGGERS_OFF, None)
+
+
+def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
+    from ray.tune.logger import JsonLoggerCallback
+
+    from .mlflow_logger import MLflowSweepLogger
+    from .progress import SweepProgress
+
+    callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary"), JsonLoggerCallback()]
+    if log_to_mlflow:
+        tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
+        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
+    return callbacks
+
+
+def trial_dirname(trial) -> str:
+    """Short folder names: Ray's default embeds the whole config and hits path-length limits."""
+    return f"trial_{trial.trial_id}"
+
+
+PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def hands_out_ready_trials(spec: SweepSpec) -> bool:
+    """Whether the sweep's trials come from one of our searchers (SnapshotGate, BoundarySearcher),
+    which hand out only trials that can start now."""
+    from .plan import pretraining_jobs
+
+    return spec.search.kind == "boundary" or bool(pretraining_jobs(spec))
+
+
+@contextlib.contextmanager
+def pending_trials(spec: SweepSpec, cluster_cpus: float):
+    """Let Tune queue as many of our searchers' trials as it queues for a grid search.
+
+    Tune keeps one trial of a custom Searcher pending at a time: locally a slot would idle while
+    another trial's actor starts, and an autoscaling cluster would see one trial's demand at a
+    time and add nodes one by one. A value the user set is kept.
+    """
+    if not hands_out_ready_trials(spec) or PENDING_TRIALS_ENV in os.environ:
+        yield
+        return
+    os.environ[PENDING_TRIALS_ENV] = str(max(200, int(cluster_cpus * 1.1)))  # Tune's rule for a grid
+    try:
+        yield
+    finally:
+        os.environ.pop(PENDING_TRIALS_ENV, None)
+
+
+def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
+    """The sweep's Tuner."""
+    from ray import tune
+
+    from .search_space import build_search
+
+    sharing = spec.share_pretraining and spec.search.kind == "grid"
+    snapshots = snapshot_store(spec) if sharing else None
+    space, num_samples, search_alg = build_search(spec, snapshots)
+    space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
+    if snapshots:
+        space[SNAPSHOTS_KEY] = snapshots
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.Tuner(
+        tune.with_resources(tune_trainable, resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=search_alg,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,  # a worker imports torch once, not once per trial
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage_root(spec.storage),
+            storage_filesystem=storage_filesystem(spec.storage),
+            callbacks=tune_callbacks(spec, log_to_mlflow),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(spec: SweepSpec):
+    """The stored sweep's Tuner: unfinished trials resume from their last checkpoint, errored ones
+    are retried."""
+    from ray import tune
+
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.Tuner.restore(experiment_path(spec), trainable=tune.with_resources(tune_trainable, resources),
+                              resume_errored=True, storage_filesystem=storage_filesystem(spec.storage))
+
+
+def has_results(spec: SweepSpec) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec.storage))

@@ -184,6 +184,9 @@ def wait_for(what: str, check, timeout_s: float, poll_s: float = 1.0):
 SWEEP_SETTINGS = {
     # 8 Ray trials, each asking for a quarter GPU: demand 2 GPUs, none on the head.
     "pack": "1", "resources.gpu": "0.25", "resources.cpu": "0.25",
+    # The fake GPUs have no CUDA. With `device: auto` and GPUs asked for, the driver keys shared
+    # pretraining snapshots by "cuda" while the trials train (and save) on CPU.
+    "base.device": "cpu",
     "base.width": "16", "base.depth": "1", "base.epochs": "2", "base.flatness_samples": "0",
     "base.stop_at_train_acc": "null", "axes.pretrain_epochs": "[0, 1]",
 }

@@ -19,6 +19,7 @@ def test_sweep_scales_gpu_workers_up_and_down(tmp_path, capsys):
     out = result["output"]
     assert result["returncode"] == 0, out[-3000:]
     assert "8 trials: 8 ok" in out, out[-3000:]
+    assert "shared pretraining: 2/2 done" in out, out[-3000:]  # across nodes, through the shared storage
     assert result["workers_before_sweep"] == 0, "a worker node was up before any demand (min_workers > 0?)"
     assert result["worker_nodes_seen"] >= 1 and "first_worker_added" in result["timeline"]
     # 8 trials x 0.25 GPU: the whole demand is 2 GPUs, and the autoscaler saw it at once.

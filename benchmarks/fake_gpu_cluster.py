@@ -201,9 +201,9 @@ def run_sweep(root: Path, cluster: FakeGpuCluster, settings: dict | None = None,
     cmd = [sys.executable, "-m", "sweeps.cli", "run", str(SMOKE)]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
-    # Ray turns a 127.0.0.1 address into this machine's network address unless told it is a
-    # single-machine cluster; the head listens on 127.0.0.1 only.
-    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    # `minima run` keeps a 127.0.0.1 RAY_ADDRESS as it is (ray_auth.advertise_loopback): the head
+    # listens on 127.0.0.1 only.
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="token")
     t0 = time.monotonic()
     log_path = root / "minima-run.log"
     seen, max_workers, max_gpus, first_worker = set(), 0, 0.0, None

@@ -35,10 +35,13 @@ class Token:
 
 
 def advertise_loopback() -> None:
-    """Let the local Ray this process starts advertise 127.0.0.1, not the machine's network
-    address (its ports still listen on every interface: the token is what keeps others out).
-    Ray reads this when it is first imported, so call it before that; a user's setting wins."""
-    if not os.environ.get("RAY_ADDRESS"):
+    """Put Ray in its single-machine mode when this process starts local Ray, or joins one at a
+    127.0.0.1 address: local Ray then listens on and advertises 127.0.0.1, and a loopback
+    RAY_ADDRESS is not rewritten to the machine's network address. Ray reads this when it is
+    first imported, so call it before that; a user's setting wins."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    if not address or host in ("127.0.0.1", "localhost"):
         os.environ.setdefault(LOOPBACK_NODE_ENV, "0")
 
 

@@ -1,6 +1,7 @@
 """Where the Ray token is found and how the secrets files are made (no processes; see
 test_locked_doors.py for the real Ray and MLflow servers)."""
 
+import os
 import stat
 
 import pytest
@@ -85,3 +86,21 @@ def test_head_secrets_are_private_random_and_kept(tmp_path):
     other = HeadSecrets(tmp_path / "other")
     provision(other)
     assert read_env_file(other.client_env) != client  # made anew for each head, never a fixed value
+
+
+@pytest.mark.parametrize("address, single_machine", [
+    (None, True), ("127.0.0.1:6379", True), ("localhost:6379", True), ("ray://127.0.0.1:10001", True),
+    ("10.0.0.5:6379", False), ("auto", False)])
+def test_single_machine_mode_for_local_ray_and_loopback_addresses_only(monkeypatch, address, single_machine):
+    from sweeps.ray_auth import LOOPBACK_NODE_ENV, advertise_loopback
+
+    monkeypatch.delenv(LOOPBACK_NODE_ENV, raising=False)
+    if address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    advertise_loopback()
+    assert (os.environ.get(LOOPBACK_NODE_ENV) == "0") == single_machine
+    monkeypatch.setenv(LOOPBACK_NODE_ENV, "1")  # the user's own setting wins
+    advertise_loopback()
+    assert os.environ[LOOPBACK_NODE_ENV] == "1"

@@ -205,7 +205,7 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
     root.mkdir(parents=True)
     sweep_file = root / "sweep.yaml"
     sweep_file.write_text(sweep_yaml(name, trials, MODES[mode], root))
-    load_before = os.getloadavg()
+    load_before, started = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run = run_sweep(name, sweep_file, root, mlflow)
     experiment = root / "results" / name
     ends = trial_ends(experiment)
@@ -231,6 +231,7 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
         "ray_trials": ends["ray_trials"],
         "mlflow": mlflow,
         "repeat": repeat,
+        "started_utc": started,
         "run_wall_s": round(run["wall_s"], 1),
         "trials_per_s": round(total / run["wall_s"], 2),
         **rss_fields(run["sampler"], total),

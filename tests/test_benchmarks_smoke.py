@@ -41,3 +41,31 @@ def test_gpu_pack_benchmark_runs_every_case_on_cpu(tmp_path):
     assert set(cases) == {"w4_alone_fp32", "w4_alone_bf16_nhwc", "w4_shared_gpu_4", "w4_packed_2"}
     assert all(case.get("statuses") == ["ok"] for case in cases.values()), cases  # the distinct statuses
     assert (cases["w4_shared_gpu_4"]["processes"], cases["w4_packed_2"]["trials"]) == (4, 2)
+
+
+@pytest.mark.slow
+def test_sweep_scale_benchmark_runs_the_cli_end_to_end_at_toy_size(tmp_path):
+    out = tmp_path / "records.jsonl"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "sweep_scale.py"), "--trials", "16", "--no-warmup",
+         "--dir", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    records = report["records"]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records + [
+        {k: v for k, v in report.items() if k != "records"}]
+    modes = {(m, f) for m in ("packed", "unpacked") for f in (True, False)}
+    assert {(r["mode"], r["mlflow"]) for r in records} == modes
+    for r in records:
+        assert r["trials"] == 16 and r["export_statuses"] == {"ok": 16}, r
+        assert r["run_wall_s"] > 0 and r["trials_per_s"] > 0 and r["export_s"] > 0 and r["report_s"] > 0, r
+        assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] and r["rss_end_mb"] > 0, r
+        assert r["last_trial_end_to_return_s"] >= 0 and len(r["loadavg_before"]) == 3, r
+        assert r["ray_trials"] == 16 if r["mode"] == "unpacked" else 1 <= r["ray_trials"] < 16, r
+        if r["mlflow"]:
+            assert (r["mlflow_finished_runs"], r["mlflow_running_runs"]) == (16, 0), r
+            assert r["mlflow_all_logged"] and r["unlogged_warning"] is None, r
+    for mode in ("packed", "unpacked"):
+        assert report["summary"][f"16_{mode}"]["mlflow_over_no_mlflow_mean"] > 0
+    assert not list(tmp_path.glob("minima-scale-*")), "the work folder is removed unless --keep"

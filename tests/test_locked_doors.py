@@ -192,6 +192,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
     port, dashboard = free_port(), free_port()
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+                            "--dashboard-agent-listen-port", str(free_port()),  # not Ray's fixed default
                             "--disable-usage-stats"], env=head_env, capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr[-2000:]
     address = f"http://127.0.0.1:{dashboard}"

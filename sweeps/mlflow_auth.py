@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ray_auth import write_private
+
 ADMIN = "admin"
 USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
@@ -45,12 +47,6 @@ def default_secrets() -> HeadSecrets:
     return HeadSecrets(Path.home() / ".minima")
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def provision(where: HeadSecrets) -> list[Path]:
     """Make the MLflow admin password and Flask secret key once; later calls keep them (the
     admin account exists from the server's first start on). Returns the files it wrote."""
@@ -59,7 +55,7 @@ def provision(where: HeadSecrets) -> list[Path]:
     if where.auth_config.exists():
         return []
     password, flask_key = secrets.token_hex(24), secrets.token_hex(32)
-    _write_private(where.auth_config, "\n".join([
+    write_private(where.auth_config, "\n".join([
         "[mlflow]",
         "default_permission = READ",  # a new account reads every experiment and writes none it did not make
         f"database_uri = sqlite:///{where.user_store}",
@@ -70,9 +66,9 @@ def provision(where: HeadSecrets) -> list[Path]:
         # A sweep's driver sends thousands of requests; each would hash the password again.
         "auth_cache_ttl_seconds = 60",
         ""]))
-    _write_private(where.server_env, f"export MLFLOW_AUTH_CONFIG_PATH={where.auth_config}\n"
+    write_private(where.server_env, f"export MLFLOW_AUTH_CONFIG_PATH={where.auth_config}\n"
                                      f"export MLFLOW_FLASK_SERVER_SECRET_KEY={flask_key}\n")
-    _write_private(where.client_env, f"export {USERNAME_ENV}={ADMIN}\nexport {PASSWORD_ENV}={password}\n")
+    write_private(where.client_env, f"export {USERNAME_ENV}={ADMIN}\nexport {PASSWORD_ENV}={password}\n")
     return [where.auth_config, where.server_env, where.client_env]
 
 

@@ -55,14 +55,20 @@ def make_private_token(path: Path | None = None) -> Path:
     path = path or default_token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(path, secrets.token_hex(32))  # the shape of Ray's own tokens
     except FileExistsError:
         if path.stat().st_uid == os.getuid():
             path.chmod(0o600)
-        return path
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))  # the shape of Ray's own tokens
     return path
+
+
+def write_private(path: Path, text: str, replace: bool = False) -> None:
+    """A file only this user can read, from its first byte; an existing one raises
+    FileExistsError unless `replace`."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    with os.fdopen(os.open(path, flags, 0o600), "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that was already there
 
 
 def _read(path: Path, what: str) -> str:
@@ -114,10 +120,7 @@ def save_private(token: Token, path: Path) -> Path:
     """Keep a fetched token in a file only this user can read."""
     path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token.value)
-    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that was already there
+    write_private(path, token.value, replace=True)
     return path
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import INT_FIELDS, SPEED_DEFAULTS, TrialConfig, architecture, describe_validation_error
+from trainables.config import INT_FIELDS, SPEED_DEFAULTS, TrialConfig, architecture, can_pack, describe_validation_error
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -203,12 +203,15 @@ class SweepSpec(BaseModel):
             raise ValueError(f"pack: {self.pack} needs search: grid (packs are formed from the whole grid "
                              f"before it runs); use pack: 1 or auto with {self.search.kind} search")
         if isinstance(self.pack, int) and self.pack > 1:
-            for name, default in SPEED_DEFAULTS.items():
-                where = "axes" if isinstance(self.axes.get(name), list) else "base"
-                values = self.axes[name] if where == "axes" else [self.base.get(name, default)]
-                if any(v != default for v in values):
-                    raise ValueError(f"{where}.{name}: packed trials (pack: {self.pack}) train with {name}: "
-                                     f"{default}; use pack: 1 (or auto) to set it")
+            for cell in self.grid_cells():
+                try:
+                    cfg = TrialConfig(**{**self.base, **cell, "seed": self.seeds[0]})
+                except ValidationError:
+                    continue  # _check_trials names what is wrong with it
+                if not can_pack(cfg):
+                    name = next(iter(cfg.speed_options))
+                    raise ValueError(f"{'axes' if name in cell else 'base'}.{name}: packed trials (pack: {self.pack}) "
+                                     f"train with {name}: {SPEED_DEFAULTS[name]}; use pack: 1 (or auto) to set it")
         return self
 
     @model_validator(mode="after")

@@ -132,10 +132,16 @@ def pack_signature(cfg: TrialConfig) -> tuple:
     return tuple(values[name] for name in PACK_FIELDS)
 
 
+def can_pack(cfg: TrialConfig) -> bool:
+    """Whether this trial can train in a pack (`packed.run_pack`): packs train with the default
+    speed options (fp32, default layout, uncompiled)."""
+    return not cfg.speed_options
+
+
 def can_pack_pretraining(cfg: TrialConfig) -> bool:
-    """Whether this trial's pretraining can train in a pack (`packed.run_pretraining_pack`): on the
-    train set's own inputs, with the default speed options."""
-    return cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0 and not cfg.speed_options
+    """Whether this trial's pretraining can train in a pack (`packed.run_pretraining_pack`): a
+    packable trial pretraining on the train set's own inputs."""
+    return can_pack(cfg) and cfg.pretrain_copies == 1 and cfg.pretrain_zero_out == 0
 
 
 def architecture(cfg: TrialConfig) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from .config import PACK_FIELDS, TrialConfig, can_pack_pretraining, make_config, pack_signature
+from .config import PACK_FIELDS, TrialConfig, can_pack, can_pack_pretraining, make_config, pack_signature
 from .loop import Member, TrialResult, run_stage
 from .stacked_engine import StackedEngine
 from .stages import init_model, plan_stages, prepare
@@ -67,7 +67,7 @@ def run_pack(
         raise ValueError(f"a pack needs one value of each of {', '.join(PACK_FIELDS)}; "
                          f"got {len(signatures)} different combinations")
     first = cfgs[0]
-    if first.speed_options:
+    if not can_pack(first):
         raise ValueError(f"packed trials train in fp32, default layout, uncompiled; {first.speed_options} "
                          f"needs pack: 1")
     device, data = prepare(first)
@@ -115,7 +115,7 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
     and weights equal `run_trial(cfg, pretrain_only=True)` bit for bit (MLPs, tested).
     """
     cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
-    if len({pack_signature(c) for c in cfgs}) != 1 or cfgs[0].speed_options:
+    if len({pack_signature(c) for c in cfgs}) != 1 or not can_pack(cfgs[0]):
         raise ValueError("a pretraining pack needs one architecture, trained with the default speed options")
     if not all(can_pack_pretraining(c) and c.pretrain_epochs >= 1 for c in cfgs):
         raise ValueError("a pretraining pack needs pretrain_epochs > 0 on the train set's own inputs "

@@ -170,6 +170,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _load(args)  # validate here, before the cluster spends anything
     from pathlib import Path
 
+    from trainables.uri import is_uri
+
     from .spec import SweepError
 
     workdir = Path(args.working_dir).resolve()
@@ -177,7 +179,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not sweep_file.is_relative_to(workdir):
         raise SweepError(f"{args.file}: the sweep file must be inside --working-dir ({workdir}), which is uploaded")
     for field, value in (("storage", spec.storage), ("tracking_uri", spec.tracking_uri.removeprefix("sqlite:///"))):
-        if "://" not in value and not value.startswith("/"):
+        if not is_uri(value) and not value.startswith("/"):
             raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
                              f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
                              f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")

@@ -34,6 +34,8 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs
 
+from trainables.uri import is_uri
+
 log = logging.getLogger(__name__)
 
 STATE_FILES = "experiment_state-*.json"  # Tune's experiment state, one file per driver session
@@ -177,7 +179,7 @@ class SafeLocalHandler(pyarrow.fs.FileSystemHandler):
 def storage_filesystem(storage: str) -> pyarrow.fs.FileSystem | None:
     """The filesystem Ray should write a sweep's storage with: ours for local paths, Ray's own
     choice (None) for object-store URIs."""
-    if "://" in storage:
+    if is_uri(storage):
         return None
     return pyarrow.fs.PyFileSystem(SafeLocalHandler())
 
@@ -186,7 +188,7 @@ def prune_unreferenced_checkpoints(experiment: str, results) -> int:
     """Delete the checkpoint folders Ray no longer keeps, once `Tuner.fit` has returned (its
     state is stored): deletions still pending, and ones a killed driver never carried out;
     and the temporary files of writers killed mid-file."""
-    if "://" in experiment:
+    if is_uri(experiment):
         return 0
     DEFERRED_DELETES.flush(experiment)
     removed = 0

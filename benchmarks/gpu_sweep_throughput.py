@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 from gpu_pack_throughput import GpuSampler, stage_cifar_shaped  # noqa: E402
-from phase_sweep_cost import accuracies, tracking_uri  # noqa: E402
+from phase_sweep_cost import accuracies, ran_as, tracking_uri  # noqa: E402
 
-from sweeps.plan import largest_pack, ray_trials  # noqa: E402
 from sweeps.ray_cluster import init_ray  # noqa: E402
-from sweeps.runner import planned, run_sweep  # noqa: E402
+from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
 
 MODES = ("alone", "packed")
@@ -111,7 +110,7 @@ def main() -> None:
             results[mode] = {
                 "mode": mode, "wall_s": round(end - start, 1), "trials": outcome.total,
                 "trials_per_hour": round(outcome.total / (end - start) * 3600),
-                "pack": largest_pack(planned(spec)), "ray_trials": len(ray_trials(planned(spec))),
+                **ran_as(spec),
                 "gpu": sampler.between(start, end),
             }
             emit(results[mode], args.out)

@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 from analysis.export import export_sweep  # noqa: E402
-from sweeps.plan import largest_pack, ray_trials  # noqa: E402
+from sweeps.plan import sweep_plan  # noqa: E402
 from sweeps.ray_cluster import init_ray  # noqa: E402
-from sweeps.runner import planned, run_sweep  # noqa: E402
+from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import parse_sweep  # noqa: E402
-from sweeps.sweep_files import experiment_path  # noqa: E402
+from sweeps.sweep_files import experiment_path, read_spec  # noqa: E402
 
 MODES = {  # name -> (pack, share_pretraining)
     "a_trial_by_trial": (1, False),
@@ -46,6 +46,12 @@ MODES = {  # name -> (pack, share_pretraining)
 # (c) first and last: this machine's speed drifts by 20% within minutes, and whichever mode
 # runs later paid for it; the mean of both (c) runs brackets (a) and (b) between them.
 DEFAULT_ORDER = "c_shared_and_packed,a_trial_by_trial,b_shared_pretraining,c_shared_and_packed"
+
+
+def ran_as(spec) -> dict:
+    """The largest pack and the Ray trials of the plan the sweep stored (pack: auto as resolved)."""
+    plan = sweep_plan(read_spec(spec.name, spec.storage))
+    return {"pack": plan.largest_pack, "ray_trials": len(plan.ray_trials)}
 
 
 def make_spec(name: str, root: Path, args, pack, share: bool):
@@ -149,7 +155,7 @@ def measure(args, root: Path) -> dict:
         results[mode] = {"wall_s": round(mean, 1), "walls_s": walls[mode], "driver_cpu_s": cpus[mode],
                          "trials": outcome.total,
                          "trials_per_hour": round(outcome.total / mean * 3600),
-                         "pack": largest_pack(planned(spec)), "ray_trials": len(ray_trials(planned(spec))),
+                         **ran_as(spec),
                          "share_pretraining": share}
     reference = next(iter(accs.values()))
     diffs = {m: max(abs(a[k] - reference[k]) for k in reference) for m, a in accs.items()}

@@ -76,7 +76,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .ray_cluster import preflight
+    from .ray_cluster import local_slots, preflight
 
     preflight(spec, args.file)
     notice = None
@@ -96,22 +96,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {values}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .plan import largest_pack, pack_plan, pretraining_jobs, ray_trials, unpacked_reasons
-    from .runner import planned
+    from .notices import plan_lines
+    from .plan import planned
 
-    jobs, plan = pretraining_jobs(spec), planned(spec)
-    if jobs:
-        print(f"  shared    {len(jobs)} pretraining runs (up to {max(j.durations[-1] for j in jobs)} epochs) "
-              f"serve {sum(j.trials for j in jobs)} trials; each runs in the first Ray trial that needs it")
-    alone, largest, sizes = unpacked_reasons(spec), largest_pack(plan), pack_plan(plan, None)
-    if largest > 1:
-        print(f"  packed    {len(ray_trials(plan))} Ray trials of up to {largest} trials each (pack: {spec.pack})")
-        if len(sizes) > 1:  # e.g. a width sweep: each architecture's plan
-            for name, size in sizes.items():
-                what = f"up to {size} trials per Ray trial" if size > 1 else alone.get(name, "pack_plan says 1")
-                print(f"  {'pack' if size > 1 else 'alone':<9} {name}: {what}")
-    elif alone:
-        print(f"  packed    no: {'; '.join(sorted(set(alone.values())))}")
+    _, plan = planned(spec, local_slots(spec))
+    for line in plan_lines(plan):  # as `minima run` says it
+        print(f"  {line}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
     if notice:
         print(f"  note      {notice}")

@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from trainables.config import make_config
+from trainables.config import TrialConfig, make_config
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -16,7 +16,12 @@ def _digest(values: dict[str, Any]) -> str:
 
 def trial_key(values: dict[str, Any]) -> str:
     """Key of the full, resolved trial config (seed included)."""
-    return _digest(make_config(values).to_dict())
+    return config_key(make_config(values))
+
+
+def config_key(cfg: TrialConfig) -> str:
+    """`trial_key` of a config already made."""
+    return _digest(cfg.to_dict())
 
 
 def cell_key(values: dict[str, Any]) -> str:

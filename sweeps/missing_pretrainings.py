@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .plan import PretrainJob, pretraining_jobs, pretraining_packs
+from trainables.pretraining import PretrainJob
+
+from .plan import SweepPlan, pretraining_packs
 from .spec import SweepSpec
 
 
-def missing_jobs(spec: SweepSpec, store: str) -> list[PretrainJob]:
-    """The sweep's shared pretrainings that still lack a snapshot (all on a fresh sweep)."""
+def missing_jobs(plan: SweepPlan, store: str) -> list[PretrainJob]:
+    """The plan's shared pretrainings that still lack a snapshot (all on a fresh sweep)."""
     from trainables.pretraining import SnapshotStore
 
     snapshots = SnapshotStore(store)
-    return [j for j in pretraining_jobs(spec) if not all(snapshots.has(j.key, d) for d in j.durations)]
+    return [j for j in plan.jobs if not all(snapshots.has(j.key, d) for d in j.durations)]
 
 
-def run_missing_pretrainings(spec: SweepSpec, store: str, slots: int | None,
+def run_missing_pretrainings(spec: SweepSpec, plan: SweepPlan, store: str, slots: int | None,
                              on_notice: Callable[[str], None] = print) -> None:
     """Make every missing snapshot as Ray tasks (packed per architecture over `slots`) and wait.
 
@@ -32,7 +34,7 @@ def run_missing_pretrainings(spec: SweepSpec, store: str, slots: int | None,
 
     from trainables.pretraining import run_shared_pretraining, run_shared_pretrainings
 
-    jobs = missing_jobs(spec, store)
+    jobs = missing_jobs(plan, store)
     if not jobs:
         return
     on_notice(f"shared pretraining: {len(jobs)} runs (up to {max(j.durations[-1] for j in jobs)} epochs) for "
@@ -41,11 +43,11 @@ def run_missing_pretrainings(spec: SweepSpec, store: str, slots: int | None,
     alone = ray.remote(run_shared_pretraining).options(**options)
     packed = ray.remote(run_shared_pretrainings).options(**options)
     pending = {}
-    for group in pretraining_packs(spec, jobs, slots):
+    for group in pretraining_packs(plan, jobs, slots):
         if len(group) == 1:
-            pending[alone.remote(group[0].values, group[0].durations, store)] = group
+            pending[alone.remote(group[0], store)] = group
         else:  # one stacked model, snapshots bit-equal to pretraining each alone
-            pending[packed.remote([(j.values, j.durations) for j in group], store)] = group
+            pending[packed.remote(group, store)] = group
     failed = 0
     for ref, group in pending.items():
         try:

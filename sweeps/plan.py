@@ -1,9 +1,12 @@
-"""What a grid sweep shares and packs, decided before anything runs (no torch, no Ray).
+"""A sweep's plan: what it runs, shares and packs, derived once from its validated spec before
+anything runs (no torch, no Ray).
 
-Shared pretraining: the grid's trials grouped by their pretraining (`pretrain_key`), each group
-run once to its longest duration. Packing: trials that can share one stacked model (one
+Shared pretraining: a grid's trials grouped by their pretraining (`PretrainJob.key`), each
+group run once to its longest duration. Packing: trials that can share one stacked model (one
 architecture, `pack_signature`) cut into packs of K; unless the sweep sets K, it is chosen per
-architecture for the device (1: that architecture's trials run alone).
+architecture for the device (1: that architecture's trials run alone). `planned` records how
+`pack: auto` was resolved in the spec (its `pack_plan`, stored with the sweep), so the stored
+spec gives the same plan again.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import TrialConfig, architecture, can_pack_pretraining, make_config
-from trainables.pretraining import pretrain_key
+from trainables.config import TrialConfig, architecture, can_pack, can_pack_pretraining, make_config
+from trainables.pretraining import PretrainJob, pretrain_key
 
+from .keys import config_key
 from .spec import SweepSpec
 
 # Members per pack when auto: past 16, a wide MLP gains nothing per member; a narrow one (small
@@ -24,88 +28,111 @@ PACK_CAP = 16
 NARROW_PACK_CAP, NARROW_WIDTH = 32, 64
 # auto packs only MLPs: their packs are bit-exact and pay on CPU. Conv nets run under vmap, and on
 # a GPU a pack of them pays at small widths only and needs much memory: set `pack` by hand.
+# Shared pretrainings pack only MLPs under any `pack` (their packed snapshots are tested bit-equal).
 AUTO_PACKED_MODELS = ("mlp",)
 # Nor wide MLPs on CPU: their stacked weights outgrow the caches and each step's passes over
 # them turn memory-bound, so past this width a member trains faster alone.
 WIDE_CPU_MLP = 512
 
-
-@dataclass
-class PretrainJob:
-    """One shared pretraining: any member config, the durations to snapshot, trials served."""
-
-    values: dict[str, Any]
-    durations: list[int]
-    trials: int
-    key: str  # for the device type the sweep is expected to run on
+Need = tuple[str, int]  # (pretraining key, epochs): one shared snapshot a trial starts from
 
 
-def expected_device(spec: SweepSpec, values: dict[str, Any]) -> str:
-    """The device type trials will resolve: `auto` means CUDA when the sweep asks for GPUs."""
-    return _expected_device(spec, make_config(values))
+@dataclass(frozen=True)
+class PlannedTrial:
+    values: dict[str, Any]  # as Tune hands them to the trainable
+    config: TrialConfig
+    key: str  # `keys.trial_key`
 
 
-def _expected_device(spec: SweepSpec, cfg: TrialConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if spec.resources.gpu > 0 else "cpu"
-    return cfg.device
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep runs. A grid's trials, Ray trials and shared pretrainings are known before it
+    starts; random, Optuna and boundary searches draw theirs as they go (empty here)."""
+
+    search: str  # the spec's search kind
+    num_trials: int  # trials the sweep runs (boundary: at most)
+    trials: tuple[PlannedTrial, ...]  # a grid's, in grid order
+    ray_trials: tuple[tuple[dict[str, Any], ...], ...]  # each Ray trial's member values; one member: a plain trial
+    needs: tuple[tuple[Need, ...], ...]  # per Ray trial: the shared snapshots its members start from
+    jobs: tuple[PretrainJob, ...]  # shared pretrainings (none when sharing is off)
+    packed_jobs: dict[str, tuple[str, ...]]  # per architecture: keys of the jobs pretrained as one pack
+    pack_sizes: dict[str, int]  # per architecture: most members per pack (empty: nothing packed)
+    alone: dict[str, str]  # per architecture that `pack: auto` trains trial by trial: why
+
+    @property
+    def largest_pack(self) -> int:
+        """The most members any pack has (1: nothing is packed)."""
+        return max(self.pack_sizes.values(), default=1)
 
 
-def pretraining_jobs(spec: SweepSpec) -> list[PretrainJob]:
-    """The distinct pretrainings of a grid sweep (none for random/Optuna or when sharing is off)."""
-    if spec.search.kind != "grid" or not spec.share_pretraining:
-        return []
-    groups: dict[str, PretrainJob] = {}
+def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
+    """The sweep's plan. `slots` (trials that run at once; None on a cluster) sizes `pack: auto`
+    where the spec has no `pack_plan` yet."""
+    if spec.search.kind != "grid":
+        return SweepPlan(spec.search.kind, spec.num_trials(), (), (), (), (), {}, {}, {})
+    trials = tuple(PlannedTrial(values, cfg, config_key(cfg))
+                   for values, cfg in ((v, make_config(v)) for v in spec.trial_values()))
+    groups: dict[str, list[PlannedTrial]] = defaultdict(list)
+    for trial in trials:
+        groups[architecture(trial.config)].append(trial)
+    alone = _unpacked_reasons(spec, groups) if spec.pack == "auto" else {}
+    sizes = {} if spec.pack == 1 else _sizes(spec, groups, alone, slots)
+    ray = _ray_trials(trials, groups, sizes)
+    need = {id(t): _need(t.config) for t in trials if spec.share_pretraining and t.config.pretrain_epochs}
+    jobs = _jobs(trials, need)
+    packed: dict[str, list[str]] = defaultdict(list)
+    for job in jobs:
+        name = architecture(job.config)
+        if sizes.get(name, 1) > 1 and job.config.model in AUTO_PACKED_MODELS and can_pack_pretraining(job.config):
+            packed[name].append(job.key)
+    return SweepPlan(
+        search="grid", num_trials=len(trials), trials=trials,
+        ray_trials=tuple(tuple(t.values for t in members) for members in ray),
+        needs=tuple(tuple(need[id(t)] for t in members if id(t) in need) for members in ray),
+        jobs=jobs, packed_jobs={name: tuple(keys) for name, keys in packed.items()}, pack_sizes=sizes, alone=alone)
+
+
+def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
+    """The sweep's plan for `slots`, and the spec with `pack: auto` resolved per architecture as
+    its `pack_plan` (a spec that has one keeps it)."""
+    plan = sweep_plan(spec, slots)
+    if spec.pack != "auto" or spec.search.kind != "grid" or spec.pack_plan is not None:
+        return spec, plan
+    return spec.model_copy(update={"pack_plan": plan.pack_sizes}), plan
+
+
+def _need(cfg: TrialConfig) -> Need:
+    return pretrain_key(cfg), cfg.pretrain_epochs
+
+
+def _jobs(trials: tuple[PlannedTrial, ...], need: dict[int, Need]) -> tuple[PretrainJob, ...]:
+    """One job per pretraining key: any member's values, every duration asked for, trials served."""
+    first: dict[str, dict[str, Any]] = {}
     durations: dict[str, set[int]] = defaultdict(set)
-    for values in spec.trial_values():
-        for key, epochs in snapshot_needs(spec, values):
+    served: dict[str, int] = defaultdict(int)
+    for trial in trials:
+        if id(trial) in need:
+            key, epochs = need[id(trial)]
+            first.setdefault(key, trial.values)
             durations[key].add(epochs)
-            job = groups.setdefault(key, PretrainJob(values, [], 0, key))
-            job.trials += 1
-    for key, job in groups.items():
-        job.durations = sorted(durations[key])
-    return list(groups.values())
+            served[key] += 1
+    return tuple(PretrainJob(values, tuple(durations[key]), served[key]) for key, values in first.items())
 
 
-def snapshot_needs(spec: SweepSpec, values: dict[str, Any]) -> list[tuple[str, int]]:
-    """The shared snapshot a trial starts from, as (pretraining key, epochs); none without pretraining."""
-    cfg = make_config(values)
-    if cfg.pretrain_epochs == 0 or not spec.share_pretraining:
-        return []
-    return [(pretrain_key(cfg, expected_device(spec, values)), cfg.pretrain_epochs)]
-
-
-def architectures(spec: SweepSpec) -> dict[str, list[tuple[dict[str, Any], TrialConfig]]]:
-    """A grid's trials (values and config) by architecture, in grid order."""
-    groups: dict[str, list[tuple[dict[str, Any], TrialConfig]]] = defaultdict(list)
-    for values in spec.trial_values():
-        cfg = make_config(values)
-        groups[architecture(cfg)].append((values, cfg))
-    return dict(groups)
-
-
-def pack_plan(spec: SweepSpec, slots: int | None) -> dict[str, int]:
-    """Members per pack for each architecture of a grid: the sweep's `pack` for all of them, or
-    auto per architecture (`slots`: trials that run at once; None on a cluster). Empty when
-    nothing is packed."""
-    if spec.search.kind != "grid" or spec.pack == 1:
-        return {}
-    return _plan(spec, architectures(spec), slots)
-
-
-def _plan(spec: SweepSpec, groups: dict[str, list], slots: int | None) -> dict[str, int]:
+def _sizes(spec: SweepSpec, groups: dict[str, list[PlannedTrial]], alone: dict[str, str],
+           slots: int | None) -> dict[str, int]:
     if isinstance(spec.pack, int):
         return {name: spec.pack for name in groups}
     if spec.pack_plan is not None:  # its names are the grid's (checked by SweepSpec)
         return {name: spec.pack_plan.get(name, 1) for name in groups}
-    return _auto_sizes(spec, {name: [cfg for _, cfg in trials] for name, trials in groups.items()}, slots)
+    return _auto_sizes({name: [t.config for t in trials] for name, trials in groups.items()}, alone, slots)
 
 
-def _auto_sizes(spec: SweepSpec, groups: dict[str, list[TrialConfig]], slots: int | None) -> dict[str, int]:
+def _auto_sizes(groups: dict[str, list[TrialConfig]], alone: dict[str, str], slots: int | None) -> dict[str, int]:
     """Up to PACK_CAP members (NARROW_PACK_CAP up to NARROW_WIDTH wide) per architecture, none
-    where `_unpacked_reason` says so; then the biggest packs are split until the packs fill
-    whole rounds of the `slots` (no slot idles at the end while the last pack runs)."""
-    sizes = {name: 1 for name, configs in groups.items() if _unpacked_reason(spec, configs)}
+    where `alone` says why; then the biggest packs are split until the packs fill whole rounds
+    of the `slots` (no slot idles at the end while the last pack runs)."""
+    sizes = {name: 1 for name in groups if name in alone}
     packable = {name: len(configs) for name, configs in groups.items() if name not in sizes}
     packs = {name: math.ceil(n / (NARROW_PACK_CAP if groups[name][0].width <= NARROW_WIDTH else PACK_CAP))
              for name, n in packable.items()}
@@ -119,16 +146,9 @@ def _auto_sizes(spec: SweepSpec, groups: dict[str, list[TrialConfig]], slots: in
     return {**sizes, **{name: math.ceil(n / packs[name]) for name, n in packable.items()}}
 
 
-def largest_pack(spec: SweepSpec, slots: int | None = None) -> int:
-    """The most members any of the grid's packs has (1: nothing is packed)."""
-    return max(pack_plan(spec, slots).values(), default=1)
-
-
-def unpacked_reasons(spec: SweepSpec) -> dict[str, str]:
-    """Per architecture that `pack: auto` trains trial by trial, why (none for a set `pack`)."""
-    if spec.pack != "auto" or spec.search.kind != "grid":
-        return {}
-    reasons = {name: _unpacked_reason(spec, [cfg for _, cfg in trials]) for name, trials in architectures(spec).items()}
+def _unpacked_reasons(spec: SweepSpec, groups: dict[str, list[PlannedTrial]]) -> dict[str, str]:
+    """Per architecture that `pack: auto` trains trial by trial, why."""
+    reasons = {name: _unpacked_reason(spec, [t.config for t in trials]) for name, trials in groups.items()}
     return {name: why for name, why in reasons.items() if why}
 
 
@@ -136,58 +156,51 @@ def _unpacked_reason(spec: SweepSpec, configs: list[TrialConfig]) -> str | None:
     models = sorted({c.model for c in configs} - set(AUTO_PACKED_MODELS))
     if models:
         return f"{', '.join(models)} trains alone unless you set pack (pays on a GPU at small widths only)"
-    if any(c.speed_options for c in configs):
-        return "packs train fp32, default layout, uncompiled"  # see trainables.packed
+    if not all(can_pack(c) for c in configs):
+        return "packs train fp32, default layout, uncompiled"
     if any(c.width > WIDE_CPU_MLP and _expected_device(spec, c) == "cpu" for c in configs):
         return f"MLPs wider than {WIDE_CPU_MLP} train faster alone on CPU"
     return None
 
 
-def ray_trials(spec: SweepSpec, slots: int | None = None) -> list[list[dict[str, Any]]]:
-    """The grid's Ray trials as lists of member configs: each architecture cut into even packs of
-    at most its `pack_plan` size (72 in 16s -> 5 x 15, not 4 x 16 + 8), one config per trial
-    where it is 1. A Ray trial of one config runs as a plain trial."""
-    if spec.search.kind != "grid" or spec.pack == 1:
-        return [[values] for values in spec.trial_values()]
-    groups = architectures(spec)
-    sizes = _plan(spec, groups, slots)
-    out: list[list[dict[str, Any]]] = []
-    for name, trials in groups.items():
-        members = [values for values, _ in trials]
+def _expected_device(spec: SweepSpec, cfg: TrialConfig) -> str:
+    """The device type trials will likely resolve: `auto` means CUDA when the sweep asks for
+    GPUs. A guess, good enough to size packs; nothing that must match at run time uses it."""
+    if cfg.device == "auto":
+        return "cuda" if spec.resources.gpu > 0 else "cpu"
+    return cfg.device
+
+
+def _ray_trials(trials: tuple[PlannedTrial, ...], groups: dict[str, list[PlannedTrial]],
+                sizes: dict[str, int]) -> list[list[PlannedTrial]]:
+    """Each architecture cut into even packs of at most its size (72 in 16s -> 5 x 15, not
+    4 x 16 + 8), one trial each where it is 1; every trial alone, in grid order, when nothing
+    is packed."""
+    if not sizes:
+        return [[t] for t in trials]
+    out: list[list[PlannedTrial]] = []
+    for name, members in groups.items():
         count = math.ceil(len(members) / sizes.get(name, 1))
         per = math.ceil(len(members) / count)
         out += [members[i : i + per] for i in range(0, len(members), per)]
     return out
 
 
-def packs_pretraining(job: PretrainJob) -> bool:
-    """Whether this pretraining may run in a pack with others of its architecture (MLPs only,
-    see `trainables.packed.run_pretraining_pack`)."""
-    cfg = make_config({**job.values, "pretrain_epochs": job.durations[-1]})
-    return cfg.model in AUTO_PACKED_MODELS and can_pack_pretraining(cfg)
-
-
-def pretrains_in_a_pack(job: PretrainJob, sizes: dict[str, int]) -> bool:
-    """Whether a shared pretraining runs packed with others of its architecture, under the
-    plan's `sizes` (`pack_plan`): only where that architecture's trials are packed."""
-    return sizes.get(architecture(make_config(job.values)), 1) > 1 and packs_pretraining(job)
-
-
-def pretraining_packs(spec: SweepSpec, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
-    """The shared pretrainings grouped for one Ray task each: those of one MLP architecture
-    trained together as a pack (at most its `pack_plan` size, spread over the `slots` that run at once),
-    the rest one by one. A resolved `pack: 1` packs nothing."""
-    sizes = pack_plan(spec, slots)
+def pretraining_packs(plan: SweepPlan, jobs: list[PretrainJob], slots: int | None) -> list[list[PretrainJob]]:
+    """Some of the plan's shared pretrainings grouped for one Ray task each: those its
+    `packed_jobs` pack, per architecture (at most its pack size, spread over the `slots` that run
+    at once), the rest one by one."""
+    packed = {key: name for name, keys in plan.packed_jobs.items() for key in keys}
     groups: dict[str, list[PretrainJob]] = defaultdict(list)
     alone: list[list[PretrainJob]] = []
     for job in jobs:
-        if pretrains_in_a_pack(job, sizes):
-            groups[architecture(make_config(job.values))].append(job)
+        if job.key in packed:
+            groups[packed[job.key]].append(job)
         else:
             alone.append([job])
     packs = []
     for name, members in groups.items():
-        count = math.ceil(len(members) / sizes[name])
+        count = math.ceil(len(members) / plan.pack_sizes[name])
         if slots:
             count = max(count, min(slots, len(members)))  # one pack per slot before packs grow
         per = math.ceil(len(members) / count)

@@ -6,24 +6,15 @@ path, GPUs on local Ray, a name already used.
 
 from __future__ import annotations
 
-from .notices import announce_sharing, describe_packing, report_sharing
+from .notices import plan_lines, report_sharing
 from .outcome import SweepOutcome, count_outcome
+from .plan import SweepPlan, planned
 from .ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
 from .safe_storage import prune_unreferenced_checkpoints
 from .spec import SweepError, SweepSpec
 from .sweep_files import experiment_path, logs_to_mlflow, read_spec, run_settings, snapshot_store, write_spec
 from .tuner import build_tuner, has_results, only_json_results, pending_trials, restore_tuner
 from .tuner import trial_dirname  # noqa: F401 - sweeps stored before sweeps.tuner existed pickled it by this path
-
-
-def planned(spec: SweepSpec) -> SweepSpec:
-    """The spec with `pack: auto` resolved per architecture for where it runs, as its
-    `pack_plan` (stored, so a resume agrees)."""
-    from .plan import pack_plan
-
-    if spec.pack != "auto" or spec.search.kind != "grid" or spec.pack_plan is not None:
-        return spec
-    return spec.model_copy(update={"pack_plan": pack_plan(spec, local_slots(spec))})
 
 
 def _start_ray(spec: SweepSpec, on_notice) -> None:
@@ -33,8 +24,8 @@ def _start_ray(spec: SweepSpec, on_notice) -> None:
         on_notice(notice)
 
 
-def _fit(spec: SweepSpec, make_tuner):
-    with pending_trials(spec, cluster_cpus()):
+def _fit(plan: SweepPlan, make_tuner):
+    with pending_trials(plan, cluster_cpus()):
         return make_tuner().fit()
 
 
@@ -50,15 +41,13 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
                          f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
     _start_ray(spec, on_notice)
-    spec = planned(spec)
-    packing = describe_packing(spec)
-    if packing:
-        on_notice(f"packing: {packing}")
+    spec, plan = planned(spec, local_slots(spec))
+    for line in plan_lines(plan):
+        on_notice(line)
     write_spec(spec, log_to_mlflow)
-    announce_sharing(spec, on_notice)
     only_json_results(True)
-    grid = _fit(spec, lambda: build_tuner(spec, log_to_mlflow))
-    report_sharing(spec, on_notice)
+    grid = _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow))
+    report_sharing(plan, snapshot_store(spec), on_notice)
     return _finish(spec, grid)
 
 
@@ -73,7 +62,9 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     _start_ray(spec, on_notice)
     from .missing_pretrainings import run_missing_pretrainings
 
-    run_missing_pretrainings(spec, snapshot_store(spec), local_slots(spec), on_notice)  # what a killed driver never finished
+    slots = local_slots(spec)
+    spec, plan = planned(spec, slots)  # the stored spec: its pack_plan as the sweep started
+    run_missing_pretrainings(spec, plan, snapshot_store(spec), slots, on_notice)  # what a killed driver never finished
     only_json_results(bool(run_settings(spec).get("json_logger_only")))
     tuner = restore_tuner(spec)
-    return _finish(spec, _fit(spec, lambda: tuner))
+    return _finish(spec, _fit(plan, lambda: tuner))

@@ -7,6 +7,7 @@ from typing import Any
 from trainables.config import INT_FIELDS
 from trainables.tune_trainable import MEMBERS_KEY, SEEDS_KEY
 
+from .plan import SweepPlan
 from .spec import RangeAxis, SweepSpec
 
 
@@ -19,33 +20,28 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
+def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
     """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
 
-    A grid whose `pack_plan` packs some architectures (see sweeps.plan) runs each pack as one
-    Ray trial whose config lists its members. A grid whose trials start from shared snapshots
-    (in `snapshots`) gets them from a `SnapshotGate`: first the trials that run each
-    pretraining, the others once their snapshots are saved.
+    A grid whose plan packs some architectures runs each pack as one Ray trial whose config
+    lists its members. A grid whose trials start from shared snapshots (in `snapshots`) gets
+    them from a `SnapshotGate`: first the trials that run each pretraining, the others once
+    their snapshots are saved.
     """
     from ray import tune
-
-    from .plan import pack_plan, pretraining_jobs, pretrains_in_a_pack, ray_trials, snapshot_needs
 
     space: dict[str, Any] = dict(spec.base)
     kind = spec.search.kind
     if kind == "grid":
-        trials = ray_trials(spec)
-        sharing = bool(snapshots) and spec.share_pretraining
-        needs = [[n for v in members for n in snapshot_needs(spec, v)] for members in trials] if sharing else []
-        if any(needs):
+        trials = [list(members) for members in plan.ray_trials]
+        if snapshots and any(plan.needs):
             from .snapshot_gate import SnapshotGate
 
             configs = [{MEMBERS_KEY: members} if len(members) > 1 else members[0] for members in trials]
-            jobs, sizes = pretraining_jobs(spec), pack_plan(spec, None)
-            packable = {j.key for j in jobs if pretrains_in_a_pack(j, sizes)}
-            return {}, len(configs), SnapshotGate(configs, needs, snapshots,
-                                                  {j.key: (j.values, j.durations) for j in jobs}, packable)
-        if len(trials) < spec.num_trials():  # some packed: a grid over member lists (lone trials: lists of one)
+            packable = {key for keys in plan.packed_jobs.values() for key in keys}
+            return {}, len(configs), SnapshotGate(configs, [list(n) for n in plan.needs], snapshots,
+                                                  {j.key: j.to_tune() for j in plan.jobs}, packable)
+        if len(trials) < plan.num_trials:  # some packed: a grid over member lists (lone trials: lists of one)
             return {MEMBERS_KEY: tune.grid_search(trials)}, 1, None
     if kind == "boundary":
         from .boundary_searcher import BoundarySearcher

@@ -26,15 +26,15 @@ from trainables.tune_trainable import PRETRAIN_KEY
 POLL_S = 1.0  # at most this often the storage is asked about snapshots not yet seen
 
 Need = tuple[str, int]  # (pretraining key, epochs): one snapshot a trial starts from
-Job = tuple[dict[str, Any], list[int]]  # one shared pretraining: any member config, durations
 
 
 class SnapshotGate(Searcher):
     def __init__(self, configs: list[dict[str, Any]], needs: list[list[Need]], store: str,
-                 jobs: dict[str, Job], packable: set[str] = frozenset()):
+                 jobs: dict[str, list], packable: set[str] = frozenset()):
         """`configs`: the Ray trials' configs, in grid order; `needs[i]`: the snapshots configs[i]
-        starts from; `jobs`: the shared pretraining of each key; `packable`: the keys an owner
-        may pretrain together as one pack (those of one trial share an architecture)."""
+        starts from; `jobs`: the shared pretraining of each key as a Tune config carries it
+        (`PretrainJob.to_tune`); `packable`: the keys an owner may pretrain together as one pack
+        (those of one trial share an architecture)."""
         super().__init__()
         order = sorted(range(len(configs)), key=lambda i: max((d for _, d in needs[i]), default=0))
         self.configs = [configs[i] for i in order]  # shortest pretraining first: its snapshot comes first

@@ -9,6 +9,7 @@ import os
 from trainables.provenance import git_commit, package_version
 from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_trainable  # light: torch loads in workers
 
+from .plan import SweepPlan
 from .safe_storage import storage_filesystem
 from .spec import SweepSpec
 from .sweep_files import experiment_path, snapshot_store, storage_root
@@ -51,23 +52,21 @@ def trial_dirname(trial) -> str:
 PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
 
 
-def hands_out_ready_trials(spec: SweepSpec) -> bool:
+def hands_out_ready_trials(plan: SweepPlan) -> bool:
     """Whether the sweep's trials come from one of our searchers (SnapshotGate, BoundarySearcher),
     which hand out only trials that can start now."""
-    from .plan import pretraining_jobs
-
-    return spec.search.kind == "boundary" or bool(pretraining_jobs(spec))
+    return plan.search == "boundary" or bool(plan.jobs)
 
 
 @contextlib.contextmanager
-def pending_trials(spec: SweepSpec, cluster_cpus: float):
+def pending_trials(plan: SweepPlan, cluster_cpus: float):
     """Let Tune queue as many of our searchers' trials as it queues for a grid search.
 
     Tune keeps one trial of a custom Searcher pending at a time: locally a slot would idle while
     another trial's actor starts, and an autoscaling cluster would see one trial's demand at a
     time and add nodes one by one. A value the user set is kept.
     """
-    if not hands_out_ready_trials(spec) or PENDING_TRIALS_ENV in os.environ:
+    if not hands_out_ready_trials(plan) or PENDING_TRIALS_ENV in os.environ:
         yield
         return
     os.environ[PENDING_TRIALS_ENV] = str(max(200, int(cluster_cpus * 1.1)))  # Tune's rule for a grid
@@ -77,15 +76,15 @@ def pending_trials(spec: SweepSpec, cluster_cpus: float):
         os.environ.pop(PENDING_TRIALS_ENV, None)
 
 
-def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
+def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True):
     """The sweep's Tuner."""
     from ray import tune
 
     from .search_space import build_search
 
-    sharing = spec.share_pretraining and spec.search.kind == "grid"
+    sharing = spec.share_pretraining and plan.search == "grid"
     snapshots = snapshot_store(spec) if sharing else None
-    space, num_samples, search_alg = build_search(spec, snapshots)
+    space, num_samples, search_alg = build_search(spec, plan, snapshots)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
     if snapshots:
         space[SNAPSHOTS_KEY] = snapshots

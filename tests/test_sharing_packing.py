@@ -13,12 +13,12 @@ import math
 
 import pytest
 
-from sweeps.plan import largest_pack, pack_plan, pretraining_jobs, pretraining_packs, ray_trials
+from sweeps.plan import planned, pretraining_packs, sweep_plan
 from sweeps.spec import SweepError, parse_sweep
 from trainables.config import architecture, make_config
 from trainables.packed import run_pack
-from trainables.pretraining import (SnapshotStore, pretrain_key, resume_state_from_snapshot, run_owned_pretrainings,
-                                    run_shared_pretraining, run_shared_pretrainings)
+from trainables.pretraining import (PretrainJob, SnapshotStore, pretrain_key, resume_state_from_snapshot,
+                                    run_owned_pretrainings, run_shared_pretraining, run_shared_pretrainings)
 from trainables.loop import TrialResult
 from trainables.stages import resolve_device
 from trainables.trial import run_trial
@@ -59,9 +59,9 @@ SMALL = dict(width=32, epochs=6, flatness_samples=1, stop_at_train_acc=None)
 
 def test_shared_snapshots_give_exactly_the_standalone_trials(tmp_path):
     # one pretraining run to 6 epochs serves the trials pretraining 2 and 6 epochs
-    done = run_shared_pretraining({**SMALL, "seed": 3}, [2, 6], str(tmp_path))
+    done = run_shared_pretraining(PretrainJob({**SMALL, "seed": 3}, (2, 6)), str(tmp_path))
     assert done["saved"] == [2, 6] and done["epochs_run"] == 6
-    assert run_shared_pretraining({**SMALL, "seed": 3}, [2, 6], str(tmp_path))["epochs_run"] == 0  # kept
+    assert run_shared_pretraining(PretrainJob({**SMALL, "seed": 3}, (2, 6)), str(tmp_path))["epochs_run"] == 0  # kept
     for pretrain, clean in ((2, dict(weight_decay=1e-3, augmentation="shift")), (6, dict(momentum=0.9, clip_norm=0.5))):
         cfg = make_config({**SMALL, "seed": 3, "pretrain_epochs": pretrain, **clean})
         state = resume_state_from_snapshot(cfg, str(tmp_path), DEVICE)
@@ -73,7 +73,7 @@ def test_shared_snapshots_give_exactly_the_standalone_trials(tmp_path):
 
 def test_a_pretraining_that_diverges_ends_its_trials_as_diverged(tmp_path):
     values = {**SMALL, "pretrain_lr": 1e6, "pretrain_epochs": 4}
-    run_shared_pretraining(values, [4], str(tmp_path))
+    run_shared_pretraining(PretrainJob(values, (4,)), str(tmp_path))
     cfg = make_config(values)
     shared = run_trial(cfg, resume=resume_state_from_snapshot(cfg, str(tmp_path), DEVICE))
     assert shared.summary["status"] == "diverged"
@@ -83,9 +83,29 @@ def test_a_pretraining_that_diverges_ends_its_trials_as_diverged(tmp_path):
 def test_pretrain_key_ignores_the_clean_phase_only():
     a = make_config({"seed": 1, "weight_decay": 0.0, "pretrain_epochs": 10})
     b = make_config({"seed": 1, "weight_decay": 1e-3, "augmentation": "shift", "pretrain_epochs": 30})
-    assert pretrain_key(a, "cpu") == pretrain_key(b, "cpu")
-    assert pretrain_key(a, "cpu") != pretrain_key(a, "cuda")
-    assert pretrain_key(a, "cpu") != pretrain_key(make_config({"seed": 1, "pretrain_lr": 0.01}), "cpu")
+    assert pretrain_key(a) == pretrain_key(b)
+    assert pretrain_key(a) != pretrain_key(make_config({"seed": 1, "pretrain_lr": 0.01}))
+
+
+def test_a_snapshot_is_loaded_only_on_the_device_type_it_was_made_on(tmp_path):
+    """The key leaves the device out (a planner cannot know what a worker resolves); the
+    snapshot records its device type and a trial on another one pretrains by itself."""
+    job = PretrainJob({**SMALL, "seed": 5}, (2,))
+    run_shared_pretraining(job, str(tmp_path))
+    cfg = make_config({**SMALL, "seed": 5, "pretrain_epochs": 2})
+    other = "cuda" if DEVICE == "cpu" else "cpu"
+    assert SnapshotStore(str(tmp_path)).has(job.key, 2) and job.key == pretrain_key(cfg)
+    assert resume_state_from_snapshot(cfg, str(tmp_path), DEVICE) is not None
+    assert resume_state_from_snapshot(cfg, str(tmp_path), other) is None
+    assert SnapshotStore(str(tmp_path)).load(job.key, 2, DEVICE)["device"] == DEVICE
+
+
+def test_a_pretraining_job_is_one_small_picklable_value():
+    import pickle
+
+    job = PretrainJob({**SMALL, "seed": 1, "pretrain_epochs": 9}, (6, 2, 0, 6), trials=4)
+    assert job.durations == (2, 6) and job.config.pretrain_epochs == 6 and job.trials == 4
+    assert pickle.loads(pickle.dumps(job)) == job and PretrainJob.from_tune(job.to_tune()) == PretrainJob(job.values, (2, 6))
 
 
 MEMBERS = [
@@ -148,7 +168,7 @@ def test_a_pack_measures_its_members_flatness_exactly_as_each_alone():
 def test_a_pack_starts_members_from_shared_snapshots(tmp_path):
     members = [dict(SMALL, seed=s, pretrain_epochs=3, weight_decay=wd) for s in (0, 1) for wd in (0.0, 1e-3)]
     for s in (0, 1):
-        run_shared_pretraining(dict(SMALL, seed=s), [3], str(tmp_path))
+        run_shared_pretraining(PretrainJob(dict(SMALL, seed=s), (3,)), str(tmp_path))
     starts = [resume_state_from_snapshot(make_config(m), str(tmp_path), DEVICE) for m in members]
     packed = run_pack(members, pretrained=starts)
     assert_same_results(packed, [run_trial(m) for m in members])
@@ -191,16 +211,17 @@ def _grid(**extra):
 
 
 def test_the_plan_runs_each_pretraining_once_to_its_longest_duration():
-    jobs = pretraining_jobs(_grid())
+    jobs = sweep_plan(_grid()).jobs
     assert len(jobs) == 3  # one per seed
-    assert all(j.durations == [10, 30] and j.trials == 8 for j in jobs)
-    assert pretraining_jobs(_grid(share_pretraining=False)) == []
-    assert pretraining_jobs(_grid(search={"kind": "random", "num_samples": 2})) == []
+    assert all(j.durations == (10, 30) and j.trials == 8 for j in jobs)
+    assert sweep_plan(_grid(share_pretraining=False)).jobs == ()
+    assert sweep_plan(_grid(search={"kind": "random", "num_samples": 2})).jobs == ()
 
 
 def sizes(spec, slots) -> dict[int, int]:
     """Members per pack, by MLP width (each test grid varies the architecture in width only)."""
-    return {make_config(values).width: pack_plan(spec, slots)[architecture(make_config(values))]
+    plan = sweep_plan(spec, slots)
+    return {make_config(values).width: plan.pack_sizes[architecture(make_config(values))]
             for values in spec.trial_values()}
 
 
@@ -211,9 +232,9 @@ def test_packs_are_even_and_fill_every_slot():
     narrow = _grid()  # width 32: up to 32 members (NARROW_PACK_CAP)
     assert sizes(narrow, slots=2) == sizes(narrow, slots=None) == {32: 18} and sizes(narrow, slots=3) == {32: 12}
     assert sizes(_grid(pack=5), slots=2) == {32: 5}
-    assert largest_pack(_grid(base={"model": "cnn", "width": 8}), slots=2) == 1  # auto packs MLPs only
-    assert largest_pack(_grid(pack=1), slots=2) == 1 and pack_plan(_grid(pack=1), 2) == {}
-    packs = ray_trials(spec.model_copy(update={"pack": 16}))
+    assert sweep_plan(_grid(base={"model": "cnn", "width": 8}), slots=2).largest_pack == 1  # auto packs MLPs only
+    assert sweep_plan(_grid(pack=1), slots=2).largest_pack == 1 and sweep_plan(_grid(pack=1), 2).pack_sizes == {}
+    packs = sweep_plan(spec.model_copy(update={"pack": 16})).ray_trials
     assert sorted(len(p) for p in packs) == [12, 12, 12]
     assert sorted(tuple(sorted(v.items())) for p in packs for v in p) == sorted(
         tuple(sorted(v.items())) for v in spec.trial_values())
@@ -228,7 +249,7 @@ def test_auto_packs_each_architecture_by_itself():
     while the grid's narrower MLPs are still packed (one pack size per architecture)."""
     mixed = widths(32, 256, 1024)  # 36 trials of each width
     assert sizes(mixed, slots=2) == {32: 12, 256: 12, 1024: 1}  # 2 + 3 packs, the biggest split: 6 for 2 slots
-    trials = ray_trials(planned_pack(mixed, 2))
+    trials = sweep_plan(planned_pack(mixed, 2)).ray_trials
     assert sorted(len(t) for t in trials) == [1] * 36 + [12] * 6
     assert all(make_config(v).width == 1024 for t in trials if len(t) == 1 for v in t)
     assert sorted(tuple(sorted(v.items())) for t in trials for v in t) == sorted(
@@ -261,18 +282,18 @@ def test_pack_needs_a_grid_and_says_so():
 def test_packed_pretrainings_save_exactly_the_standalone_snapshots(tmp_path):
     import torch
 
-    jobs = [(dict(SMALL, seed=0), [2, 5]), (dict(SMALL, seed=1, pretrain_momentum=0.5), [3]),
-            (dict(SMALL, seed=2, pretrain_lr=1e4), [2, 4]),  # diverges in its first epoch
-            (dict(SMALL, seed=3), [1])]  # leaves the pack first
-    for values, durations in jobs:
-        run_shared_pretraining(values, durations, str(tmp_path / "alone"))
+    jobs = [PretrainJob(dict(SMALL, seed=0), (2, 5)), PretrainJob(dict(SMALL, seed=1, pretrain_momentum=0.5), (3,)),
+            PretrainJob(dict(SMALL, seed=2, pretrain_lr=1e4), (2, 4)),  # diverges in its first epoch
+            PretrainJob(dict(SMALL, seed=3), (1,))]  # leaves the pack first
+    for job in jobs:
+        run_shared_pretraining(job, str(tmp_path / "alone"))
     reports = run_shared_pretrainings(jobs, str(tmp_path / "packed"))
     assert [r["epochs_run"] for r in reports] == [5, 3, 1, 1]
-    for values, durations in jobs:
-        for d in durations:
-            key = pretrain_key(make_config({**values, "pretrain_epochs": d}), DEVICE)
-            alone, packed = (SnapshotStore(str(tmp_path / w)).load(key, d) for w in ("alone", "packed"))
-            assert alone["diverged"] == packed["diverged"] == (values["seed"] == 2)
+    for job in jobs:
+        for d in job.durations:
+            key = pretrain_key(make_config({**job.values, "pretrain_epochs": d}))
+            alone, packed = (SnapshotStore(str(tmp_path / w)).load(key, d, DEVICE) for w in ("alone", "packed"))
+            assert alone["diverged"] == packed["diverged"] == (job.values["seed"] == 2)
             tolerance = 0 if DEVICE == "cpu" else 1e-3  # see the module docstring
             for name, tensor in alone["model"].items():  # NaN where it diverged: equal_nan
                 assert torch.allclose(packed["model"][name], tensor, rtol=tolerance, atol=tolerance, equal_nan=True), name
@@ -283,29 +304,31 @@ def test_packed_pretrainings_save_exactly_the_standalone_snapshots(tmp_path):
 
 
 def test_an_owner_records_a_failed_pretraining_so_its_trials_pretrain_alone(tmp_path):
-    good = (dict(SMALL, seed=0), [2])
-    mixed = [(dict(SMALL, seed=1), [2]), (dict(SMALL, seed=2, width=16), [2])]  # no one pack holds both
+    good = PretrainJob(dict(SMALL, seed=0), (2,))
+    mixed = [PretrainJob(dict(SMALL, seed=1), (2,)), PretrainJob(dict(SMALL, seed=2, width=16), (2,))]  # no one pack holds both
     errors = run_owned_pretrainings([[good], mixed], str(tmp_path))
     assert len(errors) == 1 and "one architecture" in errors[0]
     store = SnapshotStore(str(tmp_path))
-    key = lambda values: pretrain_key(make_config({**values, "pretrain_epochs": 2}), DEVICE)  # noqa: E731
-    assert store.has(key(good[0]), 2) and store.failure(key(good[0])) is None
-    for values, _ in mixed:
-        assert not store.has(key(values), 2) and "one architecture" in store.failure(key(values))
-        cfg = make_config({**values, "pretrain_epochs": 2})
+    key = lambda values: pretrain_key(make_config({**values, "pretrain_epochs": 2}))  # noqa: E731
+    assert store.has(key(good.values), 2) and store.failure(key(good.values)) is None
+    for job in mixed:
+        assert not store.has(key(job.values), 2) and "one architecture" in store.failure(key(job.values))
+        cfg = make_config({**job.values, "pretrain_epochs": 2})
         assert resume_state_from_snapshot(cfg, str(tmp_path), DEVICE) is None  # so the trial pretrains alone
 
 
 def test_pretrainings_pack_per_architecture_over_the_slots():
     spec = _grid(pack="auto")
-    jobs = pretraining_jobs(spec)
+    plan = sweep_plan(planned_pack(spec, 2))
+    jobs = list(plan.jobs)
     assert len(jobs) == 3  # one per seed
-    assert [len(g) for g in pretraining_packs(planned_pack(spec, 2), jobs, slots=2)] == [2, 1]
-    assert [len(g) for g in pretraining_packs(planned_pack(spec, 2), jobs, slots=None)] == [3]
-    assert [len(g) for g in pretraining_packs(spec.model_copy(update={"pack": 1}), jobs, slots=2)] == [1, 1, 1]
-    copies = _grid(pack="auto", base={"width": 32, "epochs": 5, "pretrain_copies": 2})
-    assert [len(g) for g in pretraining_packs(planned_pack(copies, 2), pretraining_jobs(copies), 2)] == [1, 1, 1]
+    assert [len(g) for g in pretraining_packs(plan, jobs, slots=2)] == [2, 1]
+    assert [len(g) for g in pretraining_packs(plan, jobs, slots=None)] == [3]
+    assert [len(g) for g in pretraining_packs(sweep_plan(spec.model_copy(update={"pack": 1})), jobs, slots=2)] == [1, 1, 1]
+    copies = sweep_plan(planned_pack(_grid(pack="auto", base={"width": 32, "epochs": 5, "pretrain_copies": 2}), 2))
+    assert [len(g) for g in pretraining_packs(copies, list(copies.jobs), 2)] == [1, 1, 1]
 
 
 def planned_pack(spec, slots):
-    return spec.model_copy(update={"pack_plan": pack_plan(spec, slots)})
+    """The spec as `minima run` stores it: pack: auto resolved for `slots`."""
+    return planned(spec, slots)[0]

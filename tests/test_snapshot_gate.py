@@ -12,11 +12,16 @@ import pytest
 from ray.tune.search import Searcher
 
 from sweeps import snapshot_gate
-from sweeps.plan import pretraining_jobs
+from sweeps.plan import planned, sweep_plan
 from sweeps.search_space import build_search
 from sweeps.spec import parse_sweep
 from trainables.pretraining import SnapshotStore
 from trainables.tune_trainable import PRETRAIN_KEY
+
+
+def search(spec, store):
+    """`build_search` with the spec's plan, as the tuner builds it."""
+    return build_search(spec, sweep_plan(spec), store)
 
 
 def grid(**extra):
@@ -51,14 +56,14 @@ def brief(configs) -> list[tuple]:
 
 def test_each_pretraining_runs_in_one_owner_and_the_rest_start_as_its_snapshots_are_saved(tmp_path):
     spec, store = grid(pack=1), str(tmp_path)
-    space, num_samples, gate = build_search(spec, store)
+    space, num_samples, gate = search(spec, store)
     assert space == {} and num_samples == 12
-    jobs = {j.values["seed"]: j for j in pretraining_jobs(spec)}
+    jobs = {j.values["seed"]: j for j in sweep_plan(spec).jobs}
 
     first = handed_out(gate)
     assert [c["pretrain_epochs"] for c in first[:2]] == [10, 10]  # the owners come first: they pretrain
     assert brief(first) == [(0, 0, ()), (0, 0, ()), (0, 1, ()), (0, 1, ()), (10, 0, (0,)), (10, 1, (1,))]
-    assert first[0][PRETRAIN_KEY] == [[[jobs[first[0]["seed"]].values, [10, 30]]]]  # to 30, saving 10 and 30
+    assert first[0][PRETRAIN_KEY] == [[jobs[first[0]["seed"]].to_tune()]] == [[[jobs[first[0]["seed"]].values, [10, 30]]]]  # to 30, saving 10 and 30
     save_snapshot(store, jobs[0].key, 10)  # seed 0's owner passes epoch 10
     assert brief(handed_out(gate)) == [(10, 0, ())]
     SnapshotStore(store).record_failure(jobs[1].key, "RuntimeError: out of memory")  # seed 1's owner gives up
@@ -71,7 +76,7 @@ def test_each_pretraining_runs_in_one_owner_and_the_rest_start_as_its_snapshots_
 
 def test_an_owner_that_ends_without_its_snapshots_releases_the_trials_waiting_for_them(tmp_path):
     spec, store = grid(pack=1), str(tmp_path)
-    _, _, gate = build_search(spec, store)
+    _, _, gate = search(spec, store)
     owners = [c for c in handed_out(gate) if PRETRAIN_KEY in c]
     assert handed_out(gate) == []
     gate.on_trial_complete("t0", error=True)  # Tune gave up on the first owner after its retries
@@ -82,7 +87,7 @@ def test_an_owner_that_ends_without_its_snapshots_releases_the_trials_waiting_fo
 
 def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
     spec, store = grid(pack=1), str(tmp_path)
-    _, _, gate = build_search(spec, store)
+    _, _, gate = search(spec, store)
     given = handed_out(gate)
     assert len(given) == 6
     gate.save(str(tmp_path / "state.json"))
@@ -95,7 +100,7 @@ def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
     older.restore(str(tmp_path / "old.json"))
     assert older.owner_trials == gate.owner_trials and older.owner_trials
     assert handed_out(restored) == []  # claimed by owners already handed out: no second owner
-    for job in pretraining_jobs(spec):  # as the resume makes what is missing before the trials
+    for job in sweep_plan(spec).jobs:  # as the resume makes what is missing before the trials
         for epochs in job.durations:
             save_snapshot(store, job.key, epochs)
     rest = handed_out(restored)
@@ -105,12 +110,12 @@ def test_a_resumed_gate_hands_out_only_the_rest_and_keeps_its_owners(tmp_path):
 
 def test_a_pack_owns_every_pretraining_its_members_need_and_runs_them_as_one(tmp_path):
     spec, store = grid(pack=4), str(tmp_path)
-    _, num_samples, gate = build_search(spec, store)
+    _, num_samples, gate = search(spec, store)
     assert num_samples == 3
     first = handed_out(gate)
     assert [sorted({m["pretrain_epochs"] for m in c["_members"]}) for c in first] == [[10], [0]]
     assert [sorted(j[0]["seed"] for j in g) for g in first[0][PRETRAIN_KEY]] == [[0, 1]]  # one pack of both seeds
-    jobs = pretraining_jobs(spec)
+    jobs = sweep_plan(spec).jobs
     save_snapshot(store, jobs[0].key, 30)
     assert handed_out(gate) == []  # the last pack also holds seed 1 at 30 epochs
     save_snapshot(store, jobs[1].key, 30)
@@ -119,7 +124,7 @@ def test_a_pack_owns_every_pretraining_its_members_need_and_runs_them_as_one(tmp
 
 def test_sweeps_without_shared_snapshots_keep_tunes_grid(tmp_path):
     for spec in (grid(share_pretraining=False, pack=1), parse_sweep({"name": "z", "pack": 1, "axes": {"weight_decay": [0.0, 1e-3]}})):
-        space, num_samples, searcher = build_search(spec, str(tmp_path))
+        space, num_samples, searcher = search(spec, str(tmp_path))
         assert searcher is None and num_samples == 1 and "weight_decay" in space
 
 
@@ -134,45 +139,45 @@ def test_tune_queues_the_gates_trials_as_it_queues_a_grids(monkeypatch):
 
     monkeypatch.delenv(PENDING_TRIALS_ENV, raising=False)
     spec = grid()
-    _, _, gate = build_search(spec, "unused")
+    _, _, gate = search(spec, "unused")
     searcher = SearchGenerator(gate)
     assert _get_max_pending_trials(searcher) == 1  # Tune's own choice
-    with pending_trials(spec, cluster_cpus=2):
+    with pending_trials(sweep_plan(spec), cluster_cpus=2):
         assert _get_max_pending_trials(searcher) == 200
-    with pending_trials(spec, cluster_cpus=1000):
+    with pending_trials(sweep_plan(spec), cluster_cpus=1000):
         assert _get_max_pending_trials(searcher) == 1100
     assert PENDING_TRIALS_ENV not in os.environ
-    with pending_trials(grid(share_pretraining=False), cluster_cpus=2):  # Tune's grid: its own rule
+    with pending_trials(sweep_plan(grid(share_pretraining=False)), cluster_cpus=2):  # Tune's grid: its own rule
         assert PENDING_TRIALS_ENV not in os.environ
     monkeypatch.setenv(PENDING_TRIALS_ENV, "7")  # the user's choice stands
-    with pending_trials(spec, cluster_cpus=2):
+    with pending_trials(sweep_plan(spec), cluster_cpus=2):
         assert _get_max_pending_trials(searcher) == 7
 
 
 def test_a_grid_packed_per_architecture_gives_tune_packs_and_lone_trials(tmp_path):
     """Auto on CPU packs the 32-wide MLPs and runs the 1024-wide ones alone: Tune gets each
     pack as one config listing its members, each lone trial as a plain config."""
-    from sweeps.plan import pack_plan
     from trainables.config import architecture, make_config
 
-    def planned(**extra):
+    def planned_for_2_slots(**extra):
         spec = grid(base={"epochs": 5}, axes={"pretrain_epochs": [0, 10], "weight_decay": [0.0, 1e-3], "width": [32, 1024]},
                     **extra)
-        return spec.model_copy(update={"pack_plan": pack_plan(spec, 2)})
+        return planned(spec, 2)[0]
 
-    spec = planned()
-    _, num_samples, gate = build_search(spec, str(tmp_path))
+    spec = planned_for_2_slots()
+    _, num_samples, gate = search(spec, str(tmp_path))
     assert num_samples == 10  # 8 of width 32 in 2 packs of 4, 8 of width 1024 alone
-    wide = {j.key for j in pretraining_jobs(spec) if j.values["width"] == 1024}
-    assert gate.packable == {j.key for j in pretraining_jobs(spec)} - wide and len(wide) == 2
+    jobs = sweep_plan(spec).jobs
+    wide = {j.key for j in jobs if j.values["width"] == 1024}
+    assert gate.packable == {j.key for j in jobs} - wide and len(wide) == 2
     packs = [c["_members"] for c in gate.configs if "_members" in c]
     assert sorted(len(p) for p in packs) == [4, 4] and all(m["width"] == 32 for p in packs for m in p)
     assert sorted(c["width"] for c in gate.configs if "_members" not in c) == [1024] * 8
 
-    plain = planned(share_pretraining=False)
-    space, num_samples, searcher = build_search(plain, str(tmp_path))
+    plain = planned_for_2_slots(share_pretraining=False)
+    space, num_samples, searcher = search(plain, str(tmp_path))
     assert searcher is None and num_samples == 1  # Tune's own grid, over member lists
     listed = space["_members"]["grid_search"]
     assert sorted(len(m) for m in listed) == [1] * 8 + [4, 4]
     assert {architecture(make_config(m[0])) for m in listed if len(m) == 1} == {
-        n for n, size in pack_plan(plain, None).items() if size == 1}
+        n for n, size in sweep_plan(plain).pack_sizes.items() if size == 1}

@@ -71,8 +71,8 @@ def test_smoke_sweep_logs_one_child_run_per_trial(smoke_run):
     tmp_path, out = smoke_run
     assert out.returncode == 0, out.stderr[-3000:]
     assert "8 ok" in out.stdout and "[minima] 8/8 done" in out.stderr
-    assert "shared pretraining: 2 runs (up to 5 epochs) for 4 trials" in out.stderr  # one per seed
-    assert "packing: 8 trials as 2 Ray trials of up to 4" in out.stderr  # auto on 2 CPUs
+    assert "shared    2 pretraining runs (up to 5 epochs) serve 4 trials" in out.stderr  # one per seed
+    assert "packed    2 Ray trials of up to 4 trials each" in out.stderr  # auto on 2 CPUs
     assert len(list((tmp_path / "results" / "smoke").glob("trial_*"))) == 2  # auto: 2 packs of 4 on 2 CPUs
     assert "invalid value" not in out.stderr  # Ray's TensorBoard logger would print each pack's records
     assert not list((tmp_path / "results" / "smoke").glob("trial_*/progress.csv"))  # result.json only
@@ -138,7 +138,7 @@ def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):
     plain = minima("run", SMOKE, *places(tmp_path), "--name", "plain", "--set", "pack=1",
                    "--set", "share_pretraining=false", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    assert "shared pretraining" not in plain.stderr and "packing" not in plain.stderr
+    assert "shared    " not in plain.stderr and "packed    " not in plain.stderr
     assert len(list((tmp_path / "results" / "plain").glob("trial_*"))) == 8
     (packed, packed_curves), (alone, alone_curves) = exported(tmp_path, "smoke"), exported(tmp_path, "plain")
     assert set(packed["pack_size"]) == {4} and set(alone["pack_size"]) == {1}
@@ -152,8 +152,8 @@ def test_auto_packs_each_architecture_by_itself(tmp_path):
              "--set", "share_pretraining=false", "--set", "seeds=1"]
     mixed = minima("run", SMOKE, *places(tmp_path), "--name", "mixed", *small, cwd=tmp_path)
     assert mixed.returncode == 0, mixed.stderr[-3000:]
-    assert "packing: 8 trials as 6 Ray trials of up to 2" in mixed.stderr  # 64 wide: 2 packs, for 2 slots
-    assert "alone: dataset=mnist1d model=mlp width=1024" in mixed.stderr
+    assert "packed    6 Ray trials of up to 2 trials each" in mixed.stderr  # 64 wide: 2 packs, for 2 slots
+    assert "alone     dataset=mnist1d model=mlp width=1024" in mixed.stderr
     plain = minima("run", SMOKE, *places(tmp_path), "--name", "plain", *small, "--set", "pack=1", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
     packed, alone = exported(tmp_path, "mixed"), exported(tmp_path, "plain")

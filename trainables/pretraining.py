@@ -7,9 +7,11 @@ one (the pretraining and label streams do not depend on the clean phase, see
 sweep asks for, replaces one pretraining per trial. A trial started from a snapshot resumes
 `run_trial` at the stage boundary, so its metrics are exactly those of pretraining by itself.
 
-Snapshots are content-addressed by `pretrain_key`: the config fields pretraining reads, plus
-the device type it ran on (results differ between CPU and GPU). A trial that finds no
-snapshot for its key simply pretrains by itself.
+A shared pretraining is one `PretrainJob`, content-addressed by `pretrain_key`: the config
+fields pretraining reads, not the device. The planner cannot know which device type a worker
+resolves (`device: auto` on a node whose GPUs have no CUDA runs on CPU), so each snapshot
+records the device type it was made on, and a trial loads only one made on its own (results
+differ between CPU and GPU). A trial that finds no such snapshot simply pretrains by itself.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import hashlib
 import io
 import json
 import pickle
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .config import TrialConfig, make_config
 from .uri import filesystem
 
-FORMAT = 1
+FORMAT = 2  # 2: keys leave the device out; each snapshot records its device type
 FAILED_FILE = "failed.json"  # beside a pretraining's snapshots when its owner trial could not make them
 # Everything the pretraining stage depends on; the clean-phase fields are deliberately absent.
 PRETRAIN_FIELDS = ("dataset", "model", "width", "depth", "seed", "label_noise", "pretrain_copies",
@@ -35,10 +38,38 @@ def pretrain_fields(cfg: TrialConfig) -> dict[str, Any]:
     return {**{name: values[name] for name in PRETRAIN_FIELDS}, **cfg.speed_options}
 
 
-def pretrain_key(cfg: TrialConfig, device_type: str) -> str:
-    """Content address of a pretraining: equal keys mean bit-identical pretraining runs."""
-    identity = {**pretrain_fields(cfg), "device": device_type, "format": FORMAT}
+def pretrain_key(cfg: TrialConfig) -> str:
+    """Content address of a pretraining: equal keys mean bit-identical runs on one device type."""
+    identity = {**pretrain_fields(cfg), "format": FORMAT}
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """One shared pretraining: any member trial's config values (the clean-phase fields are
+    ignored), the durations it snapshots, and how many trials start from it (0: not counted)."""
+
+    values: dict[str, Any]
+    durations: tuple[int, ...]
+    trials: int = 0
+    config: TrialConfig = field(init=False, repr=False, compare=False)  # pretrains to the longest duration
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        durations = tuple(sorted({int(d) for d in self.durations if int(d) > 0}))
+        config = make_config({**self.values, "pretrain_epochs": durations[-1]})
+        object.__setattr__(self, "durations", durations)
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "key", pretrain_key(config))
+
+    def to_tune(self) -> list:
+        """As a Tune trial config carries it (primitives only): [values, durations]."""
+        return [dict(self.values), list(self.durations)]
+
+    @classmethod
+    def from_tune(cls, item: list) -> "PretrainJob":
+        values, durations = item
+        return cls(values, tuple(durations))
 
 
 class SnapshotStore:
@@ -57,6 +88,7 @@ class SnapshotStore:
         return self._fs.get_file_info(self._path(key, epochs)).type == pyarrow.fs.FileType.File
 
     def save(self, key: str, epochs: int, snapshot: dict[str, Any], fields: dict[str, Any]) -> None:
+        """`snapshot` holds the model, history, elapsed_s, diverged and the device type it was made on."""
         import torch
 
         buffer = io.BytesIO()
@@ -86,8 +118,9 @@ class SnapshotStore:
         except (FileNotFoundError, OSError, ValueError, KeyError):
             return None
 
-    def load(self, key: str, epochs: int) -> dict[str, Any] | None:
-        """The snapshot, or None when there is none (or it is unreadable: the trial then pretrains)."""
+    def load(self, key: str, epochs: int, device_type: str) -> dict[str, Any] | None:
+        """The snapshot made on `device_type`, or None when there is none (or it is unreadable, or
+        made on another device type: the trial then pretrains)."""
         import torch
 
         try:
@@ -96,24 +129,21 @@ class SnapshotStore:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except (FileNotFoundError, OSError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
             return None
-        if state.get("format") != FORMAT or state.get("key") != key or state.get("pretrain_epochs") != epochs:
+        if (state.get("format") != FORMAT or state.get("key") != key or state.get("pretrain_epochs") != epochs
+                or state.get("device") != device_type):
             return None
         return state
 
 
-class _SnapshotPlan:
-    """One shared pretraining: its key, the durations still missing, and saving them."""
+class _JobRun:
+    """One shared pretraining as it runs here: the durations still missing, and saving them."""
 
-    def __init__(self, values: dict[str, Any], durations: Iterable[int], store: SnapshotStore):
+    def __init__(self, job: PretrainJob, store: SnapshotStore):
         from .stages import resolve_device
 
-        durations = sorted({int(d) for d in durations if int(d) > 0})
-        self.config = make_config({**values, "pretrain_epochs": durations[-1]})
-        device = resolve_device(self.config.device)
-        self.key = pretrain_key(self.config, device.type)
-        self.store = store
-        self.missing = [d for d in durations if not store.has(self.key, d)]
-        self.fields = {**pretrain_fields(self.config), "device": device.type}
+        self.job, self.store = job, store
+        self.device = resolve_device(job.config.device).type
+        self.missing = [d for d in job.durations if not store.has(job.key, d)]
         self.saved: list[int] = []
         self.epochs_run = 0
 
@@ -124,49 +154,44 @@ class _SnapshotPlan:
             return
         state = snapshot()
         shared = {"model": state["model"], "history": list(state["history"]), "elapsed_s": state["elapsed_s"],
-                  "diverged": done}
+                  "diverged": done, "device": self.device}
+        fields = {**pretrain_fields(self.job.config), "device": self.device}
         for d in due:
-            self.store.save(self.key, d, shared, self.fields)
+            self.store.save(self.job.key, d, shared, fields)
             self.saved.append(d)
 
     def report(self) -> dict[str, Any]:
-        return {"key": self.key, "saved": self.saved, "epochs_run": self.epochs_run}
+        return {"key": self.job.key, "saved": self.saved, "epochs_run": self.epochs_run}
 
 
-def run_shared_pretraining(values: dict[str, Any], durations: Iterable[int], store_root: str) -> dict[str, Any]:
-    """Pretrain once to the longest of `durations`, saving a snapshot at each; skip what exists.
-
-    `values` is any trial config of the group (its clean-phase fields are ignored). Returns
-    what was done, for the sweep's log.
-    """
+def run_shared_pretraining(job: PretrainJob, store_root: str) -> dict[str, Any]:
+    """Pretrain once to the longest of the job's durations, saving a snapshot at each; skip what
+    exists. Returns what was done, for the sweep's log."""
     from .trial import run_trial
 
-    plan = _SnapshotPlan(values, durations, SnapshotStore(store_root))
-    if plan.missing:
-        plan.epochs_run = len(run_trial(plan.config, on_epoch=plan.at_epoch, pretrain_only=True).history)
-    return plan.report()
+    run = _JobRun(job, SnapshotStore(store_root))
+    if run.missing:
+        run.epochs_run = len(run_trial(job.config, on_epoch=run.at_epoch, pretrain_only=True).history)
+    return run.report()
 
 
-def run_shared_pretrainings(jobs: list[tuple[dict[str, Any], Iterable[int]]], store_root: str) -> list[dict[str, Any]]:
-    """Several shared pretrainings of one architecture, trained together as one pack.
-
-    Each job is (`values`, `durations`) as for `run_shared_pretraining`; its snapshots equal
-    those that function saves, bit for bit (MLPs, tested).
-    """
+def run_shared_pretrainings(jobs: list[PretrainJob], store_root: str) -> list[dict[str, Any]]:
+    """Several shared pretrainings of one architecture, trained together as one pack; their
+    snapshots equal those `run_shared_pretraining` saves, bit for bit (MLPs, tested)."""
     from .packed import run_pretraining_pack
 
     store = SnapshotStore(store_root)
-    plans = [_SnapshotPlan(values, durations, store) for values, durations in jobs]
-    todo = [p for p in plans if p.missing]
+    runs = [_JobRun(job, store) for job in jobs]
+    todo = [r for r in runs if r.missing]
     if todo:
-        histories = run_pretraining_pack([p.config for p in todo],
+        histories = run_pretraining_pack([r.job.config for r in todo],
                                          lambda i, record, snapshot: todo[i].at_epoch(record, snapshot))
-        for plan, history in zip(todo, histories):
-            plan.epochs_run = len(history)
-    return [p.report() for p in plans]
+        for run, history in zip(todo, histories):
+            run.epochs_run = len(history)
+    return [r.report() for r in runs]
 
 
-def run_owned_pretrainings(groups: list[list[tuple[dict[str, Any], Iterable[int]]]], store_root: str) -> list[str]:
+def run_owned_pretrainings(groups: list[list[PretrainJob]], store_root: str) -> list[str]:
     """An owner trial's shared pretrainings (see `sweeps.snapshot_gate`): each group of jobs as
     one pack (one job: alone). A group that raises is recorded as failed in the store, so the
     trials waiting for it pretrain by themselves, as the owner then does; returns the errors."""
@@ -176,15 +201,15 @@ def run_owned_pretrainings(groups: list[list[tuple[dict[str, Any], Iterable[int]
     for group in groups:
         try:
             if len(group) == 1:
-                run_shared_pretraining(*group[0], store_root)
+                run_shared_pretraining(group[0], store_root)
             else:
                 run_shared_pretrainings(group, store_root)
         except Exception as err:
             text = f"{type(err).__name__}: {err}"
             traceback.print_exc()  # into the trial's log, beside its own output
             store = SnapshotStore(store_root)
-            for values, durations in group:
-                store.record_failure(_SnapshotPlan(values, durations, store).key, text)
+            for job in group:
+                store.record_failure(job.key, text)
             errors.append(text)
     return errors
 
@@ -193,7 +218,7 @@ def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: s
     """A `run_trial` resume state at the end of this trial's pretraining, if a snapshot exists."""
     if cfg.pretrain_epochs == 0:
         return None
-    snap = SnapshotStore(store_root).load(pretrain_key(cfg, device_type), cfg.pretrain_epochs)
+    snap = SnapshotStore(store_root).load(pretrain_key(cfg), cfg.pretrain_epochs, device_type)
     if snap is None:
         return None
     return {

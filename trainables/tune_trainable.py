@@ -159,9 +159,10 @@ def _rows_kept_on_error(reports: _BatchedReports):
 def _run_owned_pretrainings(config: dict[str, Any]) -> None:
     """The shared pretrainings this trial was handed as their owner (none for most trials)."""
     if config.get(PRETRAIN_KEY):
-        from .pretraining import run_owned_pretrainings
+        from .pretraining import PretrainJob, run_owned_pretrainings
 
-        run_owned_pretrainings(config[PRETRAIN_KEY], config[SNAPSHOTS_KEY])
+        groups = [[PretrainJob.from_tune(job) for job in group] for group in config[PRETRAIN_KEY]]
+        run_owned_pretrainings(groups, config[SNAPSHOTS_KEY])
 
 
 def _shared_start(cfg, store: str) -> dict[str, Any] | None:

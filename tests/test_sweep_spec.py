@@ -106,6 +106,7 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "trials    8" in out.stdout and "axis      weight_decay" in out.stdout and "resources cpu 1" in out.stdout
     assert "Ray trials of up to" in out.stdout  # width 64: packed
+    assert "size      8 trials in " in out.stdout and "MLflow: 9 runs (a trial each, and the parent)" in out.stdout
     wide = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "base.width=1024")
     assert "packed    no: MLPs wider than 512 train faster alone on CPU" in wide.stdout, wide.stdout
     mixed = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "axes.width=[64, 1024]")

@@ -42,6 +42,7 @@ class PlannedTrial:
     values: dict[str, Any]  # as Tune hands them to the trainable
     config: TrialConfig
     key: str  # `keys.trial_key`
+    snapshot: Need | None  # the shared snapshot it starts from (None: it pretrains by itself, or not at all)
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,14 @@ def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
     where the spec has no `pack_plan` yet."""
     if spec.search.kind != "grid":
         return SweepPlan(spec.search.kind, spec.num_trials(), (), (), (), (), {}, {}, {})
-    trials = tuple(PlannedTrial(values, cfg, config_key(cfg))
-                   for values, cfg in ((v, make_config(v)) for v in spec.trial_values()))
+    trials = tuple(_planned_trial(values, spec.share_pretraining) for values in spec.trial_values())
     groups: dict[str, list[PlannedTrial]] = defaultdict(list)
     for trial in trials:
         groups[architecture(trial.config)].append(trial)
     alone = _unpacked_reasons(spec, groups) if spec.pack == "auto" else {}
     sizes = {} if spec.pack == 1 else _sizes(spec, groups, alone, slots)
     ray = _ray_trials(trials, groups, sizes)
-    need = {id(t): _need(t.config) for t in trials if spec.share_pretraining and t.config.pretrain_epochs}
-    jobs = _jobs(trials, need)
+    jobs = _jobs(trials)
     packed: dict[str, list[str]] = defaultdict(list)
     for job in jobs:
         name = architecture(job.config)
@@ -88,7 +87,7 @@ def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
     return SweepPlan(
         search="grid", num_trials=len(trials), trials=trials,
         ray_trials=tuple(tuple(t.values for t in members) for members in ray),
-        needs=tuple(tuple(need[id(t)] for t in members if id(t) in need) for members in ray),
+        needs=tuple(tuple(t.snapshot for t in members if t.snapshot) for members in ray),
         jobs=jobs, packed_jobs={name: tuple(keys) for name, keys in packed.items()}, pack_sizes=sizes, alone=alone)
 
 
@@ -101,18 +100,20 @@ def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
     return spec.model_copy(update={"pack_plan": plan.pack_sizes}), plan
 
 
-def _need(cfg: TrialConfig) -> Need:
-    return pretrain_key(cfg), cfg.pretrain_epochs
+def _planned_trial(values: dict[str, Any], sharing: bool) -> PlannedTrial:
+    cfg = make_config(values)
+    snapshot = (pretrain_key(cfg), cfg.pretrain_epochs) if sharing and cfg.pretrain_epochs else None
+    return PlannedTrial(values, cfg, config_key(cfg), snapshot)
 
 
-def _jobs(trials: tuple[PlannedTrial, ...], need: dict[int, Need]) -> tuple[PretrainJob, ...]:
+def _jobs(trials: tuple[PlannedTrial, ...]) -> tuple[PretrainJob, ...]:
     """One job per pretraining key: any member's values, every duration asked for, trials served."""
     first: dict[str, dict[str, Any]] = {}
     durations: dict[str, set[int]] = defaultdict(set)
     served: dict[str, int] = defaultdict(int)
     for trial in trials:
-        if id(trial) in need:
-            key, epochs = need[id(trial)]
+        if trial.snapshot:
+            key, epochs = trial.snapshot
             first.setdefault(key, trial.values)
             durations[key].add(epochs)
             served[key] += 1

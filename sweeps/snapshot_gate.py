@@ -23,9 +23,9 @@ from ray.tune.search import Searcher
 
 from trainables.tune_trainable import PRETRAIN_KEY
 
-POLL_S = 1.0  # at most this often the storage is asked about snapshots not yet seen
+from .plan import Need
 
-Need = tuple[str, int]  # (pretraining key, epochs): one snapshot a trial starts from
+POLL_S = 1.0  # at most this often the storage is asked about snapshots not yet seen
 
 
 class SnapshotGate(Searcher):

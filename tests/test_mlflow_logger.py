@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -208,3 +209,37 @@ def test_a_store_that_stops_answering_is_given_up_on():
         store.release.set()  # the hung call fails; the writer keeps everything and gives up too
     logger.thread.join(10)
     assert not logger.thread.is_alive() and logger.unlogged == 40
+
+
+def _trial_dir(tmp_path) -> str:
+    rows = [{"step": 1, "stage": "train", "test_acc": 0.5, "timestamp": 2_000, "final": False},
+            {"step": 2, "stage": "train", "test_acc": 0.6, "timestamp": 2_003, "final": False},
+            {"step": 2, "stage": "final", "status": "ok", "train_epochs": 2, "timestamp": 2_004, "final": True}]
+    (tmp_path / "trial_t1").mkdir()
+    (tmp_path / "trial_t1" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(tmp_path / "trial_t1")
+
+
+def _sync(writer: MLflowWriter, trial_dir: str, start_ms: int | None = None, end: str | None = "FINISHED") -> str:
+    (key, events), = writer.run_identities({"seed": 0}, "t1", [trial_dir])
+    events.start_ms, events.end_status = start_ms, end
+    pending, order = {}, []
+    merge(pending, order, key, events)
+    writer.flush(pending, order)
+    return key
+
+
+def test_a_synced_run_takes_its_times_from_the_trials_reports_and_a_found_run_keeps_its_start(tmp_path):
+    trial_dir = _trial_dir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    key = _sync(MLflowWriter(uri, "synced", axes=[]), trial_dir)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synced")
+    run = client.search_runs([experiment.experiment_id], f"tags.trial_key = '{key}'")[0]
+    assert (run.info.start_time, run.info.end_time) == (2_000_000, 2_004_000)  # first report, final report
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    _sync(MLflowWriter(uri, "resumed", axes=[]), trial_dir, start_ms=1_999_500, end=None)  # a driver that died
+    _sync(MLflowWriter(uri, "resumed", axes=[]), trial_dir)
+    run = client.search_runs([client.get_experiment_by_name("resumed").experiment_id], f"tags.trial_key = '{key}'")[0]
+    assert (run.info.start_time, run.info.end_time, run.info.status) == (1_999_500, 2_004_000, "FINISHED")

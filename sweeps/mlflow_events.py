@@ -1,5 +1,5 @@
 """What the MLflow logging sends for a trial's run, merged per run until it is sent: params,
-tags, metrics (name, value, ms, step) and how the run ended."""
+tags, metrics (name, value, ms, step), when the trial started and ended, and how it ended."""
 
 from __future__ import annotations
 
@@ -21,12 +21,20 @@ class RunEvents:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # name, value, ms, step
     end_status: str | None = None
+    start_ms: int | None = None  # when the trial started (a pack member: its Ray trial)
+    end_ms: int | None = None  # when its final report came (or it failed)
 
     def absorb(self, ev: "RunEvents") -> None:
         self.params.update(ev.params)
         self.tags.update(ev.tags)
         self.metrics.extend(ev.metrics)
         self.end_status = ev.end_status or self.end_status
+        self.start_ms = earliest(self.start_ms, ev.start_ms)
+        self.end_ms = ev.end_ms or self.end_ms
+
+
+def earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def merge(pending: dict[str, RunEvents], order: list[str], key: str, ev: RunEvents) -> None:
@@ -49,16 +57,19 @@ def _metric_items(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, f
 
 
 def result_events(result: dict[str, Any]) -> RunEvents:
-    """The metrics and tags of one Tune report (an epoch, or the trial's final summary)."""
+    """The metrics and tags of one Tune report (an epoch, or the trial's final summary, whose
+    time is the trial's end)."""
     step = int(result.get("step") or result.get("training_iteration") or 0)
     stamp = int((result.get("timestamp") or time.time()) * 1000)
+    end_ms = None
     if result.get(FINAL_KEY):
         items = _metric_items(result, FINAL_METRICS)
         tags = {"status": str(result.get("status"))}
+        end_ms = stamp
     else:
         items = _metric_items(result, EPOCH_METRICS)
         tags = {"stage": str(result.get("stage"))}
-    return RunEvents(tags=tags, metrics=[(k, v, stamp, step) for k, v in items.items()])
+    return RunEvents(tags=tags, metrics=[(k, v, stamp, step) for k, v in items.items()], end_ms=end_ms)
 
 
 def error_text(trial) -> str:

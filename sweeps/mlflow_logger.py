@@ -3,15 +3,19 @@
 Ray's MLflowLoggerCallback makes one SQL commit per metric per report and keeps run ids only in
 memory, so it slows a sweep down and duplicates runs after a restore. This callback only
 queues events on Tune's thread; a writer thread sends them (`MLflowWriter`) with one
-`log_batch` per run per flush. Each run is keyed by the trial's deterministic key, so a restored
+`log_batch` per run per flush. A run is sent once its trial ends, or once its events have waited
+`live_every_s` (a long trial's run shows its metrics as it goes), so a short trial's whole
+history goes in one call. Each run is keyed by the trial's deterministic key, so a restored
 sweep finds and continues its runs. A tracking server that is down only delays logging: events
-stay queued and are retried.
+stay queued and are retried. At the end of a sweep the logger drains for as long as the store
+keeps taking runs, and gives up only once no write has succeeded for `give_up_after_s`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -35,13 +39,17 @@ class MLflowSweepLogger(Callback):
     of a packed Ray trial: reports carry a `member` index)."""
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
-                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0):
+                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0, live_every_s: float = 10.0,
+                 progress_every_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
         self.tags = dict(tags or {})
         self.flush_interval_s = flush_interval_s
-        self.give_up_after_s = give_up_after_s  # retrying at the end of a sweep, then `minima sync-mlflow`
+        # at the end of a sweep: how long without a successful write before `minima sync-mlflow` is left to do it
+        self.give_up_after_s = give_up_after_s
+        self.live_every_s = live_every_s
+        self.progress_every_s = progress_every_s  # a line on stderr while the end-of-sweep drain lasts
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -52,20 +60,24 @@ class MLflowSweepLogger(Callback):
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
-        self._finals_seen: set[str] = set()  # keys whose final report passed (Tune's thread)
+        self._final_at: dict[str, int] = {}  # keys whose final report passed: when, in ms (Tune's thread)
         self._ended: set[str] = set()  # keys whose end was queued (Tune's thread)
+        self._waiting: dict[str, float] = {}  # the writer's: since when each pending run has waited
         self._end_parent = False
+        self._stop_at = 0.0
+        self._progress_at = time.monotonic()  # the last run the store took
         self.failed_flushes = 0
         self.last_error: str | None = None
 
     # Tune pickles callbacks with the experiment state; threads and clients are rebuilt in setup().
+    _SETTINGS = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s", "live_every_s",
+                 "progress_every_s")
+
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s")
-        return {k: self.__dict__.get(k, 30.0) for k in keep}
+        return {k: self.__dict__[k] for k in self._SETTINGS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_runtime()
+        self.__init__(**state)  # a state pickled before a setting existed gets its default
 
     # --- Tune hooks (Tune's thread: only queue work) -------------------------------------
     def setup(self, **info) -> None:
@@ -74,7 +86,9 @@ class MLflowSweepLogger(Callback):
             self.thread.start()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        now_ms = int(time.time() * 1000)
         for key, events in self._start_events(trial):
+            events.start_ms = now_ms  # a restored trial's run keeps the start it was created with
             self.queue.put((key, events))
 
     def _start_events(self, trial) -> list[tuple[str, RunEvents]]:
@@ -90,23 +104,28 @@ class MLflowSweepLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         keys = self._keys(trial)
+        now_ms = int(time.time() * 1000)  # on the driver's clock, like the start; Ray's timestamp has whole seconds
         for row in report_rows(result):
             key = keys[row.get(MEMBER_KEY) or 0]
+            events = result_events({"timestamp": result.get("timestamp"), **row})
             if row.get(FINAL_KEY):
-                self._finals_seen.add(key)
-            self.queue.put((key, result_events({"timestamp": result.get("timestamp"), **row})))
+                self._final_at[key] = events.end_ms = now_ms
+            self.queue.put((key, events))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):
-            self._end(key, RunEvents(end_status="FINISHED"))
+            self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.get(key)))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         message = error_text(trial)
+        now_ms = int(time.time() * 1000)
         for key in self._keys(trial):
-            if key in self._finals_seen:  # a pack member that finished before its pack failed
-                self._end(key, RunEvents(end_status="FINISHED"))
+            if key in self._final_at:  # a pack member that finished before its pack failed
+                self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at[key]))
             else:
-                self._end(key, failed(message))
+                events = failed(message)
+                events.end_ms = now_ms
+                self._end(key, events)
 
     def _end(self, key: str, events: RunEvents) -> None:
         self._ended.add(key)
@@ -119,22 +138,43 @@ class MLflowSweepLogger(Callback):
             for key, events in self._start_events(trial):  # their runs may not even exist yet
                 if key in self._ended:
                     continue
-                if trial.status == "ERROR" and key not in self._finals_seen:
+                if trial.status == "ERROR" and key not in self._final_at:
                     events.absorb(failed(error_text(trial)))
-                else:
-                    events.end_status = "FINISHED"
+                else:  # its end time, if this driver never saw it, comes from its result.json
+                    events.end_status, events.end_ms = "FINISHED", self._final_at.get(key)
                 self._end(key, events)
         self.close(end_parent=all(t.status in ("TERMINATED", "ERROR") for t in trials))
 
-    def close(self, end_parent: bool = True, timeout_s: float = 60.0) -> None:
-        """Flush everything queued and stop the writer (waits up to `timeout_s` for the server)."""
+    def close(self, end_parent: bool = True, stream=None) -> None:
+        """Flush everything queued and stop the writer: waits while the store keeps taking runs,
+        saying how many are left every `progress_every_s`, and gives up once none has been
+        taken for `give_up_after_s`."""
         self._end_parent = end_parent
+        self._stop_at = time.monotonic()
         self._stop.set()
         self.queue.put(_WAKE)
-        if self.thread is not None:
-            self.thread.join(timeout_s)
-            if self.thread.is_alive():
-                log.warning("MLflow logging did not finish in %.0f s: %s", timeout_s, self.last_error)
+        if self.thread is None:
+            return
+        said = self._stop_at
+        while True:
+            self.thread.join(min(1.0, self.progress_every_s))
+            if not self.thread.is_alive():
+                return
+            now = time.monotonic()
+            if self._stalled(now):  # the writer is stuck in a call that does not return
+                log.warning("MLflow: gave up with %d runs left to log: no write succeeded for %.0f s (%s)",
+                            self._left(), self.give_up_after_s, self.last_error)
+                return
+            if now - said >= self.progress_every_s:
+                said = now
+                print(f"MLflow: {self._left()} runs left to log", file=stream or sys.stderr, flush=True)
+
+    def _stalled(self, now: float) -> bool:
+        return now - max(self._progress_at, self._stop_at) >= self.give_up_after_s
+
+    def _left(self) -> int:
+        """About how many runs still have events to send (read from another thread)."""
+        return len(self._pending) + self.queue.qsize()
 
     @property
     def unlogged(self) -> int:
@@ -143,11 +183,11 @@ class MLflowSweepLogger(Callback):
 
     # --- the writer thread ---------------------------------------------------------------
     def _write(self) -> None:
-        """Merge queued events and flush them every `flush_interval_s`; on failure keep them and
-        retry with a doubling wait (at most 30 s), giving up `give_up_after_s` after close()."""
+        """Merge queued events and flush the runs that are due every `flush_interval_s` (all of
+        them after close()); on failure keep them and retry with a doubling wait (at most 30 s),
+        giving up after close() once no write has succeeded for `give_up_after_s`."""
         pending, order = self._pending, self._order
         backoff = self.flush_interval_s
-        stop_seen: float | None = None
         while True:
             deadline = time.monotonic() + backoff
             while True:
@@ -156,11 +196,13 @@ class MLflowSweepLogger(Callback):
                 except queue.Empty:
                     break
                 if item is not _WAKE:
+                    self._waiting.setdefault(item[0], time.monotonic())
                     merge(pending, order, *item)
                 if self._stop.is_set():
                     deadline = 0.0
+            stopping = self._stop.is_set()
             try:
-                self.writer.flush(pending, order)
+                self.writer.flush(pending, order, ready=None if stopping else self._due, on_sent=self._sent)
                 backoff = self.flush_interval_s
             except Exception as err:  # server down, lock timeout: keep everything, retry later
                 self.failed_flushes += 1
@@ -169,13 +211,21 @@ class MLflowSweepLogger(Callback):
                     log.warning("MLflow logging failed %d times (%s); %d runs queued, retrying",
                                 self.failed_flushes, self.last_error, len(pending))
                 backoff = min(30.0, backoff * 2)
-                if self._stop.is_set():
-                    stop_seen = stop_seen or time.monotonic()
-                    if time.monotonic() - stop_seen >= self.give_up_after_s:
+                if stopping:
+                    if self._stalled(time.monotonic()):
                         return  # what is left is in `unlogged`; the sweep's storage has all of it
                     backoff = min(backoff, self.give_up_after_s / 4)
                 continue
-            if self._stop.is_set() and self.queue.empty():
+            if stopping and self.queue.empty():
                 if self._end_parent:
                     self.writer.finish_parent()
                 return
+
+    def _due(self, key: str, ev: RunEvents) -> bool:
+        """Whether a run goes out in this flush while the sweep runs: once its trial ended, or
+        once its events have waited `live_every_s`."""
+        return ev.end_status is not None or time.monotonic() - self._waiting.get(key, 0.0) >= self.live_every_s
+
+    def _sent(self, key: str) -> None:
+        self._waiting.pop(key, None)
+        self._progress_at = time.monotonic()

@@ -3,24 +3,31 @@ child run per trial, found again by the trial's deterministic key.
 
 A run found from an earlier driver (or a sync) continues: metrics at steps it already holds are
 skipped, reports this process never saw are back-filled from the trial's result.json, and its
-params go out with its first metrics.
+params go out with its first metrics. A run carries its trial's own start and end times; a
+run found again keeps the start it was created with.
+
+Calls per run are what MLflow's API allows at least: `create_run` with every tag known then
+and the start, one `log_batch` per ~1000 metrics with the params, `set_terminated` with the
+end. The SQL store takes no batch across runs and `log_batch` is per run over REST too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from trainables.metrics import FINAL_METRICS
 from trainables.tune_trainable import member_values
 
 from . import mlflow_batches
 from .keys import cell_key, member_trial_id, trial_key
-from .mlflow_events import RunEvents, result_events
+from .mlflow_events import RunEvents, earliest, result_events
 from .mlflow_runs import quick_client, trial_runs
 from .results import read_result_rows
 
 LOGGED_STEP_TAG = "minima.logged_step"
 FINAL_LOGGED_TAG = "minima.final_logged"
+# The MLflow UI opens an experiment without this tag in its GenAI view (traces, prompts).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class MLflowWriter:
@@ -40,6 +47,7 @@ class MLflowWriter:
         self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
         self._backfilled: set[str] = set()
         self._existing: dict[str, Any] = {}  # trial key -> its run from an earlier driver or sync
+        self._start_ms: dict[str, int | None] = {}  # per key: its run's start, which its end must not precede
 
     def run_identities(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
         """Params and identifying tags of the runs of a Ray trial (one per pack member);
@@ -63,8 +71,13 @@ class MLflowWriter:
             return
         client = quick_client(self.tracking_uri, max_retries=1, timeout_s=15)  # the caller retries instead
         experiment = client.get_experiment_by_name(self.sweep)
-        self.experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.sweep)
-        if experiment:  # a resumed or synced sweep: its trials' runs, found in one search, not one each
+        kind, value = EXPERIMENT_KIND
+        if experiment is None:
+            self.experiment_id = client.create_experiment(self.sweep, tags={kind: value})
+        else:  # a resumed or synced sweep: its trials' runs, found in one search, not one each
+            self.experiment_id = experiment.experiment_id
+            if kind not in experiment.tags:  # a sweep logged before the tag was
+                client.set_experiment_tag(self.experiment_id, kind, value)
             self._existing = trial_runs(client, self.experiment_id)
         parents = client.search_runs(
             [self.experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{self.sweep}'", max_results=1
@@ -80,9 +93,9 @@ class MLflowWriter:
         self.client = client
 
     def _run_for(self, key: str, ev: RunEvents) -> str:
-        """The run of trial `key`: cached, found when the driver connected, or created. Its
-        params go out with its first metrics (`_params_due`), one call fewer per run; a run
-        found without them (its driver died in between) gets them then."""
+        """The run of trial `key`: cached, found when the driver connected, or created with
+        every tag pending then. Its params go out with its first metrics (`_params_due`), one
+        call fewer per run; a run found without them (its driver died in between) gets them then."""
         if key in self._runs:
             return self._runs[key]
         client = self.client
@@ -95,44 +108,59 @@ class MLflowWriter:
             if run.info.status != "RUNNING" and ev.end_status is None:
                 client.update_run(run_id, status="RUNNING")  # a trial resumed after an error
             missing = {k: v for k, v in ev.params.items() if k not in run.data.params}
+            self._sent_tags[key] = dict(run.data.tags)
+            self._start_ms[key] = run.info.start_time
         else:
             tags = {"mlflow.parentRunId": self.parent_run_id, **ev.tags}
-            run_id = client.create_run(self.experiment_id, tags=tags).info.run_id
+            run_id = client.create_run(self.experiment_id, start_time=ev.start_ms, tags=tags).info.run_id
             self._logged_step[key] = 0
             missing = dict(ev.params)
+            self._sent_tags[key] = tags
+            self._start_ms[key] = ev.start_ms
         if missing:
             self._params_due[key] = missing
         self._runs[key] = run_id
         return run_id
 
-    def flush(self, pending: dict[str, RunEvents], order: list[str]) -> None:
-        """Send every pending run's events, in order; a run leaves `pending` once all of it is sent."""
+    def flush(self, pending: dict[str, RunEvents], order: list[str], ready: Callable[[str, RunEvents], bool] | None = None,
+              on_sent: Callable[[str], None] | None = None) -> None:
+        """Send the pending runs' events, in order (only those `ready` accepts); a run leaves
+        `pending` once all of it is sent, and `on_sent` hears of it."""
         if not pending:
             return
+        self.connect()
+        for key in list(order):
+            ev = pending[key]
+            if ready is not None and not ready(key, ev):
+                continue
+            self._send_run(key, ev)
+            del pending[key]
+            order.remove(key)
+            if on_sent is not None:
+                on_sent(key)
+
+    def _send_run(self, key: str, ev: RunEvents) -> None:
         from mlflow.entities import RunTag
 
-        self.connect()
-        while order:
-            key = order[0]
-            ev = pending[key]
-            run_id = self._run_for(key, ev)
-            if key not in self._backfilled:
-                self._backfill(key, ev)
-            floor = self._logged_step.get(key, 0)
-            # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
-            # step, the final summary by its tag
-            final_done = key in self._final_logged
-            epochs = sorted((m for m in ev.metrics if m[0] not in FINAL_METRICS and m[3] > floor), key=lambda m: m[3])
-            finals = [m for m in ev.metrics if m[0] in FINAL_METRICS and not final_done]
-            # every report repeats its stage tag: an unchanged tag costs a SQL upsert (20% of a batch) for nothing
-            sent = self._sent_tags.setdefault(key, {})
-            tags = {k: v for k, v in ev.tags.items() if sent.get(k) != v}
-            self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()])
-            sent.update(tags)
-            if ev.end_status:
-                self.client.set_terminated(run_id, ev.end_status)
-            del pending[key]
-            order.pop(0)
+        if key not in self._backfilled:  # first: a run made now starts when its earliest report says
+            self._backfill(key, ev)
+        run_id = self._run_for(key, ev)
+        floor = self._logged_step.get(key, 0)
+        # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
+        # step, the final summary by its tag
+        final_done = key in self._final_logged
+        epochs = sorted((m for m in ev.metrics if m[0] not in FINAL_METRICS and m[3] > floor), key=lambda m: m[3])
+        finals = [m for m in ev.metrics if m[0] in FINAL_METRICS and not final_done]
+        # every report repeats its stage tag: an unchanged tag costs a SQL upsert for nothing
+        sent = self._sent_tags.setdefault(key, {})
+        tags = {k: v for k, v in ev.tags.items() if sent.get(k) != v}
+        self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()])
+        sent.update(tags)
+        if ev.end_status:
+            start = self._start_ms.get(key)
+            # Ray stamps reports in whole seconds: a trial shorter than that must not end before it starts
+            end = max(ev.end_ms, start or 0) if ev.end_ms else None
+            self.client.set_terminated(run_id, ev.end_status, end_time=end)
 
     def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
         """Log a run's metrics, due params and changed tags in as few calls as MLflow's batch
@@ -156,8 +184,13 @@ class MLflowWriter:
         """Put reports this process never saw (made before a driver died) ahead of the live ones.
 
         Ray's result.json holds every report up to the restored checkpoint; whatever of it is
-        already in MLflow is skipped by step, so the run's history ends up complete, once.
+        already in MLflow is skipped by step, so the run's history ends up complete, once. A new
+        run whose live reports begin at step 1 has nothing earlier: its file is not read. The
+        file's first report bounds the trial's start, its last the end of a failed one.
         """
+        self._backfilled.add(key)
+        if key not in self._existing and any(m[3] <= 1 for m in ev.metrics):
+            return
         rows: list[dict[str, Any]] = []
         dirs, member = self._trial_dirs.get(key, ([], None))
         for trial_dir in dirs:
@@ -170,7 +203,10 @@ class MLflowWriter:
         seen = {(m[0], m[3]) for m in earlier.metrics}
         ev.metrics = earlier.metrics + [m for m in ev.metrics if (m[0], m[3]) not in seen]
         ev.tags = {**earlier.tags, **ev.tags}
-        self._backfilled.add(key)
+        stamps = [int(r["timestamp"] * 1000) for r in rows if r.get("timestamp")]
+        if stamps:
+            ev.start_ms = earliest(ev.start_ms, min(stamps))
+            ev.end_ms = ev.end_ms or earlier.end_ms or (max(stamps) if ev.end_status else None)
 
     def finish_parent(self) -> None:
         """Mark the sweep's parent run finished (once connected)."""

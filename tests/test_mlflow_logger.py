@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import threading
 import time
 
 import pytest
@@ -83,7 +86,7 @@ def test_close_flushes_at_once_not_at_the_end_of_the_interval(tmp_path):
     while not logger.queue.empty():
         time.sleep(0.05)
     time.sleep(0.5)  # the writer took the event and waits for more
-    logger.close(timeout_s=60)  # without a wake-up the writer sleeps the full hour
+    logger.close()  # without a wake-up the writer sleeps the full hour
     assert not logger.thread.is_alive() and logger.unlogged == 0
     run = MlflowClient(uri).search_runs([logger.writer.experiment_id], f"tags.trial_key = '{KEY}'")[0]
     assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "test_acc")] == [1, 2, 3, 4, 5]
@@ -109,7 +112,7 @@ def test_a_tag_is_logged_again_only_when_it_changes(tmp_path):
         events.tags["stage"] = stage
         _flush(writer, events)
     stages = [t.get("stage") for t in sent_tags if t]
-    assert stages == ["pretrain", "train"]
+    assert stages == ["train"]  # "pretrain" went out with create_run, and was not sent again
     run = client.search_runs([writer.experiment_id], f"tags.trial_key = '{KEY}'")[0]
     assert run.data.tags["stage"] == "train"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == list(range(1, 7))
@@ -143,3 +146,100 @@ def test_a_long_history_goes_out_within_mlflows_batch_limits(tmp_path):
     for name in NAMES:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(1, 401))
     assert run.data.params == {"seed": "0"} and run.data.tags[LOGGED_STEP_TAG] == "400"
+
+
+class _SlowStore:
+    """Stands in for the writer: takes one run every `per_run_s`; after `stall_after` runs it
+    stops answering (a call that hangs until `release` is set, then fails)."""
+
+    def __init__(self, per_run_s: float, stall_after: int | None = None):
+        self.per_run_s, self.stall_after = per_run_s, stall_after
+        self.sent: list[str] = []
+        self.parent_finished = False
+        self.release = threading.Event()
+
+    def flush(self, pending, order, ready=None, on_sent=None):
+        for key in list(order):
+            if ready is not None and not ready(key, pending[key]):
+                continue
+            if self.stall_after is not None and len(self.sent) >= self.stall_after:
+                self.release.wait()
+                raise ConnectionError("Read timed out")
+            time.sleep(self.per_run_s)
+            del pending[key]
+            order.remove(key)
+            self.sent.append(key)
+            on_sent(key)
+
+    def finish_parent(self):
+        self.parent_finished = True
+
+
+def _draining_logger(store: _SlowStore, runs: int) -> MLflowSweepLogger:
+    logger = MLflowSweepLogger("sqlite:///unused.db", "sweep", axes=[], flush_interval_s=3600, give_up_after_s=0.5,
+                               progress_every_s=0.2)
+    logger.writer = store
+    logger.setup()
+    for i in range(runs):
+        logger.queue.put((f"trial-{i}", RunEvents(end_status="FINISHED")))
+    return logger
+
+
+def test_a_slow_store_that_keeps_taking_runs_is_drained_to_the_last_run():
+    """The drain outlasts `give_up_after_s` several times over, but every run goes in and the
+    terminal hears how many are left."""
+    store = _SlowStore(per_run_s=0.03)
+    logger = _draining_logger(store, runs=80)  # ~2.4 s of writes, give-up after 0.5 s without one
+    said = io.StringIO()
+    logger.close(stream=said)
+    assert len(store.sent) == 80 and logger.unlogged == 0 and store.parent_finished
+    assert not logger.thread.is_alive()
+    assert "runs left to log" in said.getvalue(), said.getvalue()
+
+
+def test_a_store_that_stops_answering_is_given_up_on():
+    store = _SlowStore(per_run_s=0.01, stall_after=10)
+    logger = _draining_logger(store, runs=50)
+    t = time.monotonic()
+    logger.close(stream=io.StringIO())
+    try:
+        assert time.monotonic() - t < 10  # about give_up_after_s after the last write, not forever
+        assert len(store.sent) == 10 and logger.unlogged == 40 and not store.parent_finished
+    finally:
+        store.release.set()  # the hung call fails; the writer keeps everything and gives up too
+    logger.thread.join(10)
+    assert not logger.thread.is_alive() and logger.unlogged == 40
+
+
+def _trial_dir(tmp_path) -> str:
+    rows = [{"step": 1, "stage": "train", "test_acc": 0.5, "timestamp": 2_000, "final": False},
+            {"step": 2, "stage": "train", "test_acc": 0.6, "timestamp": 2_003, "final": False},
+            {"step": 2, "stage": "final", "status": "ok", "train_epochs": 2, "timestamp": 2_004, "final": True}]
+    (tmp_path / "trial_t1").mkdir()
+    (tmp_path / "trial_t1" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(tmp_path / "trial_t1")
+
+
+def _sync(writer: MLflowWriter, trial_dir: str, start_ms: int | None = None, end: str | None = "FINISHED") -> str:
+    (key, events), = writer.run_identities({"seed": 0}, "t1", [trial_dir])
+    events.start_ms, events.end_status = start_ms, end
+    pending, order = {}, []
+    merge(pending, order, key, events)
+    writer.flush(pending, order)
+    return key
+
+
+def test_a_synced_run_takes_its_times_from_the_trials_reports_and_a_found_run_keeps_its_start(tmp_path):
+    trial_dir = _trial_dir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    key = _sync(MLflowWriter(uri, "synced", axes=[]), trial_dir)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synced")
+    run = client.search_runs([experiment.experiment_id], f"tags.trial_key = '{key}'")[0]
+    assert (run.info.start_time, run.info.end_time) == (2_000_000, 2_004_000)  # first report, final report
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    _sync(MLflowWriter(uri, "resumed", axes=[]), trial_dir, start_ms=1_999_500, end=None)  # a driver that died
+    _sync(MLflowWriter(uri, "resumed", axes=[]), trial_dir)
+    run = client.search_runs([client.get_experiment_by_name("resumed").experiment_id], f"tags.trial_key = '{key}'")[0]
+    assert (run.info.start_time, run.info.end_time, run.info.status) == (1_999_500, 2_004_000, "FINISHED")

@@ -33,6 +33,7 @@ def only_json_results(on: bool) -> None:
 def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
     from ray.tune.logger import JsonLoggerCallback
 
+    from .lean_results import LeanResults
     from .mlflow_logger import MLflowSweepLogger
     from .progress import SweepProgress
 
@@ -40,6 +41,8 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
     if log_to_mlflow:
         tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
         callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
+    # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
+    callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
 
 

@@ -8,8 +8,11 @@ standard library that allocated it. At B it also prints how big each part of one
 Tune Trial is when serialised (a proxy for what it holds), and how many entries our callbacks
 hold. tracemalloc slows the driver down: read the bytes, not the times.
 
+With --no-trace it instead times each of Tune's experiment snapshots (wall and Tune's thread's
+CPU seconds, with the number of finished trials it held) and reads RSS at A and B.
+
     python benchmarks/driver_memory.py [--trials 600] [--at 150 450] [--pack 1] [--mlflow on]
-        [--dir DIR] [--out FILE.json]
+        [--no-trace] [--dir DIR] [--out FILE.json] [--keep]
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import gc
 import json
 import os
 import pickle
+import shutil
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -106,7 +111,52 @@ def controller_entries() -> dict:
     return out
 
 
-def make_probe(at: tuple[int, int], report: dict, callbacks_ref: list):
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def malloc_mb() -> dict:
+    """glibc's heap: bytes in use, free but kept, and mmapped blocks (mallinfo2)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return {k: round(getattr(info, k) / 2**20, 1) for k in ("arena", "uordblks", "fordblks", "hblkhd")}
+
+
+def ray_object_refs() -> int:
+    """Object references the driver's Ray core worker counts (it holds each one's value while counted)."""
+    import ray
+
+    return len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
+
+
+def time_snapshots(report: dict) -> None:
+    """Wrap Tune's experiment snapshot (every trial's state, written as one JSON file) to time each."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    plain = TuneController.save_to_dir
+    snaps = report.setdefault("snapshots", [])
+
+    def timed(self, *args, **kwargs):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = plain(self, *args, **kwargs)
+        finished = sum(t.status in ("TERMINATED", "ERROR") for t in self._trials)
+        snaps.append((round(time.perf_counter() - t0, 4), round(time.thread_time() - c0, 4), finished))
+        return out
+
+    TuneController.save_to_dir = timed
+
+
+def make_probe(at: tuple[int, int], report: dict, callbacks_ref: list, trace: bool = True):
     from ray.tune import Callback
 
     class Probe(Callback):
@@ -115,13 +165,24 @@ def make_probe(at: tuple[int, int], report: dict, callbacks_ref: list):
             self.snaps = {}
 
         def setup(self, **info):
-            tracemalloc.start(FRAMES)
+            if trace:
+                tracemalloc.start(FRAMES)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
+            if os.environ.get("DRIVER_MEMORY_DROP_METRICS"):  # what-if: Tune's per-metric stats of ended trials
+                trial.run_metadata.metric_analysis = {}
+                trial.run_metadata.metric_n_steps = {}
             if self.done not in at:
                 return
             gc.collect()
+            if not trace:
+                report.setdefault("rss_mb", {})[self.done] = rss_mb()
+                report.setdefault("ray_object_refs", {})[self.done] = ray_object_refs()
+                report.setdefault("gc_objects", {})[self.done] = len(gc.get_objects())
+                report.setdefault("malloc_mb", {})[self.done] = malloc_mb()
+                report.setdefault("controller_entries", {})[self.done] = controller_entries()
+                return
             self.snaps[self.done] = tracemalloc.take_snapshot()
             types = Counter(type(o).__name__ for o in gc.get_objects())
             report.setdefault("gc_types", {})[self.done] = dict(types.most_common(40))
@@ -158,8 +219,10 @@ def main() -> int:
     ap.add_argument("--at", type=int, nargs=2, default=[150, 450])
     ap.add_argument("--pack", default="1")
     ap.add_argument("--mlflow", choices=["on", "off"], default="on")
+    ap.add_argument("--no-trace", action="store_true", help="no tracemalloc: time Tune's snapshots, read RSS")
     ap.add_argument("--dir")
     ap.add_argument("--out")
+    ap.add_argument("--keep", action="store_true", help="keep the sweep's folder")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="minima-drivermem-", dir=args.dir))
     name = f"drivermem_{args.trials}"
@@ -178,12 +241,23 @@ def main() -> int:
     def with_probe(spec, log_to_mlflow):
         cbs = plain(spec, log_to_mlflow)
         callbacks_ref.extend(cbs)
-        return cbs + [make_probe(tuple(args.at), report, callbacks_ref)]
+        return cbs + [make_probe(tuple(args.at), report, callbacks_ref, trace=not args.no_trace)]
 
     tuner.tune_callbacks = with_probe
+    time_snapshots(report)
     os.chdir(root)
+    t0, c0 = time.perf_counter(), time.process_time()
     rc = cli_main(["run", str(sweep_file), *([] if args.mlflow == "on" else ["--no-mlflow"])])
     report["rc"] = rc
+    report["driver_wall_s"], report["driver_cpu_s"] = round(time.perf_counter() - t0, 1), round(time.process_time() - c0, 1)
+    snaps = report.get("snapshots", [])
+    report["snapshot_count"] = len(snaps)
+    report["snapshot_wall_s"] = round(sum(s[0] for s in snaps), 2)
+    report["snapshot_cpu_s"] = round(sum(s[1] for s in snaps), 2)
+    state = sorted(root.glob("results/*/experiment_state-*.json"))
+    report["experiment_state_mb"] = round(state[-1].stat().st_size / 2**20, 2) if state else None
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

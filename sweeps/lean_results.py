@@ -7,7 +7,7 @@ also caches all of that as JSON for its experiment snapshot. A report of ours ca
 in `records` (read by the JSON logger, MLflow and the progress line, all before this
 callback) and, for searchers, its latest row's fields again at the top. Ray lets a callback
 change the result in place before the trial stores it; this one, the last callback, drops
-what nothing reads afterwards.
+what nothing reads afterwards; and once a trial has ended, its per-metric running stats.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ TUNE_KEYS = frozenset({"done", "should_checkpoint", "training_iteration", "times
 
 class LeanResults(Callback):
     """Drops a report's `records` and, when `rows_on_top` is False (no searcher reads a metric
-    from the trial's last result: grid sweeps), the latest row's copy at the top level."""
+    from the trial's last result: grid sweeps), the latest row's copy at the top level; forgets
+    an ended trial's metric stats."""
 
     def __init__(self, rows_on_top: bool):
         self.rows_on_top = rows_on_top
@@ -37,3 +38,19 @@ class LeanResults(Callback):
             return
         for key in rows[-1].keys() - KEPT_ROW_KEYS - TUNE_KEYS:
             result.pop(key, None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        forget_metric_stats(trial)
+
+
+def forget_metric_stats(trial) -> None:
+    """Empty a finished trial's running max/min/avg and last-5/10 deques per metric.
+
+    Only Tune's best-trial helpers (`get_best_result` with a scope) read them; a sweep reads its
+    results from result.json. They are not public API, so a Ray without them is left alone; an
+    errored trial keeps them (a resume may run it again and would update them).
+    """
+    meta = getattr(trial, "run_metadata", None)
+    if hasattr(meta, "metric_analysis") and hasattr(meta, "metric_n_steps"):
+        meta.metric_analysis = {}
+        meta.metric_n_steps = {}

@@ -59,6 +59,18 @@ def test_lean_results_leaves_the_top_row_to_searchers():
     assert RECORDS_KEY not in result and result["test_acc"] == 0.5
 
 
+def test_an_ended_trial_forgets_its_metric_stats_in_this_ray():
+    from ray.tune.experiment import Trial
+
+    trial = Trial("__fake", stub=True)
+    trial.update_last_result({"train_acc": 0.5, "training_iteration": 1})
+    assert trial.run_metadata.metric_analysis and trial.run_metadata.metric_n_steps
+    LeanResults(rows_on_top=False).on_trial_complete(0, [], trial)
+    assert trial.run_metadata.metric_analysis == {} and trial.run_metadata.metric_n_steps == {}
+    trial.update_last_result({"train_acc": 0.7, "training_iteration": 2})  # still takes results
+    assert trial.run_metadata.metric_analysis["train_acc"]["last"] == 0.7
+
+
 def test_lean_results_is_the_last_callback():
     from sweeps.spec import parse_sweep
     from sweeps.tuner import tune_callbacks

@@ -99,6 +99,7 @@ class MLflowSweepLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):
             self._end(key, RunEvents(end_status="FINISHED"))
+        self._member_keys.pop(trial.trial_id, None)  # recomputed if ever asked for again
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         message = error_text(trial)
@@ -107,6 +108,7 @@ class MLflowSweepLogger(Callback):
                 self._end(key, RunEvents(end_status="FINISHED"))
             else:
                 self._end(key, failed(message))
+        self._member_keys.pop(trial.trial_id, None)
 
     def _end(self, key: str, events: RunEvents) -> None:
         self._ended.add(key)

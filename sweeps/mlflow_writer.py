@@ -131,6 +131,9 @@ class MLflowWriter:
             sent.update(tags)
             if ev.end_status:
                 self.client.set_terminated(run_id, ev.end_status)
+                # an ended run gets no more events: what only its sending needed goes (a sweep keeps thousands)
+                self._sent_tags.pop(key, None)
+                self._trial_dirs.pop(key, None)
             del pending[key]
             order.pop(0)
 

@@ -143,3 +143,15 @@ def test_a_long_history_goes_out_within_mlflows_batch_limits(tmp_path):
     for name in NAMES:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(1, 401))
     assert run.data.params == {"seed": "0"} and run.data.tags[LOGGED_STEP_TAG] == "400"
+
+
+def test_an_ended_run_leaves_only_its_id_and_marks(tmp_path):
+    """A sweep of thousands of trials: what the writer keeps per run after it ended stays small."""
+    writer = MLflowWriter(f"sqlite:///{tmp_path}/mlflow.db", "sweep", axes=[])
+    writer._trial_dirs[KEY] = ([str(tmp_path)], None)
+    events = _events(range(1, 3))
+    events.tags["stage"] = "train"
+    _flush(writer, events)
+    assert KEY in writer._sent_tags
+    _flush(writer, RunEvents(end_status="FINISHED"))
+    assert KEY not in writer._sent_tags and KEY not in writer._trial_dirs and KEY in writer._runs

@@ -8,8 +8,10 @@ standard library that allocated it. At B it also prints how big each part of one
 Tune Trial is when serialised (a proxy for what it holds), and how many entries our callbacks
 hold. tracemalloc slows the driver down: read the bytes, not the times.
 
-With --no-trace it instead times each of Tune's experiment snapshots (wall and Tune's thread's
-CPU seconds, with the number of finished trials it held) and reads RSS at A and B.
+With --no-trace it instead reads, at A and B, RSS, glibc's heap, the Ray object references the
+driver holds and the Tune controller's container sizes, and times each of Tune's experiment
+snapshots (wall and Tune's thread's CPU seconds, with the number of finished trials it held).
+Prints JSON; `--out` appends it as one line.
 
     python benchmarks/driver_memory.py [--trials 600] [--at 150 450] [--pack 1] [--mlflow on]
         [--no-trace] [--dir DIR] [--out FILE.json] [--keep]
@@ -170,9 +172,6 @@ def make_probe(at: tuple[int, int], report: dict, callbacks_ref: list, trace: bo
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            if os.environ.get("DRIVER_MEMORY_DROP_METRICS"):  # what-if: Tune's per-metric stats of ended trials
-                trial.run_metadata.metric_analysis = {}
-                trial.run_metadata.metric_n_steps = {}
             if self.done not in at:
                 return
             gc.collect()
@@ -234,7 +233,9 @@ def main() -> int:
     from sweeps.cli import main as cli_main
 
     report: dict = {"benchmark": "driver_memory", "trials": args.trials, "pack": args.pack,
-                    "mlflow": args.mlflow == "on", "at": args.at, "frames": FRAMES}
+                    "mlflow": args.mlflow == "on", "at": args.at, "traced": not args.no_trace,
+                    "frames": FRAMES, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "loadavg_before": list(os.getloadavg())}
     callbacks_ref: list = []
     plain = tuner.tune_callbacks
 
@@ -258,10 +259,11 @@ def main() -> int:
     report["experiment_state_mb"] = round(state[-1].stat().st_size / 2**20, 2) if state else None
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
-    text = json.dumps(report, indent=1)
-    print(text)
+    report["loadavg_after"] = list(os.getloadavg())
+    print(json.dumps(report, indent=1))
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        with open(args.out, "a") as out:
+            out.write(json.dumps(report) + "\n")
     return rc
 
 

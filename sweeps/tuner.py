@@ -80,6 +80,12 @@ def pending_trials(spec: SweepSpec, cluster_cpus: float):
         os.environ.pop(PENDING_TRIALS_ENV, None)
 
 
+# Tune settings left at Tune's defaults for large sweeps, by measurement (docs/performance.md,
+# "Large sweeps"): the experiment snapshot period stays "auto" (Tune stretches it to keep its
+# snapshots near 5% of the driver's time at any size); a grid keeps Tune's pending-trial rule
+# (fewer pending trials saved nothing on local Ray).
+
+
 def build_tuner(spec: SweepSpec, log_to_mlflow: bool = True):
     """The sweep's Tuner."""
     from ray import tune

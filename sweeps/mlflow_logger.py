@@ -114,18 +114,20 @@ class MLflowSweepLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):
-            self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.get(key)))
+            self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key, None)))
+        self._member_keys.pop(trial.trial_id, None)  # recomputed if ever asked for again
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         message = error_text(trial)
         now_ms = int(time.time() * 1000)
         for key in self._keys(trial):
             if key in self._final_at:  # a pack member that finished before its pack failed
-                self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at[key]))
+                self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key)))
             else:
                 events = failed(message)
                 events.end_ms = now_ms
                 self._end(key, events)
+        self._member_keys.pop(trial.trial_id, None)
 
     def _end(self, key: str, events: RunEvents) -> None:
         self._ended.add(key)

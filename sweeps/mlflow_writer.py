@@ -161,6 +161,9 @@ class MLflowWriter:
             # Ray stamps reports in whole seconds: a trial shorter than that must not end before it starts
             end = max(ev.end_ms, start or 0) if ev.end_ms else None
             self.client.set_terminated(run_id, ev.end_status, end_time=end)
+            # an ended run gets no more events: what only its sending needed goes (a sweep keeps thousands)
+            for done in (self._sent_tags, self._trial_dirs, self._start_ms):
+                done.pop(key, None)
 
     def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
         """Log a run's metrics, due params and changed tags in as few calls as MLflow's batch

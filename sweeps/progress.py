@@ -29,7 +29,10 @@ class SweepProgress(Callback):
         self._started = time.monotonic()
         self._last = 0.0
         self._done_here = 0  # completed since this driver started: the rate behind the ETA
-        self._finals: dict[str, dict[int, str]] = {}  # Ray trial id -> member -> status (packs)
+        self._finals: dict[str, dict[int, str]] = {}  # running Ray trial id -> member -> status (packs)
+        # trials that ended here, folded into counts: nothing kept per trial but its id
+        self._ended_ids: set[str] = set()
+        self._ended_outcomes: Counter = Counter()
         self.outcomes: Counter = Counter()
 
     def __getstate__(self):
@@ -49,8 +52,28 @@ class SweepProgress(Callback):
                     self._done_here += 1
                 finals[row.get(MEMBER_KEY)] = str(row.get("status", "ok"))
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "TERMINATED")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._done_here += self._size(trial) - len(self._finals.get(trial.trial_id, {}))
+        self._end(trial, "ERROR")
+
+    def _end(self, trial, status: str) -> None:
+        self._ended_outcomes.update(self._tally(trial, status, self._finals.pop(trial.trial_id, {})))
+        self._ended_ids.add(trial.trial_id)
+
+    def _tally(self, t, status: str, seen: dict[int, str]) -> Counter:
+        """Outcomes of an ended trial: its members' own final statuses, the rest from how it ended."""
+        size = self._size(t)
+        outcomes = Counter(seen.values())
+        if status == "TERMINATED" and size == 1 and not seen:
+            outcomes[(t.last_result or {}).get("status", "ok")] += 1
+        elif status == "TERMINATED":  # a pack finished before this driver: members unseen
+            outcomes["ok"] += size - len(seen)
+        elif status == "ERROR":
+            outcomes["error"] += size - len(seen)
+        return outcomes
 
     @staticmethod
     def _size(trial) -> int:
@@ -67,21 +90,20 @@ class SweepProgress(Callback):
 
     def _print(self, trials, final: bool = False) -> None:
         """Counts of trials, a pack's members counted one by one as each finishes."""
-        outcomes: Counter = Counter()
+        outcomes: Counter = Counter(self._ended_outcomes)
         running = pending_known = 0
         for t in trials:
-            size, seen = self._size(t), self._finals.get(t.trial_id, {})
-            outcomes.update(seen.values())
-            if t.status == "TERMINATED" and size == 1 and not seen:
-                outcomes[(t.last_result or {}).get("status", "ok")] += 1
-            elif t.status == "TERMINATED":  # a pack finished before this driver: members unseen
-                outcomes["ok"] += size - len(seen)
-            elif t.status == "ERROR":
-                outcomes["error"] += size - len(seen)
+            if t.trial_id in self._ended_ids:
+                continue
+            seen = self._finals.get(t.trial_id, {})
+            if t.status in ("TERMINATED", "ERROR"):  # ended before this driver started
+                outcomes.update(self._tally(t, t.status, seen))
             elif t.status == "RUNNING":
-                running += size - len(seen)
+                outcomes.update(seen.values())
+                running += self._size(t) - len(seen)
             else:
-                pending_known += size
+                outcomes.update(seen.values())
+                pending_known += self._size(t)
         self.outcomes = outcomes
         done = sum(outcomes.values())
         pending = pending_known if self.capped else max(self.total - done - running, pending_known)

@@ -34,6 +34,7 @@ def only_json_results(on: bool) -> None:
 def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
     from ray.tune.logger import JsonLoggerCallback
 
+    from .lean_results import LeanResults
     from .mlflow_logger import MLflowSweepLogger
     from .progress import SweepProgress
 
@@ -41,6 +42,8 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
     if log_to_mlflow:
         tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
         callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
+    # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
+    callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
 
 
@@ -74,6 +77,12 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
         yield
     finally:
         os.environ.pop(PENDING_TRIALS_ENV, None)
+
+
+# Tune settings left at Tune's defaults for large sweeps, by measurement (docs/performance.md,
+# "Large sweeps"): the experiment snapshot period stays "auto" (Tune stretches it to keep its
+# snapshots near 5% of the driver's time at any size); a grid keeps Tune's pending-trial rule
+# (fewer pending trials saved nothing on local Ray).
 
 
 def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True):

@@ -69,3 +69,17 @@ def test_sweep_scale_benchmark_runs_the_cli_end_to_end_at_toy_size(tmp_path):
     for mode in ("packed", "unpacked"):
         assert report["summary"][f"16_{mode}"]["mlflow_over_no_mlflow_mean"] > 0
     assert not list(tmp_path.glob("minima-scale-*")), "the work folder is removed unless --keep"
+
+
+@pytest.mark.slow
+def test_driver_memory_benchmark_diffs_a_toy_sweep(tmp_path):
+    out = tmp_path / "report.jsonl"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "driver_memory.py"), "--trials", "12", "--at", "3", "8",
+         "--mlflow", "off", "--dir", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["rc"] == 0 and report["per_trial_bytes_by_site"] and report["snapshot_count"] >= 1, report
+    assert report["finished_trial_parts"]["last_result_records"] < 100  # LeanResults dropped them
+    assert not list(tmp_path.glob("minima-drivermem-*")), "the work folder is removed unless --keep"

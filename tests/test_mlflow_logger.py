@@ -243,3 +243,15 @@ def test_a_synced_run_takes_its_times_from_the_trials_reports_and_a_found_run_ke
     _sync(MLflowWriter(uri, "resumed", axes=[]), trial_dir)
     run = client.search_runs([client.get_experiment_by_name("resumed").experiment_id], f"tags.trial_key = '{key}'")[0]
     assert (run.info.start_time, run.info.end_time, run.info.status) == (1_999_500, 2_004_000, "FINISHED")
+
+
+def test_an_ended_run_leaves_only_its_id_and_marks(tmp_path):
+    """A sweep of thousands of trials: what the writer keeps per run after it ended stays small."""
+    writer = MLflowWriter(f"sqlite:///{tmp_path}/mlflow.db", "sweep", axes=[])
+    writer._trial_dirs[KEY] = ([str(tmp_path)], None)
+    events = _events(range(1, 3))
+    events.tags["stage"] = "train"
+    _flush(writer, events)
+    assert KEY in writer._sent_tags
+    _flush(writer, RunEvents(end_status="FINISHED"))
+    assert KEY not in writer._sent_tags and KEY not in writer._trial_dirs and KEY in writer._runs

@@ -86,14 +86,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.file}: ok")
     print(f"  sweep     {info['name']} ({info['search']} search)")
     print(f"  trials    {'at most ' if spec.search.kind == 'boundary' else ''}{info['trials']}  "
-          f"({len(info['seeds'])} seeds: {info['seeds']})")
+          f"({len(info['seeds'])} seeds: {_brief(info['seeds'])})")
     if spec.search.kind == "boundary":
         from .boundary_grid import candidate_values, coarse_trials, slices
 
         print(f"  boundary  {len(slices(spec))} slices along {spec.search.x}; coarse grid {coarse_trials(spec)} trials; "
               f"then up to {len(candidate_values(spec))} x values; stop at ci_width {spec.search.ci_width or 'none'}")
     for axis, values in info["axes"].items():
-        print(f"  axis      {axis}: {values}")
+        print(f"  axis      {axis}: {_brief(values)}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
     from .notices import plan_lines
@@ -106,6 +106,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if notice:
         print(f"  note      {notice}")
     return 0
+
+
+def _brief(values, most: int = 12):
+    """A long list as a line: a run of integers as `first..last`, others cut after `most`."""
+    if not isinstance(values, list) or len(values) <= most:
+        return values
+    if all(isinstance(v, int) for v in values) and values == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}..{values[-1]}"
+    return f"[{', '.join(map(str, values[:most]))}, ... {len(values) - most} more]"
 
 
 def _report(outcome) -> int:
@@ -488,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: `minima resume NAME` continues the sweep from its checkpoints", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `minima validate big.yaml | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 1
 
 
 if __name__ == "__main__":

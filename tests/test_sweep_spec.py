@@ -124,6 +124,15 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     assert "trials    at most 40" in edge.stdout and "2 slices along pretrain_epochs; coarse grid 12 trials" in edge.stdout
 
 
+
+def test_validate_of_a_big_sweep_fits_in_a_terminal(tmp_path):
+    many = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}", "--set", "seeds=2500",
+                  "--set", "axes.weight_decay=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13.5]")
+    assert many.returncode == 0, many.stderr
+    assert "(2500 seeds: 0..2499)" in many.stdout, many.stdout
+    assert "weight_decay: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... 2 more]" in many.stdout, many.stdout
+    assert max(map(len, many.stdout.splitlines())) < 300
+
 def test_unwritable_storage_fails_before_anything_runs(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder cannot be made under a file, even by root

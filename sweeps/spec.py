@@ -369,6 +369,13 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
         raise SweepError(_format_error(err, source)) from None
 
 
+def load_sweep_args(path: str | Path, sets: list[str], name: str | None = None) -> SweepSpec:
+    """A sweep file with the command line's `--set PATH=VALUE` texts, each read as its field's type."""
+    from .assignments import parse_assignments
+
+    return load_sweep(path, parse_assignments(sets, sweep_value_type), name)
+
+
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, name: str | None = None) -> SweepSpec:
     """Read a sweep file with the safe YAML loader (a sweep file cannot run code) and validate it.
 

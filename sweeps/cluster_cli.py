@@ -1,0 +1,161 @@
+"""The `minima` commands for a cluster: submitting a sweep as a Ray job with the cluster's token,
+the head's secrets (Ray token, MLflow accounts) and the MLflow UI."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import time
+
+AGENT_WAIT_S = 60  # how long `submit` waits for a new head's job agent
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .spec import load_sweep_args
+
+    spec = load_sweep_args(args.file, args.set, args.name)  # validate here, before the cluster spends anything
+
+    from trainables.uri import is_uri
+
+    from .spec import SweepError
+
+    workdir = Path(args.working_dir).resolve()
+    sweep_file = Path(args.file).resolve()
+    if not sweep_file.is_relative_to(workdir):
+        raise SweepError(f"{args.file}: the sweep file must be inside --working-dir ({workdir}), which is uploaded")
+    for field, value in (("storage", spec.storage), ("tracking_uri", spec.tracking_uri.removeprefix("sqlite:///"))):
+        if not is_uri(value) and not value.startswith("/"):
+            raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
+                             f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
+                             f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")
+    from .ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token
+
+    try:
+        token = find_token(args.cluster_config)
+    except TokenError as err:
+        raise SweepError(str(err)) from None
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    sets = "".join(f" --set {shlex.quote(s)}" for s in args.set)
+    name = f" --name {shlex.quote(args.name)}" if args.name else ""
+    entrypoint = f"minima run {shlex.quote(str(sweep_file.relative_to(workdir)))}{sets}{name}"
+    try:
+        client = JobSubmissionClient(args.address, headers=bearer_headers(token))
+        for attempt in range(AGENT_WAIT_S // 2):
+            try:
+                job_id = client.submit_job(
+                    entrypoint=entrypoint,
+                    runtime_env={"working_dir": str(workdir), "excludes": [
+                        ".venv", ".git", "minima_results", "mlruns", "mlflow.db", "data", ".test-data", "*.pt"]},
+                    metadata={"sweep": spec.name},
+                )
+                break
+            except RuntimeError as err:  # a head that has just started has no job agent yet
+                if "No available agent" not in str(err) or attempt == AGENT_WAIT_S // 2 - 1:
+                    raise
+                time.sleep(2)
+    except AuthenticationError:
+        sent = f"the token from {token.source}" if token else "no token (none found)"
+        raise SweepError(f"the Ray cluster at {args.address} refused the job: it needs the cluster's Ray token and "
+                         f"got {sent}. {FETCH_HINT}.") from None
+    except ConnectionError as err:
+        raise SweepError(f"--address {args.address}: {err} (is `ray dashboard cluster.yaml` forwarding it?)") from None
+    print(job_id)
+    auth = "RAY_AUTH_MODE=token " if token else ""  # Ray's CLI then sends the same token
+    print(f"follow it:  {auth}ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
+    print(f"status:     {auth}ray job status --address {args.address} {job_id}", file=sys.stderr)
+    print(f"MLflow:     {spec.tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .ray_auth import TokenError, save_private, token_from_cluster
+    from .spec import SweepError
+
+    try:
+        cluster = yaml.safe_load(Path(args.cluster_config).read_text()).get("cluster_name", "cluster")
+        out = save_private(token_from_cluster(args.cluster_config), Path(args.out or f"~/.ray/{cluster}.token"))
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise SweepError(f"{args.cluster_config}: cannot read it as a cluster config ({err})") from None
+    except TokenError as err:
+        raise SweepError(str(err)) from None
+    print(f"saved the Ray token of {cluster} to {out} (readable by you only); use it with:", file=sys.stderr)
+    print(f"export RAY_AUTH_TOKEN_PATH={shlex.quote(str(out))}")
+    return 0
+
+
+def cmd_head_secrets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .mlflow_auth import HeadSecrets, default_secrets, provision
+    from .ray_auth import make_private_token
+
+    token = make_private_token(Path(args.ray_token).expanduser() if args.ray_token else None)
+    where = HeadSecrets(Path(args.dir).expanduser()) if args.dir else default_secrets()
+    made = provision(where)
+    print(f"Ray token: {token} (0600)")
+    print(f"MLflow: {'made ' + ', '.join(p.name for p in made) if made else 'kept the existing secrets'} "
+          f"in {where.root} (0700)")
+    return 0
+
+
+def cmd_mlflow_user(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from .mlflow_auth import PASSWORD_ENV, USERNAME_ENV, create_read_account
+    from .spec import SweepError
+
+    if not os.environ.get(USERNAME_ENV):
+        raise SweepError(f"{USERNAME_ENV}/{PASSWORD_ENV}: the admin's credentials are needed to make an account "
+                         f"(on the head: `. ~/.minima/mlflow-client.env` first)")
+    try:
+        password = create_read_account(args.tracking_uri, args.username)
+    except MlflowException as err:
+        raise SweepError(f"{args.username}: no account made at {args.tracking_uri} ({err.message})") from None
+    print(f"account {args.username!r} can read every sweep at {args.tracking_uri} and write none; its password "
+          f"(shown once):", file=sys.stderr)
+    print(password)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+
+    uri = args.tracking_uri
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
+    # The UI only: MLflow's job-execution workers would be children it could leave behind.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port)], env=env, start_new_session=True)
+
+    def stop(signum, _frame):  # the server's whole process group: gunicorn/uvicorn and their workers
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    try:
+        return server.wait()
+    except (KeyboardInterrupt, SystemExit) as why:
+        code = why.code if isinstance(why, SystemExit) else 130
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(server.pid, signal.SIGKILL)
+        return code

@@ -170,6 +170,8 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
     assert sum(final_counts(folder).values()) < 12, "the sweep finished before it could be killed"
+    assert (folder / "part-000" / "minima_part_done.json").exists()  # skipped by the resume
+    assert not (folder / "part-001" / "minima_part_done.json").exists()  # restored or started again
 
     out = minima("resume", "killed", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -178,3 +180,4 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
     parents, children = mlflow_runs(tmp_path, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 12 and all(r.info.status == "FINISHED" for r in children)
+    assert len({r.data.tags["trial_key"] for r in children}) == 12

@@ -87,7 +87,8 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     for line in plan_lines(plan):
         on_notice(line)
     per_part = ray_trials_per_part(plan)
-    write_spec(spec, log_to_mlflow, part_count(plan, per_part) if per_part else 1, per_part)
+    split = {"parts": part_count(plan, per_part), "ray_trials_per_part": per_part} if per_part else {}
+    write_spec(spec, log_to_mlflow, **split)
     only_json_results(True)
     if per_part:
         outcome = _run_parts(spec, plan, per_part, log_to_mlflow, on_notice)

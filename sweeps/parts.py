@@ -25,7 +25,7 @@ from .spec import SweepError
 # of growth per part; each further part costs one actor start per slot.
 PART_RAY_TRIALS = 2_000
 PART_ENV = "MINIMA_PART_RAY_TRIALS"  # overrides PART_RAY_TRIALS for sweeps started with it set
-PART_DONE_FILE = "minima_part_done.json"  # a part whose every trial ended ok: its counts
+PART_DONE_FILE = "minima_part_done.json"  # in a part whose every trial ended without an error: its counts
 
 
 def part_limit() -> int:
@@ -33,8 +33,7 @@ def part_limit() -> int:
     text = os.environ.get(PART_ENV) or str(PART_RAY_TRIALS)
     if not text.isdigit() or int(text) < 1:
         raise SweepError(f"{PART_ENV}={text!r}: must be a positive whole number of Ray trials")
-    limit = int(text)
-    return limit
+    return int(text)
 
 
 def ray_trials_per_part(plan: SweepPlan) -> int | None:

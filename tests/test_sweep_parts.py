@@ -124,7 +124,7 @@ def test_a_sweep_in_parts_is_one_sweep_to_its_user(tmp_path):
     out = minima("run", sweep, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parts     3 Tune experiments of up to 4 Ray trials" in out.stderr
-    assert "12 ok" in out.stdout and "[minima] 12/12 done" in out.stderr  # one count across parts
+    assert "12 ok" in out.stdout and "[minima] 12/12 done" in out.stderr, out.stdout + out.stderr[-3000:]
     folder = tmp_path / "results" / "parts"
     assert sorted(p.name for p in folder.glob("part-*")) == ["part-000", "part-001", "part-002"]
     assert not list(folder.glob("trial_*")) and (folder / "minima_sweep.json").exists()
@@ -147,9 +147,9 @@ def test_a_sweep_in_parts_is_one_sweep_to_its_user(tmp_path):
     assert set(trials.column("status").to_pylist()) == {"ok"}
 
     again = minima("run", sweep, cwd=tmp_path, env=env)  # the same name twice is refused, as in one part
-    assert again.returncode == 2 and "minima resume parts" in again.stderr
+    assert again.returncode == 2 and "minima resume parts" in again.stderr, again.stderr[-3000:]
     resumed = minima("resume", "parts", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
-    assert resumed.returncode == 0 and "12 ok" in resumed.stdout, resumed.stderr[-3000:]  # every part done: skipped
+    assert resumed.returncode == 0 and "12 ok" in resumed.stdout, resumed.stdout + resumed.stderr[-3000:]  # all skipped
     assert sorted(final_counts(folder).values()) == [1] * 12
 
 
@@ -158,14 +158,16 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
     env = parts_env(5)
     sweep = write_yaml(tmp_path, tiny_grid(tmp_path, name="killed", checkpoint_every=2,
                                            base={**tiny_grid(tmp_path)["base"], "epochs": 40}))
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", sweep], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "driver.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", sweep], cwd=tmp_path, env=env,
+                                  stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     folder = tmp_path / "results" / "killed"
     try:
         deadline = time.monotonic() + 300
-        while sum(final_counts(folder).values()) < 5 and time.monotonic() < deadline:
+        while sum(final_counts(folder).values()) < 5 and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.5)  # killed in the second part, after the first has finished
-        assert sum(final_counts(folder).values()) >= 5, "no trial of the second part finished in time"
+        assert sum(final_counts(folder).values()) >= 5, f"no trial of the second part finished:\n{log.read_text()[-3000:]}"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
@@ -175,7 +177,7 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
 
     out = minima("resume", "killed", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "12 ok" in out.stdout
+    assert "12 ok" in out.stdout, out.stdout + out.stderr[-3000:]
     assert sorted(final_counts(folder).values()) == [1] * 12  # none run twice, none lost
     parents, children = mlflow_runs(tmp_path, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -40,7 +40,7 @@ class MLflowSweepLogger(Callback):
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
                  flush_interval_s: float = 2.0, give_up_after_s: float = 30.0, live_every_s: float = 10.0,
-                 progress_every_s: float = 5.0):
+                 progress_every_s: float = 5.0, ends_parent: bool = True):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
@@ -50,6 +50,7 @@ class MLflowSweepLogger(Callback):
         self.give_up_after_s = give_up_after_s
         self.live_every_s = live_every_s
         self.progress_every_s = progress_every_s  # a line on stderr while the end-of-sweep drain lasts
+        self.ends_parent = ends_parent  # False in a sweep run in parts: the runner ends the parent after the last
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -71,7 +72,7 @@ class MLflowSweepLogger(Callback):
 
     # Tune pickles callbacks with the experiment state; threads and clients are rebuilt in setup().
     _SETTINGS = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s", "live_every_s",
-                 "progress_every_s")
+                 "progress_every_s", "ends_parent")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in self._SETTINGS}
@@ -145,7 +146,7 @@ class MLflowSweepLogger(Callback):
                 else:  # its end time, if this driver never saw it, comes from its result.json
                     events.end_status, events.end_ms = "FINISHED", self._final_at.get(key)
                 self._end(key, events)
-        self.close(end_parent=all(t.status in ("TERMINATED", "ERROR") for t in trials))
+        self.close(end_parent=self.ends_parent and all(t.status in ("TERMINATED", "ERROR") for t in trials))
 
     def close(self, end_parent: bool = True, stream=None) -> None:
         """Flush everything queued and stop the writer: waits while the store keeps taking runs,

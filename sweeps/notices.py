@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
+from .parts import PART_ENV, part_count, part_limit, ray_trials_per_part
 from .plan import SweepPlan
 
 
@@ -25,6 +26,10 @@ def plan_lines(plan: SweepPlan) -> list[str]:
                 lines.append(f"{'pack' if size > 1 else 'alone':<9} {name}: {what}")
     elif plan.alone:
         lines.append(f"packed    no: {'; '.join(sorted(set(plan.alone.values())))}")
+    per_part = ray_trials_per_part(plan)
+    if per_part:
+        lines.append(f"parts     {part_count(plan, per_part)} Tune experiments of up to {per_part} Ray trials, one after "
+                     f"another (over {part_limit():,} in one, Tune's driver memory keeps growing; {PART_ENV} sets it)")
     return lines
 
 

@@ -30,6 +30,12 @@ class SweepOutcome:
 
 def count_outcome(spec: SweepSpec, grid) -> SweepOutcome:
     """Counts per trial (pack members counted one by one, from their own final reports)."""
+    counts, seen = tally(grid, experiment_path(spec))
+    return sweep_outcome(spec, counts, seen)
+
+
+def tally(grid, experiment_dir: str) -> tuple[Counter, int]:
+    """One Tune experiment's counts per status, and how many trials it holds (pack members one by one)."""
     counts: Counter = Counter()
     seen = 0
     for result in grid:
@@ -38,11 +44,18 @@ def count_outcome(spec: SweepSpec, grid) -> SweepOutcome:
         if members == 1:
             finals = {0: result.metrics} if (result.metrics or {}).get(FINAL_KEY) else {}
         else:
-            trial_dir = f"{experiment_path(spec)}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
+            trial_dir = f"{experiment_dir}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
             finals = {r.get(MEMBER_KEY) or 0: r for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
         for status in (finals[i].get("status") or "ok" for i in finals):
             counts[status] += 1
         counts["error" if result.error is not None else "unfinished"] += members - len(finals)
+    return counts, seen
+
+
+def sweep_outcome(spec: SweepSpec, counts: Counter, seen: int) -> SweepOutcome:
+    """The sweep's outcome from its counts (of every part) and the trials its experiments hold:
+    trials never started count as unfinished; and whether MLflow holds every finished one."""
+    counts = Counter(counts)
     total = spec.num_trials()
     if spec.search.kind == "boundary":  # its budget is a cap, not a count of trials owed
         total = seen

@@ -21,8 +21,10 @@ def _clock(seconds: float) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, total: int, every_s: float = 10.0, stream=None, capped: bool = False):
+    def __init__(self, total: int, every_s: float = 10.0, stream=None, capped: bool = False,
+                 before: dict[str, int] | None = None):
         self.total = total
+        self.before = dict(before or {})  # outcomes of the sweep's earlier parts (a sweep in parts)
         self.capped = capped  # total is a budget (boundary search), not the trials owed: no ETA
         self.every_s = every_s
         self.stream = stream
@@ -32,14 +34,14 @@ class SweepProgress(Callback):
         self._finals: dict[str, dict[int, str]] = {}  # running Ray trial id -> member -> status (packs)
         # trials that ended here, folded into counts: nothing kept per trial but its id
         self._ended_ids: set[str] = set()
-        self._ended_outcomes: Counter = Counter()
+        self._ended_outcomes: Counter = Counter(self.before)
         self.outcomes: Counter = Counter()
 
     def __getstate__(self):
-        return {"total": self.total, "every_s": self.every_s, "capped": self.capped}
+        return {"total": self.total, "every_s": self.every_s, "capped": self.capped, "before": self.before}
 
     def __setstate__(self, state):
-        self.__init__(state["total"], state["every_s"], capped=state.get("capped", False))
+        self.__init__(state["total"], state["every_s"], capped=state.get("capped", False), before=state.get("before"))
 
     def setup(self, **info):
         self._started = time.monotonic()

@@ -15,6 +15,8 @@ from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
 from trainables.uri import filesystem, read_bytes, read_text
 
+from .sweep_files import PART_PREFIX
+
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
 RESULT_SCHEMA = pa.schema(
     [(MEMBER_KEY, pa.int64()), ("step", pa.int64()), ("epoch", pa.int64()), ("stage", pa.string()), (FINAL_KEY, pa.bool_()),
@@ -28,17 +30,24 @@ RESULT_SCHEMA = pa.schema(
 
 
 def list_trial_dirs(experiment_dir: str) -> list[str]:
-    """The trial folders of a sweep (`trial_*`), sorted."""
+    """The trial folders of a sweep (`trial_*`, and `part-*/trial_*` for a sweep run in parts), sorted."""
+    folders = _folders(experiment_dir)
+    base = experiment_dir.rstrip("/")
+    trials = [f"{base}/{name}" for name in folders if name.startswith("trial_")]
+    for part in (name for name in folders if name.startswith(PART_PREFIX)):
+        trials += [f"{base}/{part}/{name}" for name in _folders(f"{base}/{part}") if name.startswith("trial_")]
+    return sorted(trials)
+
+
+def _folders(path: str) -> list[str]:
     import pyarrow.fs
 
-    fs, inner = filesystem(experiment_dir)
+    fs, inner = filesystem(path)
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
     except (FileNotFoundError, OSError):
         return []
-    base = experiment_dir.rstrip("/")
-    return sorted(f"{base}/{i.base_name}" for i in infos
-                  if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("trial_"))
+    return [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
 
 
 def read_trial_params(trial_dir: str) -> dict[str, Any] | None:

@@ -6,14 +6,18 @@ path, GPUs on local Ray, a name already used.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from .notices import plan_lines, report_sharing
-from .outcome import SweepOutcome, count_outcome
+from .outcome import SweepOutcome, count_outcome, sweep_outcome, tally
+from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
 from .plan import SweepPlan, planned
 from .ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
 from .safe_storage import prune_unreferenced_checkpoints
 from .spec import SweepError, SweepSpec
-from .sweep_files import experiment_path, logs_to_mlflow, read_spec, run_settings, snapshot_store, write_spec
-from .tuner import build_tuner, has_results, only_json_results, pending_trials, restore_tuner
+from .sweep_files import (experiment_path, logs_to_mlflow, part_path, read_spec, run_settings, snapshot_store,
+                          write_spec)
+from .tuner import build_tuner, can_restore, has_results, only_json_results, pending_trials, restore_tuner
 from .tuner import trial_dirname  # noqa: F401 - sweeps stored before sweeps.tuner existed pickled it by this path
 
 
@@ -34,6 +38,44 @@ def _finish(spec: SweepSpec, grid) -> SweepOutcome:
     return count_outcome(spec, grid)
 
 
+def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, on_notice) -> SweepOutcome:
+    """Run a sweep in parts, one Tune experiment after another: a finished part is skipped, one
+    with a stored experiment is restored, the others start fresh. Stops after a part that left
+    trials unfinished (the driver was interrupted), so a resume picks up there."""
+    counts: Counter = Counter()
+    seen = 0
+    for index, part in enumerate(split_plan(plan, per_part)):
+        path = part_path(spec, index)
+        done = part_done(path)
+        if done is not None:
+            counts.update(done)
+            seen += part.num_trials
+            continue
+        before = {k: v for k, v in counts.items() if k != "unfinished"}
+        if can_restore(spec, path):
+            grid = _fit(part, lambda: restore_tuner(spec, path))
+        else:
+            clear_unsaved_part(path)
+            grid = _fit(part, lambda: build_tuner(spec, part, log_to_mlflow, part=index, before=before))
+        prune_unreferenced_checkpoints(path, grid)
+        part_counts, part_seen = tally(grid, path)
+        del grid  # the next part runs without this part's results
+        counts.update(part_counts)
+        seen += part_seen
+        if part_counts["unfinished"] or part_seen < part.num_trials:
+            break
+        if not part_counts["error"]:
+            mark_part_done(path, dict(part_counts))
+    outcome = sweep_outcome(spec, counts, seen)
+    if log_to_mlflow and outcome.all_finished:
+        from .mlflow_runs import finish_parent
+
+        error = finish_parent(spec.tracking_uri, spec.name)
+        if error:
+            on_notice(f"MLflow: the sweep's parent run could not be marked finished ({error})")
+    return outcome
+
+
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
     """Start a new sweep; refuses a name that already has results (use resume_sweep)."""
     preflight(spec, source, tracking=log_to_mlflow)
@@ -44,8 +86,14 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     spec, plan = planned(spec, local_slots(spec))
     for line in plan_lines(plan):
         on_notice(line)
-    write_spec(spec, log_to_mlflow)
+    per_part = ray_trials_per_part(plan)
+    split = {"parts": part_count(plan, per_part), "ray_trials_per_part": per_part} if per_part else {}
+    write_spec(spec, log_to_mlflow, **split)
     only_json_results(True)
+    if per_part:
+        outcome = _run_parts(spec, plan, per_part, log_to_mlflow, on_notice)
+        report_sharing(plan, snapshot_store(spec), on_notice)
+        return outcome
     grid = _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow))
     report_sharing(plan, snapshot_store(spec), on_notice)
     return _finish(spec, grid)
@@ -65,6 +113,9 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     slots = local_slots(spec)
     spec, plan = planned(spec, slots)  # the stored spec: its pack_plan as the sweep started
     run_missing_pretrainings(spec, plan, snapshot_store(spec), slots, on_notice)  # what a killed driver never finished
-    only_json_results(bool(run_settings(spec).get("json_logger_only")))
+    settings = run_settings(spec)
+    only_json_results(bool(settings.get("json_logger_only")))
+    if settings.get("ray_trials_per_part"):
+        return _run_parts(spec, plan, settings["ray_trials_per_part"], bool(settings.get("log_to_mlflow")), on_notice)
     tuner = restore_tuner(spec)
     return _finish(spec, _fit(plan, lambda: tuner))

@@ -41,7 +41,8 @@ def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None)
             packable = {key for keys in plan.packed_jobs.values() for key in keys}
             return {}, len(configs), SnapshotGate(configs, [list(n) for n in plan.needs], snapshots,
                                                   {j.key: j.to_tune() for j in plan.jobs}, packable)
-        if len(trials) < plan.num_trials:  # some packed: a grid over member lists (lone trials: lists of one)
+        # some packed, or one part of a sweep in parts: a grid over member lists (lone trials: lists of one)
+        if len(trials) < spec.num_trials():
             return {MEMBERS_KEY: tune.grid_search(trials)}, 1, None
     if kind == "boundary":
         from .boundary_searcher import BoundarySearcher

@@ -13,7 +13,8 @@ from trainables.uri import filesystem, is_uri, read_text
 from .spec import SweepError, SweepSpec, parse_sweep
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
-RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not)
+RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not, cut into parts or not)
+PART_PREFIX = "part-"  # a sweep in parts: part k's Tune experiment is the folder part-<k, 3 digits>
 
 
 def storage_root(storage: str) -> str:
@@ -23,6 +24,11 @@ def storage_root(storage: str) -> str:
 
 def experiment_path(spec: SweepSpec) -> str:
     return f"{storage_root(spec.storage).rstrip('/')}/{spec.name}"
+
+
+def part_path(spec: SweepSpec, index: int) -> str:
+    """Part `index`'s Tune experiment, inside the sweep's folder (beside its spec and snapshots)."""
+    return f"{experiment_path(spec)}/{PART_PREFIX}{index:03d}"
 
 
 def snapshot_store(spec: SweepSpec) -> str:
@@ -51,13 +57,18 @@ def check_storage_writable(storage: str) -> None:
             probe.unlink(missing_ok=True)
 
 
-def write_spec(spec: SweepSpec, log_to_mlflow: bool) -> None:
+def write_spec(spec: SweepSpec, log_to_mlflow: bool, parts: int = 1, ray_trials_per_part: int | None = None) -> None:
+    """The resolved spec and the run file; a sweep cut into parts records how, so a resume cuts
+    it the same way."""
     fs, root = filesystem(experiment_path(spec))
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
         f.write(json.dumps(spec.model_dump(), indent=2).encode())
     with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
-        f.write(json.dumps({"log_to_mlflow": log_to_mlflow, "json_logger_only": True}).encode())
+        settings = {"log_to_mlflow": log_to_mlflow, "json_logger_only": True}
+        if ray_trials_per_part:
+            settings.update(parts=parts, ray_trials_per_part=ray_trials_per_part)
+        f.write(json.dumps(settings).encode())
 
 
 def read_spec(name: str, storage: str) -> SweepSpec:

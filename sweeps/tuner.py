@@ -12,7 +12,7 @@ from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_
 from .plan import SweepPlan
 from .safe_storage import storage_filesystem
 from .spec import SweepSpec
-from .sweep_files import experiment_path, snapshot_store, storage_root
+from .sweep_files import experiment_path, part_path, snapshot_store, storage_root
 
 CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
 
@@ -31,17 +31,21 @@ def only_json_results(on: bool) -> None:
         os.environ.pop(AUTO_LOGGERS_OFF, None)
 
 
-def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool) -> list:
+def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] | None = None,
+                   ends_parent: bool = True) -> list:
+    """Fresh callbacks for one Tune experiment; in a sweep run in parts, `before` holds the
+    earlier parts' outcomes (the progress line counts the whole sweep) and only the runner ends
+    the MLflow parent."""
     from ray.tune.logger import JsonLoggerCallback
 
     from .lean_results import LeanResults
     from .mlflow_logger import MLflowSweepLogger
     from .progress import SweepProgress
 
-    callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary"), JsonLoggerCallback()]
+    callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary", before=before), JsonLoggerCallback()]
     if log_to_mlflow:
         tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
-        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags))
+        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags, ends_parent=ends_parent))
     # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
     callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
@@ -85,8 +89,10 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
 # (fewer pending trials saved nothing on local Ray).
 
 
-def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True):
-    """The sweep's Tuner."""
+def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, part: int | None = None,
+                before: dict[str, int] | None = None):
+    """The sweep's Tuner; with `part`, that part's (its `plan` is the part's slice), whose
+    experiment lives in the sweep's folder."""
     from ray import tune
 
     from .search_space import build_search
@@ -109,10 +115,10 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True):
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=storage_root(spec.storage),
+            name=spec.name if part is None else part_path(spec, part).rsplit("/", 1)[-1],
+            storage_path=storage_root(spec.storage) if part is None else experiment_path(spec),
             storage_filesystem=storage_filesystem(spec.storage),
-            callbacks=tune_callbacks(spec, log_to_mlflow),
+            callbacks=tune_callbacks(spec, log_to_mlflow, before, ends_parent=part is None),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,
@@ -120,17 +126,22 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True):
     )
 
 
-def restore_tuner(spec: SweepSpec):
-    """The stored sweep's Tuner: unfinished trials resume from their last checkpoint, errored ones
-    are retried."""
+def restore_tuner(spec: SweepSpec, path: str | None = None):
+    """The stored sweep's Tuner (or that of its part at `path`): unfinished trials resume from
+    their last checkpoint, errored ones are retried."""
     from ray import tune
 
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.Tuner.restore(experiment_path(spec), trainable=tune.with_resources(tune_trainable, resources),
+    return tune.Tuner.restore(path or experiment_path(spec), trainable=tune.with_resources(tune_trainable, resources),
                               resume_errored=True, storage_filesystem=storage_filesystem(spec.storage))
 
 
-def has_results(spec: SweepSpec) -> bool:
+def can_restore(spec: SweepSpec, path: str) -> bool:
     from ray import tune
 
-    return tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec.storage))
+    return tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem(spec.storage))
+
+
+def has_results(spec: SweepSpec) -> bool:
+    """Whether the sweep has a Tune experiment to resume: its own, or its first part's."""
+    return can_restore(spec, experiment_path(spec)) or can_restore(spec, part_path(spec, 0))

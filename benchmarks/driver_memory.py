@@ -239,8 +239,8 @@ def main() -> int:
     callbacks_ref: list = []
     plain = tuner.tune_callbacks
 
-    def with_probe(spec, log_to_mlflow):
-        cbs = plain(spec, log_to_mlflow)
+    def with_probe(*args_, **kwargs):
+        cbs = plain(*args_, **kwargs)
         callbacks_ref.extend(cbs)
         return cbs + [make_probe(tuple(args.at), report, callbacks_ref, trace=not args.no_trace)]
 

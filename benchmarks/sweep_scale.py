@@ -103,7 +103,7 @@ class RssSampler(threading.Thread):
                 self.samples.append((t, rss))
                 # globbing stops once found: a 10,000-trial folder is not listed twice a second
                 if self.first_done is None and any(p.stat().st_size > 0
-                                                   for p in self.experiment.glob("trial_*/result.json")):
+                                                   for p in result_files(self.experiment)):
                     self.first_done = (t, rss)
             self.stop.wait(SAMPLE_S)
 
@@ -162,10 +162,16 @@ def rss_fields(sampler: RssSampler, trials: int) -> dict:
     }
 
 
+def result_files(experiment: Path):
+    """Every Ray trial's result.json: in the sweep's folder, or in its parts (sweeps/parts.py)."""
+    yield from experiment.glob("trial_*/result.json")
+    yield from experiment.glob("part-*/trial_*/result.json")
+
+
 def trial_ends(experiment: Path) -> dict:
     """The newest Ray trial's result.json mtime, and its last row's own `timestamp` (whole seconds)."""
     mtimes, stamps = [], []
-    for path in experiment.glob("trial_*/result.json"):
+    for path in result_files(experiment):
         mtimes.append(path.stat().st_mtime)
         lines = path.read_bytes().rstrip().splitlines()
         if lines:
@@ -229,6 +235,7 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
         "mode": mode,
         "pack": MODES[mode],
         "ray_trials": ends["ray_trials"],
+        "tune_experiments": max(1, len(list(experiment.glob("part-*")))),  # sweeps/parts.py
         "mlflow": mlflow,
         "repeat": repeat,
         "started_utc": started,
@@ -237,7 +244,7 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
         **rss_fields(run["sampler"], total),
         "last_trial_end_to_return_s": (round(run["returned_at"] - ends["last_end_mtime"], 1)
                                        if ends["last_end_mtime"] else None),
-        "last_trial_end_source": "newest trial_*/result.json mtime",
+        "last_trial_end_source": "newest [part-*/]trial_*/result.json mtime",
         "last_trial_timestamp_to_return_s": (round(run["returned_at"] - ends["last_end_timestamp"], 1)
                                              if ends["last_end_timestamp"] else None),
         "export_s": round(export_s, 1),

@@ -2,6 +2,7 @@
 minutes a GPU is lent for go to measuring, not to fixing a benchmark that stopped running."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_sweep_scale_benchmark_runs_the_cli_end_to_end_at_toy_size(tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "sweep_scale.py"), "--trials", "16", "--no-warmup",
          "--dir", str(tmp_path), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "MINIMA_PART_RAY_TRIALS": "6"})  # pack: 1 runs in 3 Tune experiments, as a large sweep does
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout)
     records = report["records"]
@@ -63,6 +65,7 @@ def test_sweep_scale_benchmark_runs_the_cli_end_to_end_at_toy_size(tmp_path):
         assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] and r["rss_end_mb"] > 0, r
         assert r["last_trial_end_to_return_s"] >= 0 and len(r["loadavg_before"]) == 3, r
         assert r["ray_trials"] == 16 if r["mode"] == "unpacked" else 1 <= r["ray_trials"] < 16, r
+        assert r["tune_experiments"] == (3 if r["mode"] == "unpacked" else 1), r
         if r["mlflow"]:
             assert (r["mlflow_finished_runs"], r["mlflow_running_runs"]) == (16, 0), r
             assert r["mlflow_all_logged"] and r["unlogged_warning"] is None, r

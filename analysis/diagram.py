@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from sweeps.mlflow_runs import parent_run
 from sweeps.phase_fit import label_phases
 
 from .phase import PhaseInputError, cell_table, check_columns, declared_scale, fit_boundaries
@@ -83,11 +84,11 @@ def attach_to_parent_run(tracking_uri: str, sweep: str, files: list[Path]) -> bo
         experiment = client.get_experiment_by_name(sweep)
         if experiment is None:
             return False
-        parents = client.search_runs([experiment.experiment_id], "tags.`minima.role` = 'parent'", max_results=1)
-        if not parents:
+        parent = parent_run(client, experiment.experiment_id, sweep)
+        if parent is None:
             return False
         for path in files:
-            client.log_artifact(parents[0].info.run_id, str(path), artifact_path="phase")
+            client.log_artifact(parent.info.run_id, str(path), artifact_path="phase")
         return True
     except Exception as err:  # artifacts are a copy; the files on disk are what counts
         log.warning("could not attach the phase files to MLflow (%s)", err)

@@ -30,16 +30,21 @@ def trial_runs(client, experiment_id: str) -> dict[str, Any]:
             return runs
 
 
+def parent_run(client, experiment_id: str, sweep: str):
+    """The sweep's parent run in its experiment, or None."""
+    parents = client.search_runs([experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{sweep}'",
+                                 max_results=1)
+    return parents[0] if parents else None
+
+
 def finish_parent(tracking_uri: str, sweep: str) -> str | None:
     """Mark a sweep's parent run FINISHED (a sweep in parts: after its last part); the error in
     one line if the store could not be reached (the parent then stays RUNNING, nothing else is lost)."""
     try:
         client = quick_client(tracking_uri, max_retries=1, timeout_s=15)
         experiment = client.get_experiment_by_name(sweep)
-        parents = client.search_runs([experiment.experiment_id],
-                                     f"tags.`minima.role` = 'parent' and tags.sweep = '{sweep}'", max_results=1) \
-            if experiment is not None else []
-        for parent in parents:
+        parent = parent_run(client, experiment.experiment_id, sweep) if experiment is not None else None
+        if parent is not None:
             client.set_terminated(parent.info.run_id, "FINISHED")
     except Exception as err:
         return short_error(err)

@@ -21,7 +21,7 @@ from trainables.tune_trainable import member_values
 from . import mlflow_batches
 from .keys import cell_key, member_trial_id, trial_key
 from .mlflow_events import RunEvents, earliest, result_events
-from .mlflow_runs import quick_client, trial_runs
+from .mlflow_runs import parent_run, quick_client, trial_runs
 from .results import read_result_rows
 
 LOGGED_STEP_TAG = "minima.logged_step"
@@ -79,12 +79,10 @@ class MLflowWriter:
             if kind not in experiment.tags:  # a sweep logged before the tag was
                 client.set_experiment_tag(self.experiment_id, kind, value)
             self._existing = trial_runs(client, self.experiment_id)
-        parents = client.search_runs(
-            [self.experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{self.sweep}'", max_results=1
-        )
-        if parents:
-            self.parent_run_id = parents[0].info.run_id
-            if parents[0].info.status != "RUNNING":
+        parent = parent_run(client, self.experiment_id, self.sweep)
+        if parent is not None:
+            self.parent_run_id = parent.info.run_id
+            if parent.info.status != "RUNNING":
                 client.update_run(self.parent_run_id, status="RUNNING")
         else:
             run = client.create_run(self.experiment_id, run_name=f"{self.sweep} (sweep)",

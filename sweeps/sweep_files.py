@@ -26,9 +26,14 @@ def experiment_path(spec: SweepSpec) -> str:
     return f"{storage_root(spec.storage).rstrip('/')}/{spec.name}"
 
 
+def part_name(index: int) -> str:
+    """Part `index`'s Tune experiment name: its folder inside the sweep's."""
+    return f"{PART_PREFIX}{index:03d}"
+
+
 def part_path(spec: SweepSpec, index: int) -> str:
     """Part `index`'s Tune experiment, inside the sweep's folder (beside its spec and snapshots)."""
-    return f"{experiment_path(spec)}/{PART_PREFIX}{index:03d}"
+    return f"{experiment_path(spec)}/{part_name(index)}"
 
 
 def snapshot_store(spec: SweepSpec) -> str:

@@ -12,7 +12,7 @@ from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_
 from .plan import SweepPlan
 from .safe_storage import storage_filesystem
 from .spec import SweepSpec
-from .sweep_files import experiment_path, part_path, snapshot_store, storage_root
+from .sweep_files import experiment_path, part_name, part_path, snapshot_store, storage_root
 
 CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
 
@@ -115,7 +115,7 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, pa
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name if part is None else part_path(spec, part).rsplit("/", 1)[-1],
+            name=spec.name if part is None else part_name(part),
             storage_path=storage_root(spec.storage) if part is None else experiment_path(spec),
             storage_filesystem=storage_filesystem(spec.storage),
             callbacks=tune_callbacks(spec, log_to_mlflow, before, ends_parent=part is None),

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from .assignments import parse_assignments
-from .cluster_cli import cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user, cmd_submit, cmd_ui
+from .cluster_cli import UI_START, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user, cmd_submit, cmd_ui
 
 EXIT_BAD_INPUT = 2
 
@@ -218,7 +218,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"\nphase diagram: {path.parent / 'phase.png'}")
     print(f"report:        {path}")
     print(f"parquet:       {export.trials_path}  {export.curves_path}")
-    print(f"MLflow UI:     minima ui --tracking-uri {spec.tracking_uri}   (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI:     minima ui --tracking-uri {spec.tracking_uri}   (then open http://127.0.0.1:5000{UI_START})")
     return 0
 
 

@@ -11,6 +11,8 @@ import sys
 import time
 
 AGENT_WAIT_S = 60  # how long `submit` waits for a new head's job agent
+# MLflow 3 opens on its GenAI view unless asked; the choice then sticks in the browser
+UI_START = "/#/?workflowType=machine_learning"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -133,7 +135,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     uri = args.tracking_uri
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
+    print(f"MLflow UI on http://{args.host}:{args.port}{UI_START} for {uri} (Ctrl-C stops it)", file=sys.stderr)
     # The UI only: MLflow's job-execution workers would be children it could leave behind.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

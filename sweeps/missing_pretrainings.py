@@ -21,7 +21,7 @@ def missing_jobs(plan: SweepPlan, store: str) -> list[PretrainJob]:
     from trainables.pretraining import SnapshotStore
 
     snapshots = SnapshotStore(store)
-    return [j for j in plan.jobs if not all(snapshots.has(j.key, d) for d in j.durations)]
+    return [j for j in plan.jobs if snapshots.missing(j)]
 
 
 def run_missing_pretrainings(spec: SweepSpec, plan: SweepPlan, store: str, slots: int | None,

@@ -54,8 +54,8 @@ def report_sharing(plan: SweepPlan, store: str, on_notice=print) -> None:
     snapshots = SnapshotStore(store)
     for job in plan.jobs:
         error = snapshots.failure(job.key)
-        if error and not all(snapshots.has(job.key, d) for d in job.durations):
+        if error and snapshots.missing(job):
             on_notice(f"shared pretraining {job.key} failed ({error[-300:]}); its {job.trials} trials "
                       f"pretrained by themselves")
-    done = sum(all(snapshots.has(j.key, d) for d in j.durations) for j in plan.jobs)
+    done = sum(not snapshots.missing(j) for j in plan.jobs)
     on_notice(f"shared pretraining: {done}/{len(plan.jobs)} done")

@@ -87,6 +87,10 @@ class SnapshotStore:
 
         return self._fs.get_file_info(self._path(key, epochs)).type == pyarrow.fs.FileType.File
 
+    def missing(self, job: PretrainJob) -> list[int]:
+        """The durations of `job` that have no snapshot yet (none: the job is done)."""
+        return [d for d in job.durations if not self.has(job.key, d)]
+
     def save(self, key: str, epochs: int, snapshot: dict[str, Any], fields: dict[str, Any]) -> None:
         """`snapshot` holds the model, history, elapsed_s, diverged and the device type it was made on."""
         import torch
@@ -143,7 +147,7 @@ class _JobRun:
 
         self.job, self.store = job, store
         self.device = resolve_device(job.config.device).type
-        self.missing = [d for d in job.durations if not store.has(job.key, d)]
+        self.missing = store.missing(job)
         self.saved: list[int] = []
         self.epochs_run = 0
 

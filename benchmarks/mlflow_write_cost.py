@@ -69,7 +69,7 @@ def measure(trials: int, epochs: int, root: str) -> dict:
     order: list = []
     for i in range(trials):
         config = {**base, "seed": i, "weight_decay": [0.0, 1e-4][i % 2]}
-        for key, events in writer.run_identities(config, f"t{i:05d}", []):
+        for key, events in writer.identities.of(config, f"t{i:05d}", []):
             if "start_ms" in RunEvents.__dataclass_fields__:  # trees that log a trial's own start
                 events.start_ms = int(now * 1000)
             merge(pending, order, key, events)

@@ -1,5 +1,6 @@
 """What the MLflow logging sends for a trial's run, merged per run until it is sent: params,
-tags, metrics (name, value, ms, step), when the trial started and ended, and how it ended."""
+tags, metrics (name, value, ms, step), when the trial started and ended, how it ended, and
+where its reports are stored; and who a Ray trial's runs are (`RunIdentities`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
-from trainables.tune_trainable import FINAL_KEY
+from trainables.tune_trainable import FINAL_KEY, member_values
+
+from .keys import cell_key, member_trial_id, trial_key
 
 
 @dataclass
@@ -23,6 +26,7 @@ class RunEvents:
     end_status: str | None = None
     start_ms: int | None = None  # when the trial started (a pack member: its Ray trial)
     end_ms: int | None = None  # when its final report came (or it failed)
+    source: tuple[tuple[str, ...], int | None] | None = None  # its Ray trial's folders, its member index in a pack
 
     def absorb(self, ev: "RunEvents") -> None:
         self.params.update(ev.params)
@@ -31,6 +35,35 @@ class RunEvents:
         self.end_status = ev.end_status or self.end_status
         self.start_ms = earliest(self.start_ms, ev.start_ms)
         self.end_ms = ev.end_ms or self.end_ms
+        self.source = self.source or ev.source
+
+
+@dataclass(frozen=True)
+class RunIdentities:
+    """Who the runs of a sweep's Ray trials are: params and identifying tags, one run per pack member."""
+
+    sweep: str
+    axes: tuple[str, ...]
+    tags: dict[str, str] = field(default_factory=dict)  # on every run: the git commit, the package version
+
+    def of(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
+        """(trial key, events) of each run of a Ray trial, with where its results live."""
+        members = member_values(config)
+        out = []
+        for member, values in enumerate(members):
+            key = trial_key(values)
+            out.append((key, RunEvents(
+                params={k: str(v) for k, v in sorted(values.items())},
+                tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
+                      "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
+                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **self.tags},
+                source=(tuple(dirs), member if len(members) > 1 else None),
+            )))
+        return out
+
+    def _run_name(self, values: dict[str, Any]) -> str:
+        parts = [f"{a}={values[a]}" for a in self.axes if a in values] + [f"seed={values.get('seed', 0)}"]
+        return " ".join(parts)
 
 
 def earliest(a: int | None, b: int | None) -> int | None:

@@ -23,7 +23,7 @@ def sync_from_storage(writer: MLflowWriter, experiment_dir: str) -> dict[str, in
         if params is None:
             continue
         trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-        identities = writer.run_identities(params, trial_id, [trial_dir])
+        identities = writer.identities.of(params, trial_id, [trial_dir])
         finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
         error = None if len(finals) == len(identities) else read_trial_error(trial_dir)
         for member, (key, events) in enumerate(identities):

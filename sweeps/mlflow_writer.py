@@ -16,11 +16,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from trainables.metrics import FINAL_METRICS
-from trainables.tune_trainable import member_values
 
 from . import mlflow_batches
-from .keys import cell_key, member_trial_id, trial_key
-from .mlflow_events import RunEvents, earliest, result_events
+from .mlflow_events import RunEvents, RunIdentities, earliest, result_events
 from .mlflow_runs import parent_run, quick_client, trial_runs
 from .results import read_result_rows
 
@@ -34,8 +32,8 @@ class MLflowWriter:
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
-        self.axes = axes
         self.tags = dict(tags or {})
+        self.identities = RunIdentities(sweep, tuple(axes), self.tags)
         self.client = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -44,27 +42,9 @@ class MLflowWriter:
         self._params_due: dict[str, dict[str, str]] = {}  # per key: params its run still lacks
         self._final_logged: set[str] = set()
         self._sent_tags: dict[str, dict[str, str]] = {}  # per key: tags this process has logged
-        self._trial_dirs: dict[str, tuple[list[str], int | None]] = {}  # where its result.json is, its member
         self._backfilled: set[str] = set()
         self._existing: dict[str, Any] = {}  # trial key -> its run from an earlier driver or sync
         self._start_ms: dict[str, int | None] = {}  # per key: its run's start, which its end must not precede
-
-    def run_identities(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
-        """Params and identifying tags of the runs of a Ray trial (one per pack member);
-        remembers where their results live."""
-        members = member_values(config)
-        out = []
-        for member, values in enumerate(members):
-            key = trial_key(values)
-            self._trial_dirs[key] = (dirs, member if len(members) > 1 else None)
-            events = RunEvents(
-                params={k: str(v) for k, v in sorted(values.items())},
-                tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
-                      "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
-                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **self.tags},
-            )
-            out.append((key, events))
-        return out
 
     def connect(self) -> None:
         if self.client is not None:
@@ -160,7 +140,7 @@ class MLflowWriter:
             end = max(ev.end_ms, start or 0) if ev.end_ms else None
             self.client.set_terminated(run_id, ev.end_status, end_time=end)
             # an ended run gets no more events: what only its sending needed goes (a sweep keeps thousands)
-            for done in (self._sent_tags, self._trial_dirs, self._start_ms):
+            for done in (self._sent_tags, self._start_ms):
                 done.pop(key, None)
 
     def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
@@ -193,7 +173,7 @@ class MLflowWriter:
         if key not in self._existing and any(m[3] <= 1 for m in ev.metrics):
             return
         rows: list[dict[str, Any]] = []
-        dirs, member = self._trial_dirs.get(key, ([], None))
+        dirs, member = ev.source or ((), None)
         for trial_dir in dirs:
             rows = read_result_rows(trial_dir, member)
             if rows:
@@ -213,7 +193,3 @@ class MLflowWriter:
         """Mark the sweep's parent run finished (once connected)."""
         if self.client is not None:
             self.client.set_terminated(self.parent_run_id, "FINISHED")
-
-    def _run_name(self, values: dict[str, Any]) -> str:
-        parts = [f"{a}={values[a]}" for a in self.axes if a in values] + [f"seed={values.get('seed', 0)}"]
-        return " ".join(parts)

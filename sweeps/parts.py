@@ -21,9 +21,10 @@ from trainables.uri import filesystem, read_text
 from .plan import SweepPlan
 from .spec import SweepError
 
-# Ray trials per Tune experiment: at ~70-90 KB of driver RSS per finished Ray trial, ~0.2 GB
-# of growth per part; each further part costs one actor start per slot.
-PART_RAY_TRIALS = 2_000
+# Ray trials per Tune experiment: what a part grows the driver by is mostly handed back to the
+# next part, so smaller parts keep the driver flatter; each further part costs one Tune start
+# and one actor start per slot (docs/performance.md, "Large sweeps").
+PART_RAY_TRIALS = 1_000
 PART_ENV = "MINIMA_PART_RAY_TRIALS"  # overrides PART_RAY_TRIALS for sweeps started with it set
 PART_DONE_FILE = "minima_part_done.json"  # in a part whose every trial ended without an error: its counts
 

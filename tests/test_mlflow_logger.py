@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
-import threading
+import os
 import time
 
 import pytest
@@ -82,13 +83,14 @@ def test_close_flushes_at_once_not_at_the_end_of_the_interval(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     logger = MLflowSweepLogger(uri, "sweep", axes=[], flush_interval_s=3600)
     logger.setup()
-    logger.queue.put((KEY, _events(range(1, 6))))
-    while not logger.queue.empty():
-        time.sleep(0.05)
-    time.sleep(0.5)  # the writer took the event and waits for more
+    logger._put(KEY, _events(range(1, 6)))
+    time.sleep(3)  # the writer process started, took the event and waits for more
+    t = time.monotonic()
     logger.close()  # without a wake-up the writer sleeps the full hour
-    assert not logger.thread.is_alive() and logger.unlogged == 0
-    run = MlflowClient(uri).search_runs([logger.writer.experiment_id], f"tags.trial_key = '{KEY}'")[0]
+    assert time.monotonic() - t < 30
+    assert not logger.process.is_alive() and logger.process.exitcode == 0 and logger.unlogged == 0
+    experiment = MlflowClient(uri).get_experiment_by_name("sweep")
+    run = MlflowClient(uri).search_runs([experiment.experiment_id], f"tags.trial_key = '{KEY}'")[0]
     assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "test_acc")] == [1, 2, 3, 4, 5]
 
 
@@ -149,66 +151,80 @@ def test_a_long_history_goes_out_within_mlflows_batch_limits(tmp_path):
 
 
 class _SlowStore:
-    """Stands in for the writer: takes one run every `per_run_s`; after `stall_after` runs it
-    stops answering (a call that hangs until `release` is set, then fails)."""
+    """Stands in for the writer in the writer process: takes one run every `per_run_s`, noting
+    each in `record`; after `stall_after` runs it stops answering (a call that hangs until the
+    file `release` exists, then fails)."""
 
-    def __init__(self, per_run_s: float, stall_after: int | None = None):
-        self.per_run_s, self.stall_after = per_run_s, stall_after
-        self.sent: list[str] = []
-        self.parent_finished = False
-        self.release = threading.Event()
+    def __init__(self, record: str, per_run_s: float, stall_after: int | None = None, release: str = ""):
+        self.record, self.per_run_s, self.stall_after, self.release = record, per_run_s, stall_after, release
+        self.sent = 0
 
     def flush(self, pending, order, ready=None, on_sent=None):
         for key in list(order):
             if ready is not None and not ready(key, pending[key]):
                 continue
-            if self.stall_after is not None and len(self.sent) >= self.stall_after:
-                self.release.wait()
+            if self.stall_after is not None and self.sent >= self.stall_after:
+                while not os.path.exists(self.release):
+                    time.sleep(0.05)
                 raise ConnectionError("Read timed out")
             time.sleep(self.per_run_s)
             del pending[key]
             order.remove(key)
-            self.sent.append(key)
+            self.sent += 1
+            with open(self.record, "a") as f:
+                f.write(key + "\n")
             on_sent(key)
 
     def finish_parent(self):
-        self.parent_finished = True
+        with open(self.record, "a") as f:
+            f.write("parent finished\n")
 
 
-def _draining_logger(store: _SlowStore, runs: int) -> MLflowSweepLogger:
-    logger = MLflowSweepLogger("sqlite:///unused.db", "sweep", axes=[], flush_interval_s=3600, give_up_after_s=0.5,
+def _draining_logger(runs: int, *store_args) -> MLflowSweepLogger:
+    logger = MLflowSweepLogger("sqlite:///unused.db", "sweep", axes=[], flush_interval_s=3600, give_up_after_s=2,
                                progress_every_s=0.2)
-    logger.writer = store
+    logger.make_writer = lambda: functools.partial(_SlowStore, *store_args)
     logger.setup()
     for i in range(runs):
-        logger.queue.put((f"trial-{i}", RunEvents(end_status="FINISHED")))
+        logger._put(f"trial-{i}", RunEvents(end_status="FINISHED"))
     return logger
 
 
-def test_a_slow_store_that_keeps_taking_runs_is_drained_to_the_last_run():
+def _recorded(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_slow_store_that_keeps_taking_runs_is_drained_to_the_last_run(tmp_path):
     """The drain outlasts `give_up_after_s` several times over, but every run goes in and the
     terminal hears how many are left."""
-    store = _SlowStore(per_run_s=0.03)
-    logger = _draining_logger(store, runs=80)  # ~2.4 s of writes, give-up after 0.5 s without one
+    record = tmp_path / "sent.txt"
+    logger = _draining_logger(80, str(record), 0.08)  # ~6.4 s of writes, give-up after 2 s without one
     said = io.StringIO()
     logger.close(stream=said)
-    assert len(store.sent) == 80 and logger.unlogged == 0 and store.parent_finished
-    assert not logger.thread.is_alive()
+    assert _recorded(record) == [f"trial-{i}" for i in range(80)] + ["parent finished"]
+    assert logger.unlogged == 0 and not logger.process.is_alive()
     assert "runs left to log" in said.getvalue(), said.getvalue()
 
 
-def test_a_store_that_stops_answering_is_given_up_on():
-    store = _SlowStore(per_run_s=0.01, stall_after=10)
-    logger = _draining_logger(store, runs=50)
+def test_a_store_that_stops_answering_is_given_up_on(tmp_path):
+    record, release = tmp_path / "sent.txt", tmp_path / "release"
+    logger = _draining_logger(50, str(record), 0.01, 10, str(release))
+    time.sleep(3)  # the writer process started and holds every run
     t = time.monotonic()
     logger.close(stream=io.StringIO())
-    try:
-        assert time.monotonic() - t < 10  # about give_up_after_s after the last write, not forever
-        assert len(store.sent) == 10 and logger.unlogged == 40 and not store.parent_finished
-    finally:
-        store.release.set()  # the hung call fails; the writer keeps everything and gives up too
-    logger.thread.join(10)
-    assert not logger.thread.is_alive() and logger.unlogged == 40
+    assert time.monotonic() - t < 15  # about give_up_after_s after the last write, not forever
+    assert len(_recorded(record)) == 10 and logger.unlogged == 40 and not logger.process.is_alive()
+
+
+def test_a_store_that_fails_after_the_sweep_is_given_up_on_by_the_writer(tmp_path):
+    """A store that answers with errors (not a hang): the writer keeps retrying, then stops by
+    itself once no write has succeeded for give_up_after_s, with the count of what it kept."""
+    record, release = tmp_path / "sent.txt", tmp_path / "release"
+    release.touch()  # every call past the 10th fails at once
+    logger = _draining_logger(50, str(record), 0.01, 10, str(release))
+    logger.close(stream=io.StringIO())
+    assert logger.process.exitcode == 0  # it returned; it was not killed
+    assert len(_recorded(record)) == 10 and logger.unlogged == 40 and logger.status.failed.value >= 1
 
 
 def _trial_dir(tmp_path) -> str:
@@ -221,7 +237,7 @@ def _trial_dir(tmp_path) -> str:
 
 
 def _sync(writer: MLflowWriter, trial_dir: str, start_ms: int | None = None, end: str | None = "FINISHED") -> str:
-    (key, events), = writer.run_identities({"seed": 0}, "t1", [trial_dir])
+    (key, events), = writer.identities.of({"seed": 0}, "t1", [trial_dir])
     events.start_ms, events.end_status = start_ms, end
     pending, order = {}, []
     merge(pending, order, key, events)
@@ -248,10 +264,10 @@ def test_a_synced_run_takes_its_times_from_the_trials_reports_and_a_found_run_ke
 def test_an_ended_run_leaves_only_its_id_and_marks(tmp_path):
     """A sweep of thousands of trials: what the writer keeps per run after it ended stays small."""
     writer = MLflowWriter(f"sqlite:///{tmp_path}/mlflow.db", "sweep", axes=[])
-    writer._trial_dirs[KEY] = ([str(tmp_path)], None)
     events = _events(range(1, 3))
+    events.source = ((str(tmp_path),), None)
     events.tags["stage"] = "train"
     _flush(writer, events)
     assert KEY in writer._sent_tags
     _flush(writer, RunEvents(end_status="FINISHED"))
-    assert KEY not in writer._sent_tags and KEY not in writer._trial_dirs and KEY in writer._runs
+    assert KEY not in writer._sent_tags and KEY not in writer._start_ms and KEY in writer._runs

@@ -1,0 +1,117 @@
+"""The MLflow writer's own process: it takes a sweep's run events from a queue, merges them per
+run and sends each run when it is due (`MLflowWriter`), keeping everything through store outages.
+
+A process, not a thread of the driver: the SQL store's client is pure Python, and in the
+driver it would hold Tune's interpreter lock for every run it writes, delaying every trial's
+report. The process runs at a lower CPU priority, so on a busy head it writes in the gaps the
+sweep leaves and catches up once the sweep ends. It shares its state with the driver through
+`WriterStatus`: how many runs it holds unsent, when it last sent one, its failures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .mlflow_events import merge
+from .mlflow_runs import short_error
+
+log = logging.getLogger(__name__)
+
+STOP = "stop"  # (STOP, end_parent): everything queued before it is the last of the sweep
+EVENTS = "events"  # (EVENTS, trial key, RunEvents)
+NICE = 10  # below the driver and the trials, not starved: a busy head still sees runs arrive
+
+
+class WriterStatus:
+    """Values the writer process updates and the driver reads (shared memory, no lock needed:
+    one writer, and a stale read only delays a progress line)."""
+
+    def __init__(self, ctx):
+        self.left = ctx.Value(ctypes.c_long, 0, lock=False)  # runs with unsent events
+        self.sent_at = ctx.Value(ctypes.c_double, time.monotonic(), lock=False)  # the last run the store took
+        self.failed = ctx.Value(ctypes.c_long, 0, lock=False)  # flushes that raised
+        self._error = ctx.Array(ctypes.c_char, 400, lock=False)
+
+    @property
+    def last_error(self) -> str | None:
+        return self._error.value.decode(errors="replace") or None
+
+    @last_error.setter
+    def last_error(self, text: str) -> None:
+        self._error.value = text.encode()[:399]
+
+
+@dataclass(frozen=True)
+class WriterTiming:
+    flush_interval_s: float  # between flushes while the sweep runs
+    live_every_s: float  # a run whose events waited this long goes out before its trial ends
+    give_up_after_s: float  # after STOP: without a successful write this long, what is left stays unsent
+
+    @property
+    def hung_after_s(self) -> float:
+        """After STOP, how long without a write means the writer hangs in a call: a failing one
+        retries at most a quarter of `give_up_after_s` apart, so it has given up by itself by then."""
+        return self.give_up_after_s * 1.5
+
+
+def write_loop(make_writer: Callable[[], Any], timing: WriterTiming, inbox, status: WriterStatus) -> None:
+    """The writer process: merge queued events and flush the runs that are due every
+    `flush_interval_s` (all of them after STOP); on failure keep them and retry with a doubling
+    wait (at most 30 s), giving up after STOP once no write has succeeded for `give_up_after_s`."""
+    os.nice(NICE)
+    writer = make_writer()
+    pending: dict[str, Any] = {}
+    order: list[str] = []
+    waiting: dict[str, float] = {}  # since when each pending run has waited
+    stopping, end_parent, stop_at = False, False, 0.0
+
+    def due(key: str, ev) -> bool:
+        return ev.end_status is not None or time.monotonic() - waiting.get(key, 0.0) >= timing.live_every_s
+
+    def sent(key: str) -> None:
+        waiting.pop(key, None)
+        status.sent_at.value = time.monotonic()
+        status.left.value = len(pending)
+
+    backoff = timing.flush_interval_s
+    while True:
+        deadline = time.monotonic() + backoff
+        while not stopping:
+            try:
+                item = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item[0] == STOP:
+                stopping, end_parent, stop_at = True, item[1], time.monotonic()
+                break
+            _, key, events = item
+            waiting.setdefault(key, time.monotonic())
+            merge(pending, order, key, events)
+        status.left.value = len(pending)
+        try:
+            writer.flush(pending, order, ready=None if stopping else due, on_sent=sent)
+            backoff = timing.flush_interval_s
+        except Exception as err:  # server down, lock timeout: keep everything, retry later
+            status.failed.value += 1
+            status.last_error = short_error(err)
+            failures = status.failed.value
+            if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th ... failure
+                log.warning("MLflow logging failed %d times (%s); %d runs queued, retrying",
+                            failures, status.last_error, len(pending))
+            backoff = min(30.0, backoff * 2)
+            if stopping:
+                if time.monotonic() - max(status.sent_at.value, stop_at) >= timing.give_up_after_s:
+                    return  # what is left is counted in status.left; the sweep's storage has all of it
+                backoff = min(backoff, timing.give_up_after_s / 4)
+                time.sleep(backoff)  # no events left to wait for
+            continue
+        if stopping:
+            if end_parent:
+                writer.finish_parent()
+            return

@@ -3,16 +3,16 @@ run and sends each run when it is due (`MLflowWriter`), keeping everything throu
 
 A process, not a thread of the driver: the SQL store's client is pure Python, and in the
 driver it would hold Tune's interpreter lock for every run it writes, delaying every trial's
-report. The process runs at a lower CPU priority, so on a busy head it writes in the gaps the
-sweep leaves and catches up once the sweep ends. It shares its state with the driver through
-`WriterStatus`: how many runs it holds unsent, when it last sent one, its failures.
+report. It runs at the driver's CPU priority: a lower one made no sweep faster on a busy
+head, only left its events queued in the driver until the sweep ended (docs/performance.md).
+It shares its state with the driver through `WriterStatus`: how many runs it holds unsent,
+when it last sent one, its failures.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import queue
 import time
 from dataclasses import dataclass
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 STOP = "stop"  # (STOP, end_parent): everything queued before it is the last of the sweep
 EVENTS = "events"  # (EVENTS, trial key, RunEvents)
-NICE = 10  # below the driver and the trials, not starved: a busy head still sees runs arrive
 
 
 class WriterStatus:
@@ -64,7 +63,6 @@ def write_loop(make_writer: Callable[[], Any], timing: WriterTiming, inbox, stat
     """The writer process: merge queued events and flush the runs that are due every
     `flush_interval_s` (all of them after STOP); on failure keep them and retry with a doubling
     wait (at most 30 s), giving up after STOP once no write has succeeded for `give_up_after_s`."""
-    os.nice(NICE)
     writer = make_writer()
     pending: dict[str, Any] = {}
     order: list[str] = []

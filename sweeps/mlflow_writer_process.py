@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import queue
 import time
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ class WriterTiming:
 def write_loop(make_writer: Callable[[], Any], timing: WriterTiming, inbox, status: WriterStatus) -> None:
     """The writer process: merge queued events and flush the runs that are due every
     `flush_interval_s` (all of them after STOP); on failure keep them and retry with a doubling
-    wait (at most 30 s), giving up after STOP once no write has succeeded for `give_up_after_s`."""
+    wait (at most 30 s), giving up after STOP once no write has succeeded for `give_up_after_s`.
+    A driver that died (killed, out of memory) is a STOP without ending the parent run: what it
+    had queued is still sent, and the process does not outlive it."""
+    driver = multiprocessing.parent_process()
     writer = make_writer()
     pending: dict[str, Any] = {}
     order: list[str] = []
@@ -80,11 +84,14 @@ def write_loop(make_writer: Callable[[], Any], timing: WriterTiming, inbox, stat
     backoff = timing.flush_interval_s
     while True:
         deadline = time.monotonic() + backoff
-        while not stopping:
-            try:
-                item = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+        while not stopping and time.monotonic() < deadline:
+            try:  # a second at most: a dead driver is noticed between its events
+                item = inbox.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                break
+                if driver is not None and not driver.is_alive():
+                    _take_rest(inbox, pending, order)
+                    stopping, stop_at = True, time.monotonic()
+                continue
             if item[0] == STOP:
                 stopping, end_parent, stop_at = True, item[1], time.monotonic()
                 break
@@ -113,3 +120,14 @@ def write_loop(make_writer: Callable[[], Any], timing: WriterTiming, inbox, stat
             if end_parent:
                 writer.finish_parent()
             return
+
+
+def _take_rest(inbox, pending: dict[str, Any], order: list[str]) -> None:
+    """Everything a dead driver left in the queue."""
+    while True:
+        try:
+            item = inbox.get(timeout=0.1)
+        except (queue.Empty, EOFError, OSError):
+            return
+        if item[0] == EVENTS:
+            merge(pending, order, item[1], item[2])

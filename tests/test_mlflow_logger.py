@@ -6,6 +6,8 @@ import functools
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -158,6 +160,8 @@ class _SlowStore:
     def __init__(self, record: str, per_run_s: float, stall_after: int | None = None, release: str = ""):
         self.record, self.per_run_s, self.stall_after, self.release = record, per_run_s, stall_after, release
         self.sent = 0
+        with open(record + ".pid", "w") as f:
+            f.write(str(os.getpid()))
 
     def flush(self, pending, order, ready=None, on_sent=None):
         for key in list(order):
@@ -225,6 +229,43 @@ def test_a_store_that_fails_after_the_sweep_is_given_up_on_by_the_writer(tmp_pat
     logger.close(stream=io.StringIO())
     assert logger.process.exitcode == 0  # it returned; it was not killed
     assert len(_recorded(record)) == 10 and logger.unlogged == 40 and logger.status.failed.value >= 1
+
+
+_DIES = """
+import functools, os, sys, time
+sys.path[:0] = [{tests!r}, {repo!r}]
+from test_mlflow_logger import _SlowStore
+from sweeps.mlflow_events import RunEvents
+from sweeps.mlflow_logger import MLflowSweepLogger
+logger = MLflowSweepLogger("sqlite:///unused.db", "sweep", axes=[], flush_interval_s=3600)
+logger.make_writer = lambda: functools.partial(_SlowStore, {record!r}, 0.01)
+logger.setup()
+for i in range(5):
+    logger._put(f"trial-{{i}}", RunEvents(end_status="FINISHED"))
+while not os.path.exists({record!r} + ".pid"):  # the writer is up, as in a sweep under way
+    time.sleep(0.1)
+os._exit(9)  # as a killed driver: no close, no exit handlers
+"""
+
+
+def test_a_killed_drivers_writer_sends_what_it_queued_and_exits(tmp_path):
+    record = tmp_path / "sent.txt"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = _DIES.format(tests=tests, repo=os.path.dirname(tests), record=str(record))
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 9
+    pid = int((tmp_path / "sent.txt.pid").read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "the writer outlived its driver"
+    assert _recorded(record) == [f"trial-{i}" for i in range(5)]  # sent; the parent run is not ended
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
 
 
 def _trial_dir(tmp_path) -> str:

@@ -10,8 +10,9 @@ and SQLite store in a new folder) -> `minima export` -> `minima report` (export,
 HTML). Each (N, mode) runs with and without `--no-mlflow` side by side (the order alternates
 between repeats), after one unmeasured warm-up sweep. While `minima run` runs, its RSS is read
 from /proc/PID/status every 0.5 s; "start" is the first sample after the first Ray trial's
-result.json appears. Afterwards the SQLite store is read (child runs by status) and the Ray
-trials' result.json files give the last trial's end (the newest file's mtime: when the driver
+result.json appears; the CPU seconds of it and every process under it (local Ray, the trial
+workers, the MLflow writer) are read every 2 s, by role. Afterwards the SQLite store is read
+(child runs by status) and the Ray trials' result.json files give the last trial's end (the newest file's mtime: when the driver
 wrote the final result). Prints JSON; `--out` appends every record as a line as it finishes.
 Exits non-zero, saying which step, if a run, an export or a report fails.
 
@@ -108,6 +109,67 @@ class RssSampler(threading.Thread):
             self.stop.wait(SAMPLE_S)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+CPU_SAMPLE_S = 2.0
+
+
+def role(pid: int, ppid: int, driver: int, cmdline: str) -> str:
+    if pid == driver:
+        return "driver"
+    if ppid == driver and "multiprocessing.spawn" in cmdline:
+        return "mlflow_writer"
+    if cmdline.startswith("ray::") or "default_worker.py" in cmdline:
+        return "trial_workers"  # Tune's trial actors and Ray tasks (shared pretraining)
+    return "ray_services"  # GCS, raylet, dashboard, log monitor
+
+
+class TreeCpu(threading.Thread):
+    """CPU seconds (user + system) of `minima run` and every process under it (local Ray's
+    services and workers, the MLflow writer), by role, read from /proc every CPU_SAMPLE_S: a
+    process's last seconds before it exits are missed."""
+
+    def __init__(self, driver: int):
+        super().__init__(daemon=True)
+        self.driver = driver
+        self.last: dict[int, tuple[str, float]] = {}  # pid -> (role, cumulative CPU s)
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        parents, stats = {}, {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            stats[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICK
+        for pid in stats:
+            chain, p = [], pid
+            while p in parents and p != self.driver and p > 1:
+                chain.append(p)
+                p = parents[p]
+            if p != self.driver:
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            self.last[pid] = (role(pid, parents[pid], self.driver, cmdline), stats[pid])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(CPU_SAMPLE_S)
+
+    def by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, cpu in self.last.values():
+            out[name] = round(out.get(name, 0.0) + cpu, 1)
+        return dict(sorted(out.items()))
+
+
 def run_step(what: str, cmd: list[str], cwd: Path, log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "w") as out:
@@ -128,16 +190,19 @@ def run_sweep(name: str, sweep_file: Path, root: Path, mlflow: bool) -> dict:
         proc = subprocess.Popen(cmd, cwd=root, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
         sampler = RssSampler(proc.pid, root / "results" / name)
         sampler.start()
+        cpu = TreeCpu(proc.pid)
+        cpu.start()
         proc.wait()
     wall = time.perf_counter() - t0
     returned_at = time.time()
-    sampler.stop.set()
-    sampler.join()
+    for thread in (sampler, cpu):
+        thread.stop.set()
+        thread.join()
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise StepFailed(f"`minima run` of {name} failed (exit {proc.returncode}); last lines:\n"
                          + "\n".join(text.splitlines()[-15:]) + f"\n(full log: {log})")
-    return {"wall_s": wall, "returned_at": returned_at, "sampler": sampler,
+    return {"wall_s": wall, "returned_at": returned_at, "sampler": sampler, "cpu_s": cpu.by_role(),
             "unlogged_warning": next((line.strip() for line in text.splitlines() if "not fully logged" in line), None)}
 
 
@@ -242,6 +307,8 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
         "run_wall_s": round(run["wall_s"], 1),
         "trials_per_s": round(total / run["wall_s"], 2),
         **rss_fields(run["sampler"], total),
+        "cpu_s_by_process": run["cpu_s"],
+        "cpu_s_total": round(sum(run["cpu_s"].values()), 1),
         "last_trial_end_to_return_s": (round(run["returned_at"] - ends["last_end_mtime"], 1)
                                        if ends["last_end_mtime"] else None),
         "last_trial_end_source": "newest [part-*/]trial_*/result.json mtime",

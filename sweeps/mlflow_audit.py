@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .keys import trial_key
-from .mlflow_runs import quick_client, short_error, trial_runs
+from .mlflow_runs import quick_client, short_error, trial_run_pages
 from .mlflow_writer import FINAL_LOGGED_TAG
 from .results import stored_trials
 
@@ -31,12 +31,11 @@ def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str) -> MlflowAu
     try:
         client = quick_client(tracking_uri, max_retries=1, timeout_s=15)
         experiment = client.get_experiment_by_name(sweep)
-        runs = trial_runs(client, experiment.experiment_id) if experiment is not None else {}
+        complete = set()  # keys of runs FINISHED with their final metrics: all a 10,000-run sweep keeps
+        for page in trial_run_pages(client, experiment.experiment_id) if experiment is not None else ():
+            complete.update(run.data.tags["trial_key"] for run in page
+                            if run.info.status == "FINISHED" and run.data.tags.get(FINAL_LOGGED_TAG))
     except Exception as err:  # unreachable server: nothing can be confirmed
         return MlflowAudit(len(finished), len(finished), short_error(err))
-    missing = 0
-    for t in finished:
-        run = runs.get(trial_key(t["values"]))
-        if run is None or run.info.status != "FINISHED" or not run.data.tags.get(FINAL_LOGGED_TAG):
-            missing += 1
+    missing = sum(trial_key(t["values"]) not in complete for t in finished)
     return MlflowAudit(len(finished), missing)

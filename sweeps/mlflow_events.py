@@ -14,6 +14,8 @@ from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.tune_trainable import FINAL_KEY, member_values
 
 from .keys import cell_key, member_trial_id, trial_key
+from .mlflow_runs import PART_TAG
+from .sweep_files import part_of
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RunIdentities:
     def of(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
         """(trial key, events) of each run of a Ray trial, with where its results live."""
         members = member_values(config)
+        parts = {part_of(d) for d in dirs} - {None}
+        where = {PART_TAG: str(parts.pop())} if parts else {}
         out = []
         for member, values in enumerate(members):
             key = trial_key(values)
@@ -56,7 +60,7 @@ class RunIdentities:
                 params={k: str(v) for k, v in sorted(values.items())},
                 tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
                       "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
-                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **self.tags},
+                      "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **where, **self.tags},
                 source=(tuple(dirs), member if len(members) > 1 else None),
             )))
         return out

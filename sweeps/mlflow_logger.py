@@ -38,7 +38,7 @@ class MLflowSweepLogger(Callback):
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
                  flush_interval_s: float = 2.0, give_up_after_s: float = 30.0, live_every_s: float = 10.0,
-                 progress_every_s: float = 5.0, ends_parent: bool = True):
+                 progress_every_s: float = 5.0, ends_parent: bool = True, part: int | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
@@ -49,6 +49,7 @@ class MLflowSweepLogger(Callback):
         self.live_every_s = live_every_s
         self.progress_every_s = progress_every_s  # a line on stderr while the end-of-sweep drain lasts
         self.ends_parent = ends_parent  # False in a sweep run in parts: the runner ends the parent after the last
+        self.part = part  # in a sweep run in parts: this Tune experiment's part
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -68,11 +69,11 @@ class MLflowSweepLogger(Callback):
 
     def make_writer(self) -> Callable[[], Any]:
         """What the writer process sends with (a picklable factory; tests swap in a stand-in)."""
-        return functools.partial(MLflowWriter, self.tracking_uri, self.sweep, list(self.axes), self.tags)
+        return functools.partial(MLflowWriter, self.tracking_uri, self.sweep, list(self.axes), self.tags, self.part)
 
     # Tune pickles callbacks with the experiment state; the queue and the writer process are made anew.
     _SETTINGS = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s", "live_every_s",
-                 "progress_every_s", "ends_parent")
+                 "progress_every_s", "ends_parent", "part")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in self._SETTINGS}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-SEARCH_PAGE = 10_000  # runs per page when a sweep's trial runs are looked up
+SEARCH_PAGE = 1_000  # runs per page when a sweep's trial runs are looked up: MLflow loads a page whole
+PART_TAG = "minima.part"  # a trial's run in a sweep run in parts: the part (its Tune experiment) it is in
 
 
 def quick_client(tracking_uri: str, max_retries: int, timeout_s: int):
@@ -19,15 +20,26 @@ def quick_client(tracking_uri: str, max_retries: int, timeout_s: int):
     return MlflowClient(tracking_uri)
 
 
-def trial_runs(client, experiment_id: str) -> dict[str, Any]:
-    """Every trial run of a sweep's experiment, by its `trial_key` tag."""
-    runs, token = {}, None
-    while True:
-        page = client.search_runs([experiment_id], "tags.trial_key != ''", max_results=SEARCH_PAGE, page_token=token)
-        runs.update({r.data.tags["trial_key"]: r for r in page if "trial_key" in r.data.tags})
-        token = page.token
-        if not token:
-            return runs
+def trial_runs(client, experiment_id: str, part: int | None = None) -> dict[str, Any]:
+    """Every trial run of a sweep's experiment, by its `trial_key` tag; with `part`, those of
+    that part of a sweep run in parts (and runs made without a part tag), so each part's
+    writer reads its own runs, not every earlier part's."""
+    return {run.data.tags["trial_key"]: run for page in trial_run_pages(client, experiment_id, part) for run in page}
+
+
+def trial_run_pages(client, experiment_id: str, part: int | None = None):
+    """`trial_runs` a page at a time (a caller that keeps a little of each run never holds them all)."""
+    found = "tags.trial_key != ''"
+    searches = [found] if part is None else [f"{found} and tags.`{PART_TAG}` = '{part}'",
+                                             f"{found} and tags.`{PART_TAG}` IS NULL"]
+    for search in searches:
+        token = None
+        while True:
+            page = client.search_runs([experiment_id], search, max_results=SEARCH_PAGE, page_token=token)
+            yield [run for run in page if "trial_key" in run.data.tags]
+            token = page.token
+            if not token:
+                break
 
 
 def parent_run(client, experiment_id: str, sweep: str):

@@ -29,11 +29,13 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class MLflowWriter:
-    def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None):
+    def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
+                 part: int | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.tags = dict(tags or {})
         self.identities = RunIdentities(sweep, tuple(axes), self.tags)
+        self.part = part  # in a sweep run in parts: the part whose runs this writer sends
         self.client = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -58,7 +60,7 @@ class MLflowWriter:
             self.experiment_id = experiment.experiment_id
             if kind not in experiment.tags:  # a sweep logged before the tag was
                 client.set_experiment_tag(self.experiment_id, kind, value)
-            self._existing = trial_runs(client, self.experiment_id)
+            self._existing = trial_runs(client, self.experiment_id, self.part)
         parent = parent_run(client, self.experiment_id, self.sweep)
         if parent is not None:
             self.parent_run_id = parent.info.run_id

@@ -31,6 +31,14 @@ def part_name(index: int) -> str:
     return f"{PART_PREFIX}{index:03d}"
 
 
+def part_of(trial_dir: str) -> int | None:
+    """The part a Ray trial's folder is in (`<sweep>/part-<k>/trial_*`), or None outside parts."""
+    folders = trial_dir.rstrip("/").split("/")
+    parent = folders[-2] if len(folders) > 1 else ""
+    digits = parent.removeprefix(PART_PREFIX)
+    return int(digits) if digits != parent and digits.isdigit() else None
+
+
 def part_path(spec: SweepSpec, index: int) -> str:
     """Part `index`'s Tune experiment, inside the sweep's folder (beside its spec and snapshots)."""
     return f"{experiment_path(spec)}/{part_name(index)}"

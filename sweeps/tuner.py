@@ -32,10 +32,10 @@ def only_json_results(on: bool) -> None:
 
 
 def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] | None = None,
-                   ends_parent: bool = True) -> list:
-    """Fresh callbacks for one Tune experiment; in a sweep run in parts, `before` holds the
-    earlier parts' outcomes (the progress line counts the whole sweep) and only the runner ends
-    the MLflow parent."""
+                   part: int | None = None) -> list:
+    """Fresh callbacks for one Tune experiment; in a sweep run in parts (`part`), `before` holds
+    the earlier parts' outcomes (the progress line counts the whole sweep) and only the runner
+    ends the MLflow parent."""
     from ray.tune.logger import JsonLoggerCallback
 
     from .lean_results import LeanResults
@@ -45,7 +45,8 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] 
     callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary", before=before), JsonLoggerCallback()]
     if log_to_mlflow:
         tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
-        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags, ends_parent=ends_parent))
+        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags,
+                                           ends_parent=part is None, part=part))
     # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
     callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
@@ -118,7 +119,7 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, pa
             name=spec.name if part is None else part_name(part),
             storage_path=storage_root(spec.storage) if part is None else experiment_path(spec),
             storage_filesystem=storage_filesystem(spec.storage),
-            callbacks=tune_callbacks(spec, log_to_mlflow, before, ends_parent=part is None),
+            callbacks=tune_callbacks(spec, log_to_mlflow, before, part),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,

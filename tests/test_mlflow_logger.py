@@ -312,3 +312,28 @@ def test_an_ended_run_leaves_only_its_id_and_marks(tmp_path):
     assert KEY in writer._sent_tags
     _flush(writer, RunEvents(end_status="FINISHED"))
     assert KEY not in writer._sent_tags and KEY not in writer._start_ms and KEY in writer._runs
+
+
+def test_a_parts_writer_reads_its_own_parts_runs_not_every_earlier_parts(tmp_path):
+    """A sweep run in parts: each part's writer looks up the runs it may continue (a resumed
+    part), and must not load the runs of every part before it, which grows with the sweep."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def log(writer: MLflowWriter, seed: int, folder: str) -> str:
+        (key, events), = writer.identities.of({"seed": seed}, f"t{seed}", [f"{tmp_path}/sweep/{folder}"])
+        events.end_status = "FINISHED"
+        pending, order = {}, []
+        merge(pending, order, key, events)
+        writer.flush(pending, order)
+        return key
+
+    first = log(MLflowWriter(uri, "sweep", axes=[], part=0), 0, "part-000/trial_t0")
+    synced = log(MLflowWriter(uri, "sweep", axes=[]), 1, "trial_t1")  # no part: as in a sweep of one experiment
+    second = MLflowWriter(uri, "sweep", axes=[], part=1)
+    second.connect()
+    assert set(second._existing) == {synced}
+    again = MLflowWriter(uri, "sweep", axes=[], part=0)  # part 0 resumed
+    again.connect()
+    assert set(again._existing) == {first, synced}
+    assert again._existing[first].data.tags["minima.part"] == "0"
+    assert "minima.part" not in again._existing[synced].data.tags

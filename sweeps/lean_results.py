@@ -16,7 +16,7 @@ from ray.tune import Callback
 
 from trainables.tune_trainable import FINAL_KEY, RECORDS_KEY
 
-# read from a finished trial's last result: `count_outcome` and the progress line
+# read from a finished trial's last result: `outcome.tally` and the progress line
 KEPT_ROW_KEYS = frozenset({FINAL_KEY, "status"})
 # Tune's own result keys, never dropped even if a row were to carry one
 TUNE_KEYS = frozenset({"done", "should_checkpoint", "training_iteration", "timestamp", "time_this_iter_s",

@@ -2,7 +2,9 @@
 
 The storage is the source of truth; MLflow is a view that a tracking-server outage can leave
 incomplete. The audit compares the two, so the sweep can say how many runs are missing and
-how to replay them (`minima sync-mlflow`), instead of letting a gap pass unnoticed.
+how to replay them (`minima sync-mlflow`), instead of letting a gap pass unnoticed. Runs the
+sweep's own writer saw the store take complete are not read back: reading a run costs about
+as much as writing it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .keys import trial_key
-from .mlflow_runs import quick_client, short_error, trial_run_pages
-from .mlflow_writer import FINAL_LOGGED_TAG
+from .mlflow_runs import is_complete, quick_client, short_error, trial_run_pages
 from .results import stored_trials
 
 
@@ -26,16 +27,21 @@ class MlflowAudit:
         return self.error is None and self.missing == 0
 
 
-def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str) -> MlflowAudit:
-    finished = [t for t in stored_trials(experiment_dir) if t["finished"]]
+def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str, finished: set[str] | None = None,
+                 logged: set[str] | frozenset = frozenset()) -> MlflowAudit:
+    """`finished`: the keys of the sweep's finished trials where the caller saw every one (else
+    they are read from storage); `logged`: keys of runs the writer saw the store take complete."""
+    if finished is None:
+        finished = {trial_key(t["values"]) for t in stored_trials(experiment_dir) if t["finished"]}
+    unconfirmed = finished - logged
+    if not unconfirmed:
+        return MlflowAudit(len(finished), 0)
     try:
         client = quick_client(tracking_uri, max_retries=1, timeout_s=15)
         experiment = client.get_experiment_by_name(sweep)
         complete = set()  # keys of runs FINISHED with their final metrics: all a 10,000-run sweep keeps
         for page in trial_run_pages(client, experiment.experiment_id) if experiment is not None else ():
-            complete.update(run.data.tags["trial_key"] for run in page
-                            if run.info.status == "FINISHED" and run.data.tags.get(FINAL_LOGGED_TAG))
-    except Exception as err:  # unreachable server: nothing can be confirmed
-        return MlflowAudit(len(finished), len(finished), short_error(err))
-    missing = sum(trial_key(t["values"]) not in complete for t in finished)
-    return MlflowAudit(len(finished), missing)
+            complete.update(run.data.tags["trial_key"] for run in page if is_complete(run))
+    except Exception as err:  # unreachable server: nothing more can be confirmed
+        return MlflowAudit(len(finished), len(unconfirmed), short_error(err))
+    return MlflowAudit(len(finished), len(unconfirmed - complete))

@@ -7,16 +7,17 @@ queues events on Tune's thread; a writer process (`mlflow_writer_process`) sends
 `live_every_s` (a long trial's run shows its metrics as it goes), so a short trial's whole
 history goes in one call. Each run is keyed by the trial's deterministic key, so a restored
 sweep finds and continues its runs. A tracking server that is down only delays logging: events
-stay queued and are retried. At the end of a sweep the logger drains for as long as the store
-keeps taking runs, and gives up only once no write has succeeded for `give_up_after_s`.
+stay queued and are retried.
+
+The runner hands every Tune experiment of a `minima run` the same writer and stops it after the
+last; a callback restored from a stored experiment starts its own and stops it when its
+experiment ends. Stopping drains for as long as the store keeps taking runs, and gives up only
+once no write has succeeded for `give_up_after_s`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import multiprocessing
-import sys
 import time
 from typing import Any, Callable
 
@@ -27,9 +28,14 @@ from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, repo
 from .keys import trial_key
 from .mlflow_events import RunEvents, RunIdentities, error_text, failed, result_events
 from .mlflow_writer import MLflowWriter
-from .mlflow_writer_process import EVENTS, STOP, WriterStatus, WriterTiming, write_loop
+from .mlflow_writer_process import WriterProcess, WriterTiming
 
-log = logging.getLogger(__name__)
+DEFAULT_TIMING = WriterTiming()
+
+
+def writer_factory(tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str]) -> Callable[[], MLflowWriter]:
+    """What a writer process sends with (picklable)."""
+    return functools.partial(MLflowWriter, tracking_uri, sweep, list(axes), dict(tags))
 
 
 class MLflowSweepLogger(Callback):
@@ -37,8 +43,10 @@ class MLflowSweepLogger(Callback):
     of a packed Ray trial: reports carry a `member` index)."""
 
     def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
-                 flush_interval_s: float = 2.0, give_up_after_s: float = 30.0, live_every_s: float = 10.0,
-                 progress_every_s: float = 5.0, ends_parent: bool = True, part: int | None = None):
+                 flush_interval_s: float = DEFAULT_TIMING.flush_interval_s,
+                 give_up_after_s: float = DEFAULT_TIMING.give_up_after_s,
+                 live_every_s: float = DEFAULT_TIMING.live_every_s,
+                 progress_every_s: float = 5.0, ends_parent: bool = True, writer: WriterProcess | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
@@ -49,47 +57,49 @@ class MLflowSweepLogger(Callback):
         self.live_every_s = live_every_s
         self.progress_every_s = progress_every_s  # a line on stderr while the end-of-sweep drain lasts
         self.ends_parent = ends_parent  # False in a sweep run in parts: the runner ends the parent after the last
-        self.part = part  # in a sweep run in parts: this Tune experiment's part
-        self._init_runtime()
-
-    def _init_runtime(self) -> None:
+        self.writer = writer  # the runner's, shared by every experiment of the run; else this callback's own
+        self._owns_writer = writer is None
         self.identities = RunIdentities(self.sweep, tuple(self.axes), self.tags)
-        self._ctx = multiprocessing.get_context("spawn")  # a forked copy of a Ray driver is unsafe
-        self.inbox = self._ctx.Queue()  # (EVENTS, trial key, RunEvents) from Tune's thread, then (STOP, end parent)
-        self.status = WriterStatus(self._ctx)
-        self.process = None
         self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
         self._final_at: dict[str, int] = {}  # keys whose final report passed: when, in ms
         self._ended: set[str] = set()  # keys whose end was queued
-        self._stopped = False
+        self._ended_trials: set[str] = set()  # Ray trials whose every run's end was queued
 
     @property
     def timing(self) -> WriterTiming:
         return WriterTiming(self.flush_interval_s, self.live_every_s, self.give_up_after_s)
 
     def make_writer(self) -> Callable[[], Any]:
-        """What the writer process sends with (a picklable factory; tests swap in a stand-in)."""
-        return functools.partial(MLflowWriter, self.tracking_uri, self.sweep, list(self.axes), self.tags, self.part)
+        """What this callback's own writer process sends with (tests swap in a stand-in)."""
+        return writer_factory(self.tracking_uri, self.sweep, self.axes, self.tags)
 
-    # Tune pickles callbacks with the experiment state; the queue and the writer process are made anew.
+    # Tune pickles callbacks with the experiment state; a restored one starts a writer of its own.
     _SETTINGS = ("tracking_uri", "sweep", "axes", "tags", "flush_interval_s", "give_up_after_s", "live_every_s",
-                 "progress_every_s", "ends_parent", "part")
+                 "progress_every_s", "ends_parent")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in self._SETTINGS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # a state pickled before a setting existed gets its default
+        # a setting pickled before it existed gets its default; one since dropped (`part`) is ignored
+        self.__init__(**{k: v for k, v in state.items() if k in self._SETTINGS})
 
     # --- Tune hooks (Tune's thread: only queue work) -------------------------------------
     def setup(self, **info) -> None:
-        if self.process is None:
-            self.process = self._ctx.Process(target=write_loop, name="minima-mlflow", daemon=True,
-                                             args=(self.make_writer(), self.timing, self.inbox, self.status))
-            self.process.start()
+        if self.writer is None:
+            self.writer = WriterProcess(self.make_writer(), self.timing, self.progress_every_s)
+        self.writer.start()
+
+    @property
+    def process(self):
+        return self.writer.process if self.writer is not None else None
+
+    @property
+    def status(self):
+        return self.writer.status
 
     def _put(self, key: str, events: RunEvents) -> None:
-        self.inbox.put((EVENTS, key, events))
+        self.writer.put(key, events)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         now_ms = int(time.time() * 1000)
@@ -120,6 +130,7 @@ class MLflowSweepLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):
             self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key, None)))
+        self._ended_trials.add(trial.trial_id)
         self._member_keys.pop(trial.trial_id, None)  # recomputed if ever asked for again
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -132,6 +143,7 @@ class MLflowSweepLogger(Callback):
                 events = failed(message)
                 events.end_ms = now_ms
                 self._end(key, events)
+        self._ended_trials.add(trial.trial_id)
         self._member_keys.pop(trial.trial_id, None)
 
     def _end(self, key: str, events: RunEvents) -> None:
@@ -140,7 +152,7 @@ class MLflowSweepLogger(Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:  # trials finished before a restore were never seen ending here
-            if trial.status not in ("TERMINATED", "ERROR"):
+            if trial.status not in ("TERMINATED", "ERROR") or trial.trial_id in self._ended_trials:
                 continue
             for key, events in self._start_events(trial):  # their runs may not even exist yet
                 if key in self._ended:
@@ -150,35 +162,15 @@ class MLflowSweepLogger(Callback):
                 else:  # its end time, if this driver never saw it, comes from its result.json
                     events.end_status, events.end_ms = "FINISHED", self._final_at.get(key)
                 self._end(key, events)
-        self.close(end_parent=self.ends_parent and all(t.status in ("TERMINATED", "ERROR") for t in trials))
+        if self._owns_writer:
+            self.close(end_parent=self.ends_parent and all(t.status in ("TERMINATED", "ERROR") for t in trials))
 
     def close(self, end_parent: bool = True, stream=None) -> None:
-        """Send everything queued and stop the writer: waits while the store keeps taking runs,
-        saying how many are left every `progress_every_s`, and gives up once none has been
-        taken for `give_up_after_s`."""
-        if self.process is None or self._stopped:
-            return
-        self._stopped = True
-        stop_at = time.monotonic()
-        self.inbox.put((STOP, end_parent))
-        said = stop_at
-        while True:
-            self.process.join(min(1.0, self.progress_every_s))
-            if not self.process.is_alive():
-                break
-            now = time.monotonic()
-            if now - max(self.status.sent_at.value, stop_at) >= self.timing.hung_after_s:
-                log.warning("MLflow: gave up with %d runs left to log: no write succeeded for %.0f s (%s)",
-                            self.status.left.value, self.timing.hung_after_s, self.status.last_error)
-                self.process.terminate()
-                self.process.join(5)
-                break
-            if now - said >= self.progress_every_s:
-                said = now
-                print(f"MLflow: {self.status.left.value} runs left to log", file=stream or sys.stderr, flush=True)
-        self.inbox.close()
+        """Stop this callback's own writer (`WriterProcess.close`); the runner stops a shared one."""
+        if self._owns_writer and self.writer is not None:
+            self.writer.close(end_parent, stream)
 
     @property
     def unlogged(self) -> int:
         """Runs the writer holds unsent (after close: given up on)."""
-        return self.status.left.value
+        return self.writer.unlogged

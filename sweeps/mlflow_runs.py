@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from trainables.metrics import FINAL_METRICS
+
 SEARCH_PAGE = 1_000  # runs per page when a sweep's trial runs are looked up: MLflow loads a page whole
 PART_TAG = "minima.part"  # a trial's run in a sweep run in parts: the part (its Tune experiment) it is in
 
@@ -42,25 +44,17 @@ def trial_run_pages(client, experiment_id: str, part: int | None = None):
                 break
 
 
+def is_complete(run) -> bool:
+    """A trial's run that MLflow holds whole: ended FINISHED (the writer ends a run only after
+    sending all it had) with its final metrics."""
+    return run.info.status == "FINISHED" and any(name in run.data.metrics for name in FINAL_METRICS)
+
+
 def parent_run(client, experiment_id: str, sweep: str):
     """The sweep's parent run in its experiment, or None."""
     parents = client.search_runs([experiment_id], f"tags.`minima.role` = 'parent' and tags.sweep = '{sweep}'",
                                  max_results=1)
     return parents[0] if parents else None
-
-
-def finish_parent(tracking_uri: str, sweep: str) -> str | None:
-    """Mark a sweep's parent run FINISHED (a sweep in parts: after its last part); the error in
-    one line if the store could not be reached (the parent then stays RUNNING, nothing else is lost)."""
-    try:
-        client = quick_client(tracking_uri, max_retries=1, timeout_s=15)
-        experiment = client.get_experiment_by_name(sweep)
-        parent = parent_run(client, experiment.experiment_id, sweep) if experiment is not None else None
-        if parent is not None:
-            client.set_terminated(parent.info.run_id, "FINISHED")
-    except Exception as err:
-        return short_error(err)
-    return None
 
 
 def short_error(err: Exception) -> str:

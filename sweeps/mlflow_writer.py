@@ -9,6 +9,11 @@ run found again keeps the start it was created with.
 Calls per run are what MLflow's API allows at least: `create_run` with every tag known then
 and the start, one `log_batch` per ~1000 metrics with the params, `set_terminated` with the
 end. The SQL store takes no batch across runs and `log_batch` is per run over REST too.
+
+A run sent over several flushes carries marks (the last step whose metrics are all stored, and
+whether its final metrics are), so a successor continues it without gaps or repeats. A run
+sent whole in one call needs none: found unfinished, it is sent again whole (MLflow drops the
+repeats); found FINISHED with its final metrics, it is complete (`is_complete`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from trainables.metrics import FINAL_METRICS
 
 from . import mlflow_batches
 from .mlflow_events import RunEvents, RunIdentities, earliest, result_events
-from .mlflow_runs import parent_run, quick_client, trial_runs
+from .mlflow_runs import PART_TAG, is_complete, parent_run, quick_client, trial_runs
 from .results import read_result_rows
 
 LOGGED_STEP_TAG = "minima.logged_step"
@@ -29,13 +34,11 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class MLflowWriter:
-    def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None,
-                 part: int | None = None):
+    def __init__(self, tracking_uri: str, sweep: str, axes: list[str], tags: dict[str, str] | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.tags = dict(tags or {})
         self.identities = RunIdentities(sweep, tuple(axes), self.tags)
-        self.part = part  # in a sweep run in parts: the part whose runs this writer sends
         self.client = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -46,6 +49,9 @@ class MLflowWriter:
         self._sent_tags: dict[str, dict[str, str]] = {}  # per key: tags this process has logged
         self._backfilled: set[str] = set()
         self._existing: dict[str, Any] = {}  # trial key -> its run from an earlier driver or sync
+        # an experiment made before this writer connected: the parts (None: the whole sweep) whose runs it read
+        self._earlier: set[int | None] | None = None
+        self.complete: set[str] = set()  # keys of the runs the store took FINISHED with their final metrics
         self._start_ms: dict[str, int | None] = {}  # per key: its run's start, which its end must not precede
 
     def connect(self) -> None:
@@ -56,11 +62,11 @@ class MLflowWriter:
         kind, value = EXPERIMENT_KIND
         if experiment is None:
             self.experiment_id = client.create_experiment(self.sweep, tags={kind: value})
-        else:  # a resumed or synced sweep: its trials' runs, found in one search, not one each
+        else:  # a resumed or synced sweep: its trials' runs are read as its parts are reached
             self.experiment_id = experiment.experiment_id
             if kind not in experiment.tags:  # a sweep logged before the tag was
                 client.set_experiment_tag(self.experiment_id, kind, value)
-            self._existing = trial_runs(client, self.experiment_id, self.part)
+            self._earlier = set()
         parent = parent_run(client, self.experiment_id, self.sweep)
         if parent is not None:
             self.parent_run_id = parent.info.run_id
@@ -71,6 +77,18 @@ class MLflowWriter:
                                     tags={"minima.role": "parent", "sweep": self.sweep, **self.tags})
             self.parent_run_id = run.info.run_id
         self.client = client
+
+    def _read_earlier_runs(self, ev: RunEvents) -> None:
+        """Before the first run of a part (of a sweep in parts; else of the sweep) is sent: that
+        part's runs from an earlier driver or sync, found in one search, not one each. A part's
+        runs only: a writer that reaches part k does not hold every run of parts 0..k-1."""
+        if self._earlier is None or None in self._earlier:
+            return
+        tagged = ev.tags.get(PART_TAG)
+        part = int(tagged) if tagged is not None else None
+        if part not in self._earlier:
+            self._existing.update(trial_runs(self.client, self.experiment_id, part))
+            self._earlier.add(part)
 
     def _run_for(self, key: str, ev: RunEvents) -> str:
         """The run of trial `key`: cached, found when the driver connected, or created with
@@ -85,6 +103,9 @@ class MLflowWriter:
             self._logged_step[key] = int(run.data.tags.get(LOGGED_STEP_TAG, "0"))
             if run.data.tags.get(FINAL_LOGGED_TAG):
                 self._final_logged.add(key)
+            if is_complete(run):  # all of it is in MLflow: what the events repeat is not sent again
+                self._final_logged.add(key)
+                self._logged_step[key] = max([self._logged_step[key], *(m[3] for m in ev.metrics)])
             if run.info.status != "RUNNING" and ev.end_status is None:
                 client.update_run(run_id, status="RUNNING")  # a trial resumed after an error
             missing = {k: v for k, v in ev.params.items() if k not in run.data.params}
@@ -122,8 +143,11 @@ class MLflowWriter:
     def _send_run(self, key: str, ev: RunEvents) -> None:
         from mlflow.entities import RunTag
 
+        if key not in self._runs:
+            self._read_earlier_runs(ev)
         if key not in self._backfilled:  # first: a run made now starts when its earliest report says
             self._backfill(key, ev)
+        made_now = key not in self._runs and key not in self._existing
         run_id = self._run_for(key, ev)
         floor = self._logged_step.get(key, 0)
         # metrics a previous driver (or sync) already logged are replays: per-epoch ones by
@@ -134,29 +158,38 @@ class MLflowWriter:
         # every report repeats its stage tag: an unchanged tag costs a SQL upsert for nothing
         sent = self._sent_tags.setdefault(key, {})
         tags = {k: v for k, v in ev.tags.items() if sent.get(k) != v}
-        self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()])
+        whole = made_now and ev.end_status is not None  # its whole life in this flush: no marks needed
+        self._send(key, run_id, epochs, finals, [RunTag(k, v) for k, v in tags.items()], marks=not whole)
         sent.update(tags)
         if ev.end_status:
             start = self._start_ms.get(key)
             # Ray stamps reports in whole seconds: a trial shorter than that must not end before it starts
             end = max(ev.end_ms, start or 0) if ev.end_ms else None
             self.client.set_terminated(run_id, ev.end_status, end_time=end)
+            if ev.end_status == "FINISHED" and key in self._final_logged:
+                self.complete.add(key)
             # an ended run gets no more events: what only its sending needed goes (a sweep keeps thousands)
             for done in (self._sent_tags, self._start_ms):
                 done.pop(key, None)
 
-    def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list) -> None:
+    def _send(self, key: str, run_id: str, epochs: list, finals: list, tags: list, marks: bool) -> None:
         """Log a run's metrics, due params and changed tags in as few calls as MLflow's batch
-        limits allow (`mlflow_batches.calls`), the logged-step mark moving with each call."""
+        limits allow (`mlflow_batches.calls`), the logged-step mark moving with each call
+        (`marks`, or whenever it takes more than one call)."""
         from mlflow.entities import Metric, Param, RunTag
 
         params = [Param(k, v) for k, v in self._params_due.get(key, {}).items()]
-        for call in mlflow_batches.calls(epochs, finals, params, tags, self._logged_step.get(key, 0)):
-            marks = [RunTag(LOGGED_STEP_TAG, str(call.logged_step))]
-            if call.final_logged:
-                marks.append(RunTag(FINAL_LOGGED_TAG, "1"))
+        if not (epochs or finals or params or tags):
+            return  # nothing new: the marks stand as they are
+        calls = mlflow_batches.calls(epochs, finals, params, tags, self._logged_step.get(key, 0))
+        for call in calls:
+            call_marks = []
+            if marks or len(calls) > 1:
+                call_marks.append(RunTag(LOGGED_STEP_TAG, str(call.logged_step)))
+                if call.final_logged:
+                    call_marks.append(RunTag(FINAL_LOGGED_TAG, "1"))
             self.client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in call.metrics],
-                                  params=call.params, tags=call.tags + marks)
+                                  params=call.params, tags=call.tags + call_marks)
             self._logged_step[key] = call.logged_step
             if not call.params_left:
                 self._params_due.pop(key, None)
@@ -192,6 +225,6 @@ class MLflowWriter:
             ev.end_ms = ev.end_ms or earlier.end_ms or (max(stamps) if ev.end_status else None)
 
     def finish_parent(self) -> None:
-        """Mark the sweep's parent run finished (once connected)."""
-        if self.client is not None:
-            self.client.set_terminated(self.parent_run_id, "FINISHED")
+        """Mark the sweep's parent run finished (a writer that sent no run connects for it)."""
+        self.connect()
+        self.client.set_terminated(self.parent_run_id, "FINISHED")

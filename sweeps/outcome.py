@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
 
+from .keys import trial_key
 from .results import read_result_rows
 from .spec import SweepSpec
-from .sweep_files import experiment_path, logs_to_mlflow
+from .sweep_files import experiment_path
 
 
 @dataclass
@@ -28,42 +29,35 @@ class SweepOutcome:
         return self.counts.get("unfinished", 0) == 0
 
 
-def count_outcome(spec: SweepSpec, grid) -> SweepOutcome:
-    """Counts per trial (pack members counted one by one, from their own final reports)."""
-    counts, seen = tally(grid, experiment_path(spec))
-    return sweep_outcome(spec, counts, seen)
-
-
-def tally(grid, experiment_dir: str) -> tuple[Counter, int]:
-    """One Tune experiment's counts per status, and how many trials it holds (pack members one by one)."""
+def tally(grid, experiment_dir: str) -> tuple[Counter, int, set[str]]:
+    """One Tune experiment's counts per status, how many trials it holds (pack members one by
+    one), and the keys of those that finished."""
     counts: Counter = Counter()
     seen = 0
+    finished: set[str] = set()
     for result in grid:
-        members = len(member_values(result.config or {}))
-        seen += members
-        if members == 1:
+        members = member_values(result.config or {})
+        seen += len(members)
+        if len(members) == 1:
             finals = {0: result.metrics} if (result.metrics or {}).get(FINAL_KEY) else {}
         else:
             trial_dir = f"{experiment_dir}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
             finals = {r.get(MEMBER_KEY) or 0: r for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
-        for status in (finals[i].get("status") or "ok" for i in finals):
-            counts[status] += 1
-        counts["error" if result.error is not None else "unfinished"] += members - len(finals)
-    return counts, seen
+        for i in finals:
+            counts[finals[i].get("status") or "ok"] += 1
+            finished.add(trial_key(members[i]))
+        counts["error" if result.error is not None else "unfinished"] += len(members) - len(finals)
+    return counts, seen, finished
 
 
 def sweep_outcome(spec: SweepSpec, counts: Counter, seen: int) -> SweepOutcome:
     """The sweep's outcome from its counts (of every part) and the trials its experiments hold:
-    trials never started count as unfinished; and whether MLflow holds every finished one."""
+    trials never started count as unfinished. Whether MLflow holds every finished trial is the
+    caller's to add (`mlflow`), once its writer has stopped."""
     counts = Counter(counts)
     total = spec.num_trials()
     if spec.search.kind == "boundary":  # its budget is a cap, not a count of trials owed
         total = seen
     counts["unfinished"] += max(0, total - seen)
-    audit = None
-    if logs_to_mlflow(spec):
-        from .mlflow_audit import audit_mlflow
-
-        audit = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name)
-    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v}, audit,
+    return SweepOutcome(spec.name, experiment_path(spec), total, {k: v for k, v in counts.items() if v}, None,
                         spec.storage, spec.tracking_uri)

@@ -6,10 +6,11 @@ path, GPUs on local Ray, a name already used.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 from .notices import plan_lines, report_sharing
-from .outcome import SweepOutcome, count_outcome, sweep_outcome, tally
+from .outcome import SweepOutcome, sweep_outcome, tally
 from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
 from .plan import SweepPlan, planned
 from .ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
@@ -17,7 +18,8 @@ from .safe_storage import prune_unreferenced_checkpoints
 from .spec import SweepError, SweepSpec
 from .sweep_files import (experiment_path, logs_to_mlflow, part_path, read_spec, run_settings, snapshot_store,
                           write_spec)
-from .tuner import build_tuner, can_restore, has_results, only_json_results, pending_trials, restore_tuner
+from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
+                    restore_tuner)
 from .tuner import trial_dirname  # noqa: F401 - sweeps stored before sweeps.tuner existed pickled it by this path
 
 
@@ -33,47 +35,73 @@ def _fit(plan: SweepPlan, make_tuner):
         return make_tuner().fit()
 
 
-def _finish(spec: SweepSpec, grid) -> SweepOutcome:
+@contextlib.contextmanager
+def _mlflow_writer(spec: SweepSpec, log_to_mlflow: bool):
+    """The run's MLflow writer process (None without MLflow), stopped however the run ends: after
+    a sweep that returned `_conclude` has stopped it already."""
+    writer = mlflow_writer(spec) if log_to_mlflow else None
+    if writer is not None:
+        writer.start()  # it imports MLflow while Tune sets up
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close(end_parent=False)
+
+
+def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | None, writer) -> SweepOutcome:
+    """The sweep's outcome. With MLflow: the run's writer sends what is left and stops (ending
+    the parent run once every trial has ended), then the audit reads back what it did not see
+    the store take (`finished`: the finished trials' keys, None if this run did not see them all)."""
+    outcome = sweep_outcome(spec, counts, seen)
+    if writer is not None:
+        writer.close(end_parent=outcome.all_finished)
+    if logs_to_mlflow(spec):
+        from .mlflow_audit import audit_mlflow
+
+        outcome.mlflow = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name, finished,
+                                      writer.complete if writer is not None else frozenset())
+    return outcome
+
+
+def _finish(spec: SweepSpec, grid, writer=None) -> SweepOutcome:
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
-    return count_outcome(spec, grid)
+    return _conclude(spec, *tally(grid, experiment_path(spec)), writer)
 
 
-def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, on_notice) -> SweepOutcome:
+def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer) -> SweepOutcome:
     """Run a sweep in parts, one Tune experiment after another: a finished part is skipped, one
     with a stored experiment is restored, the others start fresh. Stops after a part that left
     trials unfinished (the driver was interrupted), so a resume picks up there."""
     counts: Counter = Counter()
     seen = 0
+    finished: set[str] | None = set()  # None once a part is skipped: its trials were not seen
     for index, part in enumerate(split_plan(plan, per_part)):
         path = part_path(spec, index)
         done = part_done(path)
         if done is not None:
             counts.update(done)
             seen += part.num_trials
+            finished = None
             continue
         before = {k: v for k, v in counts.items() if k != "unfinished"}
         if can_restore(spec, path):
             grid = _fit(part, lambda: restore_tuner(spec, path))
         else:
             clear_unsaved_part(path)
-            grid = _fit(part, lambda: build_tuner(spec, part, log_to_mlflow, part=index, before=before))
+            grid = _fit(part, lambda: build_tuner(spec, part, log_to_mlflow, part=index, before=before, writer=writer))
         prune_unreferenced_checkpoints(path, grid)
-        part_counts, part_seen = tally(grid, path)
+        part_counts, part_seen, part_finished = tally(grid, path)
         del grid  # the next part runs without this part's results
         counts.update(part_counts)
         seen += part_seen
+        if finished is not None:
+            finished |= part_finished
         if part_counts["unfinished"] or part_seen < part.num_trials:
             break
         if not part_counts["error"]:
             mark_part_done(path, dict(part_counts))
-    outcome = sweep_outcome(spec, counts, seen)
-    if log_to_mlflow and outcome.all_finished:
-        from .mlflow_runs import finish_parent
-
-        error = finish_parent(spec.tracking_uri, spec.name)
-        if error:
-            on_notice(f"MLflow: the sweep's parent run could not be marked finished ({error})")
-    return outcome
+    return _conclude(spec, counts, seen, finished, writer)
 
 
 def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome:
@@ -90,13 +118,13 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     split = {"parts": part_count(plan, per_part), "ray_trials_per_part": per_part} if per_part else {}
     write_spec(spec, log_to_mlflow, **split)
     only_json_results(True)
-    if per_part:
-        outcome = _run_parts(spec, plan, per_part, log_to_mlflow, on_notice)
-        report_sharing(plan, snapshot_store(spec), on_notice)
-        return outcome
-    grid = _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow))
+    with _mlflow_writer(spec, log_to_mlflow) as writer:
+        if per_part:
+            outcome = _run_parts(spec, plan, per_part, log_to_mlflow, writer)
+        else:
+            outcome = _finish(spec, _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow, writer=writer)), writer)
     report_sharing(plan, snapshot_store(spec), on_notice)
-    return _finish(spec, grid)
+    return outcome
 
 
 def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) -> SweepOutcome:
@@ -116,6 +144,8 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     settings = run_settings(spec)
     only_json_results(bool(settings.get("json_logger_only")))
     if settings.get("ray_trials_per_part"):
-        return _run_parts(spec, plan, settings["ray_trials_per_part"], bool(settings.get("log_to_mlflow")), on_notice)
-    tuner = restore_tuner(spec)
+        log_to_mlflow = bool(settings.get("log_to_mlflow"))
+        with _mlflow_writer(spec, log_to_mlflow) as writer:  # for the parts that start now
+            return _run_parts(spec, plan, settings["ray_trials_per_part"], log_to_mlflow, writer)
+    tuner = restore_tuner(spec)  # its MLflow callback, restored with it, starts and stops its own writer
     return _finish(spec, _fit(plan, lambda: tuner))

@@ -31,11 +31,27 @@ def only_json_results(on: bool) -> None:
         os.environ.pop(AUTO_LOGGERS_OFF, None)
 
 
+def _run_tags() -> dict[str, str]:
+    """On every MLflow run of a sweep."""
+    return {"git_commit": git_commit() or "unknown", "package_version": package_version()}
+
+
+def mlflow_writer(spec: SweepSpec):
+    """The MLflow writer process for one `minima run` or `minima resume`, every Tune experiment
+    of it (each part of a sweep run in parts) included; not started."""
+    from .mlflow_logger import writer_factory
+    from .mlflow_writer_process import WriterProcess
+
+    return WriterProcess(writer_factory(spec.tracking_uri, spec.name, list(spec.axes), _run_tags()))
+
+
 def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] | None = None,
-                   part: int | None = None) -> list:
-    """Fresh callbacks for one Tune experiment; in a sweep run in parts (`part`), `before` holds
-    the earlier parts' outcomes (the progress line counts the whole sweep) and only the runner
-    ends the MLflow parent."""
+                   part: int | None = None, writer=None) -> list:
+    """Fresh callbacks for one Tune experiment. In a sweep run in parts (`part`), `before` holds
+    the earlier parts' outcomes (the progress line counts the whole sweep). MLflow events go to
+    the run's `writer` (`mlflow_writer`), which the runner stops. A callback restored from the
+    stored experiment starts a writer of its own and stops it when the experiment ends, ending
+    the MLflow parent unless the sweep runs in parts (then the runner does, after the last)."""
     from ray.tune.logger import JsonLoggerCallback
 
     from .lean_results import LeanResults
@@ -44,9 +60,8 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] 
 
     callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary", before=before), JsonLoggerCallback()]
     if log_to_mlflow:
-        tags = {"git_commit": git_commit() or "unknown", "package_version": package_version()}
-        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), tags,
-                                           ends_parent=part is None, part=part))
+        callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), _run_tags(),
+                                           ends_parent=part is None, writer=writer))
     # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
     callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
@@ -91,9 +106,9 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
 
 
 def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, part: int | None = None,
-                before: dict[str, int] | None = None):
+                before: dict[str, int] | None = None, writer=None):
     """The sweep's Tuner; with `part`, that part's (its `plan` is the part's slice), whose
-    experiment lives in the sweep's folder."""
+    experiment lives in the sweep's folder. `writer`: the run's MLflow writer process."""
     from ray import tune
 
     from .search_space import build_search
@@ -119,7 +134,7 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, pa
             name=spec.name if part is None else part_name(part),
             storage_path=storage_root(spec.storage) if part is None else experiment_path(spec),
             storage_filesystem=storage_filesystem(spec.storage),
-            callbacks=tune_callbacks(spec, log_to_mlflow, before, part),
+            callbacks=tune_callbacks(spec, log_to_mlflow, before, part, writer),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,

@@ -14,9 +14,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps import mlflow_batches
-from sweeps.mlflow_events import RunEvents, merge
-from sweeps.mlflow_logger import MLflowSweepLogger
+from sweeps.mlflow_audit import audit_mlflow
+from sweeps.mlflow_events import RunEvents, merge, result_events
+from sweeps.mlflow_logger import MLflowSweepLogger, writer_factory
 from sweeps.mlflow_writer import LOGGED_STEP_TAG, MLflowWriter
+from sweeps.mlflow_writer_process import WriterProcess
 
 KEY = "trial-under-test"
 NAMES = ("train_loss", "train_acc", "test_acc")
@@ -314,9 +316,10 @@ def test_an_ended_run_leaves_only_its_id_and_marks(tmp_path):
     assert KEY not in writer._sent_tags and KEY not in writer._start_ms and KEY in writer._runs
 
 
-def test_a_parts_writer_reads_its_own_parts_runs_not_every_earlier_parts(tmp_path):
-    """A sweep run in parts: each part's writer looks up the runs it may continue (a resumed
-    part), and must not load the runs of every part before it, which grows with the sweep."""
+def test_a_writer_reads_a_parts_earlier_runs_when_it_reaches_that_part(tmp_path):
+    """A sweep run in parts, resumed: one writer serves every part, and looks up the runs it may
+    continue part by part as it reaches them, never every earlier part's runs at once (they
+    grow with the sweep)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     def log(writer: MLflowWriter, seed: int, folder: str) -> str:
@@ -327,13 +330,85 @@ def test_a_parts_writer_reads_its_own_parts_runs_not_every_earlier_parts(tmp_pat
         writer.flush(pending, order)
         return key
 
-    first = log(MLflowWriter(uri, "sweep", axes=[], part=0), 0, "part-000/trial_t0")
+    first = log(MLflowWriter(uri, "sweep", axes=[]), 0, "part-000/trial_t0")
     synced = log(MLflowWriter(uri, "sweep", axes=[]), 1, "trial_t1")  # no part: as in a sweep of one experiment
-    second = MLflowWriter(uri, "sweep", axes=[], part=1)
-    second.connect()
-    assert set(second._existing) == {synced}
-    again = MLflowWriter(uri, "sweep", axes=[], part=0)  # part 0 resumed
-    again.connect()
-    assert set(again._existing) == {first, synced}
-    assert again._existing[first].data.tags["minima.part"] == "0"
-    assert "minima.part" not in again._existing[synced].data.tags
+    resumed = MLflowWriter(uri, "sweep", axes=[])
+    resumed.connect()
+    assert resumed._existing == {}  # nothing read before a run is sent
+    log(resumed, 2, "part-001/trial_t2")
+    assert set(resumed._existing) == {synced}  # part 1's runs (none) and those without a part
+    assert log(resumed, 0, "part-000/trial_t0") == first  # part 0 reached: its run is found and continued
+    assert resumed._earlier == {1, 0} and first not in resumed._existing
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sweep")
+    assert len(client.search_runs([experiment.experiment_id], f"tags.trial_key = '{first}'")) == 1
+    assert resumed.complete == set()  # no final metrics were sent: not complete
+
+
+def test_the_writer_hands_back_the_runs_the_store_took_complete_and_the_audit_reads_back_only_the_rest(tmp_path):
+    """Reading a run back costs about what writing it did: the end-of-sweep audit asks the store
+    only about finished trials the run's writer did not see it take complete."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    writer = WriterProcess(writer_factory(uri, "sweep", [], {}))
+    writer.start()
+    keys = [f"trial-{i}" for i in range(4)]
+    for i, key in enumerate(keys):
+        writer.put(key, RunEvents(params={"seed": str(i)}, tags={"trial_key": key}))
+        writer.put(key, result_events({"step": 1, "stage": "train", "test_acc": 0.5, "timestamp": 1_000}))
+        if i < 3:  # the last one ends without its final report, as a trial killed by its driver would not
+            writer.put(key, result_events({"final": True, "status": "ok", "train_epochs": 1.0, "timestamp": 1_001}))
+        writer.put(key, RunEvents(end_status="FINISHED"))
+    writer.close(end_parent=True)
+    assert writer.complete == set(keys[:3]) and writer.unlogged == 0 and writer.process.exitcode == 0
+
+    all_logged = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", set(keys[:3]), writer.complete)
+    assert all_logged.complete and all_logged.trials == 3  # the unreachable store was never asked
+    unseen = audit_mlflow(str(tmp_path), uri, "sweep", set(keys), writer.complete)
+    assert (unseen.trials, unseen.missing, unseen.error) == (4, 1, None)  # read back: no final metrics
+    unreachable = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", set(keys), writer.complete)
+    assert unreachable.missing == 1 and unreachable.error
+
+
+def test_a_run_sent_whole_needs_no_marks_and_is_not_sent_again(tmp_path):
+    """A short trial's whole life goes out in one flush: its run carries no logged-step marks
+    (one SQL upsert fewer a run); the audit still counts it complete, and a replay (a resumed
+    driver, `sync-mlflow`) sends none of its metrics again."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    key = "trial-whole"
+
+    def whole() -> RunEvents:
+        events = RunEvents(params={"seed": "0"}, tags={"trial_key": key})
+        for step in (1, 2):
+            events.absorb(result_events({"step": step, "stage": "train", "test_acc": step / 10, "timestamp": 1_000 + step}))
+        events.absorb(result_events({"final": True, "status": "ok", "train_epochs": 2.0, "timestamp": 1_003}))
+        events.end_status = "FINISHED"
+        return events
+
+    batches = []
+
+    def send(writer: MLflowWriter) -> None:
+        writer.connect()
+        log_batch = writer.client.log_batch
+        writer.client.log_batch = lambda *a, **k: batches.append(k) or log_batch(*a, **k)
+        _flush_key(writer, key, whole())
+
+    first = MLflowWriter(uri, "sweep", axes=[])
+    send(first)
+    client = MlflowClient(uri)
+    run = client.search_runs([first.experiment_id], f"tags.trial_key = '{key}'")[0]
+    assert len(batches) == 1 and batches[0]["tags"] == []  # no marks
+    assert run.info.status == "FINISHED" and LOGGED_STEP_TAG not in run.data.tags
+    assert first.complete == {key}
+    assert audit_mlflow(str(tmp_path), uri, "sweep", {key}).complete  # read back: FINISHED with its finals
+
+    replay = MLflowWriter(uri, "sweep", axes=[])
+    send(replay)
+    assert len(batches) == 1  # found complete: nothing of it sent again
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+    assert len(client.search_runs([first.experiment_id], f"tags.trial_key = '{key}'")) == 1
+
+
+def _flush_key(writer: MLflowWriter, key: str, events: RunEvents) -> None:
+    pending, order = {}, []
+    merge(pending, order, key, events)
+    writer.flush(pending, order)

@@ -125,6 +125,7 @@ def test_a_sweep_in_parts_is_one_sweep_to_its_user(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parts     3 Tune experiments of up to 4 Ray trials" in out.stderr
     assert "12 ok" in out.stdout and "[minima] 12/12 done" in out.stderr, out.stdout + out.stderr[-3000:]
+    assert "not fully logged" not in out.stdout + out.stderr  # one writer took every part's runs
     folder = tmp_path / "results" / "parts"
     assert sorted(p.name for p in folder.glob("part-*")) == ["part-000", "part-001", "part-002"]
     assert not list(folder.glob("trial_*")) and (folder / "minima_sweep.json").exists()
@@ -150,6 +151,7 @@ def test_a_sweep_in_parts_is_one_sweep_to_its_user(tmp_path):
     assert again.returncode == 2 and "minima resume parts" in again.stderr, again.stderr[-3000:]
     resumed = minima("resume", "parts", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
     assert resumed.returncode == 0 and "12 ok" in resumed.stdout, resumed.stdout + resumed.stderr[-3000:]  # all skipped
+    assert "not fully logged" not in resumed.stdout + resumed.stderr  # read back from the store
     assert sorted(final_counts(folder).values()) == [1] * 12
 
 
@@ -177,7 +179,7 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
 
     out = minima("resume", "killed", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "12 ok" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "12 ok" in out.stdout and "not fully logged" not in out.stdout, out.stdout + out.stderr[-3000:]
     finals = final_counts(folder)
     # none lost; a trial whose final report landed in the seconds before the kill, after Tune's
     # last snapshot, resumes from its last checkpoint and reports its final row again

@@ -43,10 +43,10 @@ def test_validate_and_run_say_the_same_plan_each_made_once(tmp_path, monkeypatch
         monkeypatch.setattr(runner, name, lambda *a, **k: None)
     monkeypatch.setattr(runner, "has_results", lambda spec: False)
     monkeypatch.setattr(runner, "write_spec", lambda spec, log: handed.update(stored=spec))
-    monkeypatch.setattr(runner, "build_tuner", lambda spec, plan, log: handed.update(tuner=plan))
+    monkeypatch.setattr(runner, "build_tuner", lambda spec, plan, log, writer: handed.update(tuner=plan))
     monkeypatch.setattr(runner, "_fit", lambda plan, make_tuner: handed.update(fit=plan) or make_tuner())
     monkeypatch.setattr(runner, "report_sharing", lambda plan, store, on_notice: handed.update(report=plan))
-    monkeypatch.setattr(runner, "_finish", lambda spec, grid: "done")
+    monkeypatch.setattr(runner, "_finish", lambda spec, grid, writer: "done")
     notices: list[str] = []
     assert runner.run_sweep(load_sweep(SMOKE), log_to_mlflow=False, on_notice=notices.append) == "done"
     assert len(made) == 2 and len(configs) == 16

@@ -156,7 +156,10 @@ class TreeCpu(threading.Thread):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            self.last[pid] = (role(pid, parents[pid], self.driver, cmdline), stats[pid])
+            known = self.last.get(pid)
+            # an exiting process (a zombie) has no command line: it keeps the role it was seen with
+            kind = known[0] if known and not cmdline.strip() else role(pid, parents[pid], self.driver, cmdline)
+            self.last[pid] = (kind, stats[pid])
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -164,6 +164,7 @@ class WriterProcess:
         self.status = WriterStatus(self._ctx)
         self.process = None
         self.complete: set[str] = set()
+        self._replied = False
         self._stopped = False
 
     def start(self) -> None:
@@ -186,9 +187,13 @@ class WriterProcess:
         self.inbox.put((STOP, end_parent))
         said = stop_at
         while True:
-            self._take_reply(min(1.0, self.progress_every_s))  # read before the join: a full pipe blocks its exit
+            if self._replied:
+                self.process.join(min(1.0, self.progress_every_s))
+            else:  # read before the join: a reply left in a full pipe would keep the process from exiting
+                self._take_reply(min(1.0, self.progress_every_s))
             if not self.process.is_alive():
-                self._take_reply(0.5)
+                if not self._replied:
+                    self._take_reply(0.5)  # what the pipe still holds of an exited process's reply
                 break
             now = time.monotonic()
             if now - max(self.status.sent_at.value, stop_at) >= self.timing.hung_after_s:
@@ -206,6 +211,7 @@ class WriterProcess:
     def _take_reply(self, timeout_s: float) -> None:
         try:
             self.complete.update(self.outbox.get(timeout=timeout_s))
+            self._replied = True
         except (queue.Empty, EOFError, OSError):
             pass
 

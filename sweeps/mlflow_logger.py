@@ -62,7 +62,6 @@ class MLflowSweepLogger(Callback):
         self.identities = RunIdentities(self.sweep, tuple(self.axes), self.tags)
         self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
         self._final_at: dict[str, int] = {}  # keys whose final report passed: when, in ms
-        self._ended: set[str] = set()  # keys whose end was queued
         self._ended_trials: set[str] = set()  # Ray trials whose every run's end was queued
 
     @property
@@ -129,7 +128,7 @@ class MLflowSweepLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         for key in self._keys(trial):
-            self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key, None)))
+            self._put(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key, None)))
         self._ended_trials.add(trial.trial_id)
         self._member_keys.pop(trial.trial_id, None)  # recomputed if ever asked for again
 
@@ -138,30 +137,24 @@ class MLflowSweepLogger(Callback):
         now_ms = int(time.time() * 1000)
         for key in self._keys(trial):
             if key in self._final_at:  # a pack member that finished before its pack failed
-                self._end(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key)))
+                self._put(key, RunEvents(end_status="FINISHED", end_ms=self._final_at.pop(key)))
             else:
                 events = failed(message)
                 events.end_ms = now_ms
-                self._end(key, events)
+                self._put(key, events)
         self._ended_trials.add(trial.trial_id)
         self._member_keys.pop(trial.trial_id, None)
-
-    def _end(self, key: str, events: RunEvents) -> None:
-        self._ended.add(key)
-        self._put(key, events)
 
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:  # trials finished before a restore were never seen ending here
             if trial.status not in ("TERMINATED", "ERROR") or trial.trial_id in self._ended_trials:
                 continue
             for key, events in self._start_events(trial):  # their runs may not even exist yet
-                if key in self._ended:
-                    continue
                 if trial.status == "ERROR" and key not in self._final_at:
                     events.absorb(failed(error_text(trial)))
                 else:  # its end time, if this driver never saw it, comes from its result.json
                     events.end_status, events.end_ms = "FINISHED", self._final_at.get(key)
-                self._end(key, events)
+                self._put(key, events)
         if self._owns_writer:
             self.close(end_parent=self.ends_parent and all(t.status in ("TERMINATED", "ERROR") for t in trials))
 

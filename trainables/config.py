@@ -12,9 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DATASETS_1D = ("mnist1d",)
-DATASETS_IMAGE = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
+DATASETS_IMAGE = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
 AUGMENTATIONS_1D = ("none", "shift")
 AUGMENTATIONS_IMAGE = ("none", "flip_crop", "flip_crop_cutout")
+# Image augmentations an image set refuses, and why.
+_FLIP_ON_DIGITS = "a mirrored digit is another symbol, and the crop's 4-pixel pad is half an 8x8 image"
+AUGMENTATIONS_REFUSED = {"digits": {"flip_crop": _FLIP_ON_DIGITS, "flip_crop_cutout": _FLIP_ON_DIGITS}}
 
 # Standard widths and depths per model; `width`/`depth` left unset resolve to these.
 DEFAULT_WIDTH = {"mlp": 256, "cnn": 32, "resnet18": 64, "vgg11": 64, "vgg16": 64}
@@ -32,7 +35,7 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     # what is trained
-    dataset: Literal["mnist1d", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist"] = "mnist1d"
+    dataset: Literal["mnist1d", "digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist"] = "mnist1d"
     model: Literal["mlp", "cnn", "resnet18", "vgg11", "vgg16"] = "mlp"
     width: int = Field(None, ge=1, description="MLP hidden units / conv base channels (64 = standard ResNet-18, VGG)")  # type: ignore[assignment]
     depth: int = Field(None, ge=1, description="MLP hidden layers / conv blocks; fixed for resnet18, vgg11, vgg16")  # type: ignore[assignment]
@@ -95,11 +98,13 @@ class TrialConfig(BaseModel):
                 f"channels_last: applies to conv nets ({', '.join(CONV_MODELS)}) on image datasets, not "
                 f"{self.model} on {self.dataset}; set channels_last: false"
             )
-        allowed = AUGMENTATIONS_1D if self.dataset in DATASETS_1D else AUGMENTATIONS_IMAGE
+        refused = AUGMENTATIONS_REFUSED.get(self.dataset, {})
+        allowed = [a for a in (AUGMENTATIONS_1D if self.dataset in DATASETS_1D else AUGMENTATIONS_IMAGE) if a not in refused]
+        why = refused.get(self.augmentation)
         if self.augmentation not in allowed:
             raise ValueError(
-                f"augmentation: {self.augmentation!r} does not apply to {self.dataset}; "
-                f"allowed for it: {', '.join(allowed)}"
+                f"augmentation: {self.augmentation!r} does not apply to {self.dataset}"
+                f"{f' ({why})' if why else ''}; allowed for it: {', '.join(allowed)}"
             )
         return self
 

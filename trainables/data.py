@@ -21,7 +21,7 @@ _TORCHVISION = {
     "mnist": ("MNIST", (0.1307,), (0.3081,)),
     "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,)),
 }
-NUM_CLASSES = {"mnist1d": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashion_mnist": 10}
+NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashion_mnist": 10}
 
 _LOADED: dict[tuple[str, str], "TensorData"] = {}
 
@@ -58,7 +58,8 @@ def load_dataset(name: str, device: torch.device | str = "cpu") -> TensorData:
     """The named dataset on `device`, loaded once per process."""
     key = (name, str(device))
     if key not in _LOADED:
-        arrays = _load_mnist1d() if name == "mnist1d" else load_torchvision(name)
+        embedded = {"mnist1d": _load_mnist1d, "digits": _load_digits}
+        arrays = embedded[name]() if name in embedded else load_torchvision(name)
         _LOADED[key] = TensorData(
             *(torch.as_tensor(a).to(device) for a in arrays), num_classes=NUM_CLASSES[name]
         )
@@ -86,6 +87,39 @@ def _load_mnist1d() -> tuple[np.ndarray, ...]:
     return as_input(x), y.astype(np.int64), as_input(xt), yt.astype(np.int64)
 
 
+DIGITS_TEST_PER_CLASS = 36  # 360 test images (36 per class), the other 1,437 train
+
+
+def digits_split(y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed train/test split of scikit-learn's 1,797 digits (labels `y`, loaded when not
+    given), as sorted row indices: 36 test images per class (360), drawn with NumPy's legacy
+    RandomState(0), whose stream NumPy keeps unchanged across versions; the other 1,437 train
+    (138 to 147 per class)."""
+    if y is None:
+        from sklearn.datasets import load_digits
+
+        y = load_digits().target
+    rng = np.random.RandomState(0)
+    test = np.sort(np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[:DIGITS_TEST_PER_CLASS] for c in range(NUM_CLASSES["digits"])]))
+    return np.setdiff1d(np.arange(len(y)), test), test
+
+
+def _load_digits() -> tuple[np.ndarray, ...]:
+    """scikit-learn's handwritten digits (8x8, shipped inside scikit-learn: nothing is
+    downloaded) on `digits_split`: pixels 0..16 scaled to [0, 1], then normalised with the
+    train set's mean and std (one channel, so one of each), shaped (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    train, test = digits_split(d.target)
+    x = (d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8)
+    mean, std = x[train].mean(), x[train].std()
+    x = (x - mean) / std
+    y = d.target.astype(np.int64)
+    return x[train], y[train], x[test], y[test]
+
+
 def load_torchvision(name: str) -> tuple[np.ndarray, ...]:
     """Download (once, under a file lock) and normalise a torchvision dataset."""
     import torchvision.datasets as tvd
@@ -106,7 +140,7 @@ def load_torchvision(name: str) -> tuple[np.ndarray, ...]:
         raise DatasetUnavailable(
             f"dataset {name!r} is not in {root} and could not be downloaded ({type(err).__name__}: {err}). "
             f"Download it on a machine with internet into that folder (or set MINIMA_DATA_DIR to a "
-            f"folder that has it); offline, use dataset=mnist1d."
+            f"folder that has it); offline, use dataset=mnist1d or digits."
         ) from None
     x_tr, y_tr = _images_and_labels(train)
     x_te, y_te = _images_and_labels(test)

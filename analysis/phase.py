@@ -10,22 +10,11 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from sweeps.phase_fit import BASELINE_AXIS, PHASES, AxisScale, Boundary, fit_boundary, fmt, is_null
+from sweeps.boundary_model import Boundary, BoundaryModel, Crossing, ModelUnfit, effects, fit_boundary, fit_model
+from sweeps.phase_fit import BASELINE_AXIS, PHASES, AxisScale, fmt, is_null, position, sorted_values
 from trainables.config import TrialConfig
 
 REQUIRED = ("status", "reached_global_min", "test_acc", "seed", BASELINE_AXIS)
-
-
-def sorted_values(values) -> list:
-    """Axis values in order; a null (e.g. clip_norm = none) first, as None."""
-    unique = list(pd.unique(pd.Series(list(values), dtype=object)))
-    rest = sorted(v for v in unique if not is_null(v))
-    return ([None] if len(rest) < len(unique) else []) + rest
-
-
-def position(values: list, value) -> int:
-    """The index of `value` in `values`, a null finding the null."""
-    return next(i for i, v in enumerate(values) if (is_null(v) and is_null(value)) or v == value)
 
 
 class PhaseInputError(ValueError):
@@ -55,6 +44,16 @@ def check_columns(df: pd.DataFrame, x: str, y: str, by: list[str]) -> None:
                               f"use it as --y or --by")
 
 
+def check_results(df: pd.DataFrame) -> None:
+    """Trials marked ok carry the accuracies the phases are read from."""
+    ok = df["status"] == "ok"
+    for column in ("test_acc", "reached_global_min"):
+        missing = int((ok & df[column].isna()).sum())
+        if missing:
+            raise PhaseInputError(f"column {column!r}: {missing} trials marked ok have no value; export the sweep "
+                                  f"again (`minima export NAME --out DIR`), or drop those rows")
+
+
 def declared_scale(meta: dict[str, str], x: str, values) -> AxisScale | None:
     """The x axis's scale as the sweep declared it (stored by `minima export` for boundary
     searches, whose unevenly spaced values would mislead AxisScale.of); None if not declared."""
@@ -67,13 +66,54 @@ def declared_scale(meta: dict[str, str], x: str, values) -> AxisScale | None:
 def fit_boundaries(labelled: pd.DataFrame, x: str, y: str, by: list[str], seed: int = 0,
                    scale: AxisScale | None = None) -> list[Boundary]:
     scale = scale or AxisScale.of(labelled[x].dropna().to_numpy())
-    rng = np.random.default_rng(seed)
     out = []
     for group_key, group in labelled.groupby(by or (lambda _: 0), dropna=False):
         by_values = dict(zip(by, group_key if isinstance(group_key, tuple) else (group_key,))) if by else {}
         for y_value, rows in group.groupby(y, dropna=False):
-            out.append(fit_boundary(rows, x, scale, y_value, by_values, rng))
+            out.append(fit_boundary(rows, x, scale, y_value, by_values, seed))
     return out
+
+
+def varying_axes(df: pd.DataFrame, x: str) -> list[str]:
+    """Every trial-config column other than x and the seed that takes more than one value."""
+    return [c for c in TrialConfig.field_names()
+            if c in df.columns and c not in (x, "seed") and df[c].nunique(dropna=False) > 1]
+
+
+def fit_effects(labelled: pd.DataFrame, x: str, scale: AxisScale, seed: int = 0) -> tuple[dict, BoundaryModel | None]:
+    """The joint model over every varying axis: phase.json's `effects`, `effects_reason` and `joint`
+    (reference crossing, ranking of the axes, the levels that move the boundary), and the model."""
+    axes = varying_axes(labelled, x)
+    try:
+        model = fit_model(labelled, x, axes, scale, seed)
+    except ModelUnfit as why:
+        return {"effects": [], "effects_reason": str(why), "joint": None}, None
+    summary = effects(model)
+    reason = None if axes else f"the sweep varies no axis besides {x}: `joint` holds its one crossing"
+    return {"effects": summary.pop("effects"), "effects_reason": reason, "joint": {"axes": axes, **summary}}, model
+
+
+def _apart(a_low, a_high, b_low, b_high) -> bool:
+    """Two intervals (None: open on that side) that do not overlap."""
+    inf = float("inf")
+    a_low, b_low = (-inf if v is None else v for v in (a_low, b_low))
+    a_high, b_high = (inf if v is None else v for v in (a_high, b_high))
+    return a_high < b_low or b_high < a_low
+
+
+def compare_with_joint(b: Boundary, model: BoundaryModel, y: str) -> dict | None:
+    """The joint model's crossing for a slice that fixes every varying axis, and whether the two
+    fits disagree beyond their intervals; None when the slice pools over an axis."""
+    combo = {y: b.y, **b.by}
+    if not set(model.levels) <= set(combo):
+        return None
+    joint: Crossing = model.crossing(combo)
+    if b.x_critical is None or joint.x_critical is None:
+        disagrees = (b.x_critical is None) != (joint.x_critical is None) and None not in (
+            (joint.ci_low, joint.ci_high) if b.x_critical is None else (b.ci_low, b.ci_high))
+    else:
+        disagrees = _apart(b.ci_low, b.ci_high, joint.ci_low, joint.ci_high)
+    return {"x_critical": joint.x_critical, "ci": [joint.ci_low, joint.ci_high], "disagrees": bool(disagrees)}
 
 
 def fit_surface(group: pd.DataFrame, x: str, y: str, x_values: list, y_labels: list[str], resolution: int = 60):

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sweeps.phase_fit import AxisScale, Boundary, fmt, is_null  # noqa: E402
+from sweeps.boundary_model import Boundary  # noqa: E402
+from sweeps.phase_fit import AxisScale, fmt, is_null  # noqa: E402
 
 from .phase import fit_surface, position, sorted_values  # noqa: E402
 
@@ -64,7 +65,9 @@ def phase_figure(labelled: pd.DataFrame, cells: pd.DataFrame, boundaries: list[B
                 continue
             row = y_labels.index(fmt(b.y))
             xc = _index_of(b.x_critical, x_values, scale)
-            lo, hi = _index_of(b.ci_low, x_values, scale), _index_of(b.ci_high, x_values, scale)
+            ends = [v for v in x_values if not is_null(v)]  # an open side is drawn to the range's edge
+            lo = _index_of(ends[0] if b.ci_low is None else b.ci_low, x_values, scale)
+            hi = _index_of(ends[-1] if b.ci_high is None else b.ci_high, x_values, scale)
             ax.errorbar([xc], [row], xerr=[[xc - lo], [hi - xc]], fmt="D", color="gold", mec="k", ms=6, capsize=3)
         ax.set_xticks(range(len(x_values)), [fmt(v) for v in x_values])
         ax.set_yticks(range(len(y_values)), y_labels)

@@ -5,7 +5,7 @@ the x axis (every slice, i.e. every combination of the other axes, with every se
 `pretrain_epochs = 0` baselines the phase labels need), then repeatedly fits P(bad global
 minimum) along x in each slice, with the fit `minima phase` uses (`sweeps.phase_fit`), and
 proposes the configs where that fit is least certain: the untried x values nearest the crossing
-P = 0.5, inside its bootstrap interval. A slice is settled when its interval is narrower than
+P = 0.5, inside its 90% interval. A slice is settled when its interval is narrower than
 `ci_width`, when it has no crossing (one phase throughout the range), or when no untried x is
 left inside its interval (x is refined to every integer of an integer axis, else REFINE times
 finer than the coarse grid; the cells themselves are `sweeps.boundary_grid`'s).
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .boundary_grid import candidate_values, slices, with_baselines
-from .phase_fit import BASELINE_AXIS, AxisScale, fit_boundary, fmt, label_phases
+from .boundary_model import fit_boundary
+from .phase_fit import BASELINE_AXIS, AxisScale, fmt, label_phases
 from .spec import SweepSpec
 
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
@@ -65,27 +66,34 @@ def _in_slice(df: pd.DataFrame, spec: SweepSpec, s: dict[str, Any]) -> pd.Series
     return mask
 
 
-def fit_slices(spec: SweepSpec, rows: list[dict[str, Any]], rng: np.random.Generator) -> list[SliceFit]:
+def fit_slices(spec: SweepSpec, rows: list[dict[str, Any]], seed: int = 0) -> list[SliceFit]:
     """Fit every slice's boundary from the finished trials and propose its next x values."""
     x, scale = spec.search.x, fit_scale(spec)
     labelled = label_phases(frame(spec, rows), spec.search.delta)
     fits = []
     for s in slices(spec):
         trials = labelled[_in_slice(labelled, spec, s)]
-        b = fit_boundary(trials, x, scale, None, s, rng).as_dict()
+        b = fit_boundary(trials, x, scale, None, s, seed).as_dict()
         b.pop("y"), b.pop("by")
         fits.append(_next_for_slice(spec, s, b, set(trials[x].map(fmt)), scale))
     return fits
+
+
+def interval(spec: SweepSpec, b: dict[str, Any]) -> tuple[float, float]:
+    """A crossing's interval, a side left open by the fit closed at the edge of x's range."""
+    axis = spec.axes[spec.search.x]
+    return (axis.low if b["ci_low"] is None else b["ci_low"]), (axis.high if b["ci_high"] is None else b["ci_high"])
 
 
 def _next_for_slice(spec: SweepSpec, s: dict[str, Any], b: dict[str, Any], tried: set[str],
                     scale: AxisScale) -> SliceFit:
     if b["x_critical"] is None:
         return SliceFit(s, b, b.get("reason") or "no crossing")
-    width = b["ci_high"] - b["ci_low"]
+    low, high = interval(spec, b)
+    width = high - low
     if spec.search.ci_width is not None and width <= spec.search.ci_width:
         return SliceFit(s, b, f"interval {width:g} <= ci_width {spec.search.ci_width:g}")
-    inside = [v for v in candidate_values(spec) if b["ci_low"] < v < b["ci_high"] and fmt(v) not in tried]
+    inside = [v for v in candidate_values(spec) if low < v < high and fmt(v) not in tried]
     if not inside:
         return SliceFit(s, b, f"no untried {spec.search.x} inside the interval")
     return SliceFit(s, b, None, _targets(spec, b, inside, scale))
@@ -94,7 +102,7 @@ def _next_for_slice(spec: SweepSpec, s: dict[str, Any], b: dict[str, Any], tried
 def _targets(spec: SweepSpec, b: dict[str, Any], inside: list[Any], scale: AxisScale) -> list[Any]:
     """`per_round` untried values: the one nearest the crossing, then ones that split the interval."""
     t = scale.to_fit(np.asarray(inside, dtype=float))
-    lo, hi = scale.to_fit(b["ci_low"]), scale.to_fit(b["ci_high"])
+    lo, hi = (scale.to_fit(v) for v in interval(spec, b))
     k = spec.search.per_round
     goals = [float(scale.to_fit(b["x_critical"]))] + list(np.linspace(lo, hi, k + 2)[1:-1])
     picked: list[Any] = []
@@ -111,7 +119,8 @@ def next_cells(spec: SweepSpec, fits: list[SliceFit], known: set[str]) -> list[d
     scale = fit_scale(spec)
 
     def width(f: SliceFit) -> float:
-        return float(scale.to_fit(f.boundary["ci_high"]) - scale.to_fit(f.boundary["ci_low"]))
+        low, high = interval(spec, f.boundary)
+        return float(scale.to_fit(high) - scale.to_fit(low))
 
     open_fits = sorted((f for f in fits if f.settled is None), key=width, reverse=True)
     cells = [{**f.slice, spec.search.x: v} for f in open_fits for v in f.proposed]

@@ -22,6 +22,7 @@ from trainables.tune_trainable import FINAL_KEY
 
 from .boundary import RESULT_FIELDS, fit_slices, next_cells
 from .boundary_grid import cell_id, coarse_cells
+from .phase_fit import fmt_interval
 from .spec import SweepSpec, parse_sweep
 
 HISTORY_FILE = "boundary_search.json"
@@ -87,8 +88,7 @@ class BoundarySearcher(Searcher):
         if not self.rounds:
             cells, fits = coarse_cells(spec), []
         else:
-            rng = np.random.default_rng(spec.search.seed + len(self.rounds))
-            fits = fit_slices(spec, self.rows, rng)
+            fits = fit_slices(spec, self.rows, spec.search.seed + len(self.rounds))
             cells = next_cells(spec, fits, self.cells)
         trials = [{**spec.base, **c, "seed": s} for c in cells for s in spec.seeds][: max(budget, 0)]
         self.rounds.append({"round": len(self.rounds), "trials_done": len(self.rows),
@@ -109,7 +109,7 @@ class BoundarySearcher(Searcher):
         for f in fits:
             b = f.boundary
             where = ", ".join(f"{k}={v}" for k, v in f.slice.items()) or "all"
-            at = (f"{self.spec.search.x}_critical {b['x_critical']:.4g} [{b['ci_low']:.4g}, {b['ci_high']:.4g}]"
+            at = (f"{self.spec.search.x}_critical {b['x_critical']:.4g} {fmt_interval(b['ci_low'], b['ci_high'])}"
                   if b["x_critical"] is not None else "no crossing")
             lines.append(f"  {where}: {at}" + (f"; next {f.proposed}" if f.proposed else f"; settled: {f.settled}"))
         self.on_notice("\n".join(lines))

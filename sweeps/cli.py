@@ -188,6 +188,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
     result = run_phase(args.trials, args.x, args.y, args.by, args.delta, args.out, log_to_mlflow=not args.no_mlflow)
     print(format_boundaries(result.phase))
+    print(format_effects(result.phase))
     for path in result.files:
         print(f"wrote {path}")
     if result.logged_to_mlflow:
@@ -196,14 +197,33 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
 
 def format_boundaries(phase: dict) -> str:
-    lines = [f"critical {phase['x']} per {phase['y']} (P(bad) = 0.5, 90% bootstrap interval over seeds):"]
+    from .phase_fit import fmt_interval
+
+    lines = [f"critical {phase['x']} per {phase['y']} (P(bad) = 0.5, 90% posterior interval; '..' open past the range):"]
     for b in phase["boundary"]:
         where = ", ".join([f"{phase['y']}={b['y']}"] + [f"{k}={v}" for k, v in b["by"].items()])
         if b["x_critical"] is None:
             lines.append(f"  {where}: none ({b['reason']}; n={b['n_trials']})")
         else:
-            lines.append(f"  {where}: {b['x_critical']:.3g} [{b['ci_low']:.3g}, {b['ci_high']:.3g}] "
+            lines.append(f"  {where}: {b['x_critical']:.3g} {fmt_interval(b['ci_low'], b['ci_high'])} "
                          f"(n={b['n_trials']} trials, {b['n_seeds']} seeds)")
+    return "\n".join(lines)
+
+
+def format_effects(phase: dict) -> str:
+    """The joint model's answer: each level's shift of the boundary, or why there is none."""
+    from .phase_fit import fmt, fmt_interval
+
+    if not phase["effects"]:
+        return f"what moves the boundary: no effects ({phase['effects_reason']})"
+    joint = phase["joint"]
+    ref = ", ".join(f"{a}={fmt(v)}" for a, v in joint["reference"]["levels"].items())
+    lines = [f"what moves critical {phase['x']} (joint model, {joint['n_trials']} trials; others at {ref}):"]
+    for e in phase["effects"]:
+        at = "none" if e["x_critical"] is None else f"{e['x_critical']:.3g} {fmt_interval(*e['ci'])}"
+        shift = "reference" if e.get("reference") else (
+            f"shift {'?' if e['shift'] is None else format(e['shift'], '.2f')} {fmt_interval(*e['shift_ci'])}")
+        lines.append(f"  {e['axis']}={fmt(e['value'])}: {at}; {shift}")
     return "\n".join(lines)
 
 

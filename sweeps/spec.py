@@ -75,7 +75,7 @@ class SearchSpec(BaseModel):
     num_samples: int | None = Field(None, ge=1, description="random/optuna: configs to draw (each runs every seed)")
     metric: str | None = Field(None, description="optuna: a final metric, e.g. test_acc")
     mode: Literal["max", "min"] | None = None
-    seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler, bootstrap)")
+    seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler, the boundary fits' posterior draws)")
     # boundary: refine a coarse grid where the fitted phase boundary is uncertain (sweeps.boundary)
     x: str = Field("pretrain_epochs", description="boundary: the axis along which each slice's x_critical is located")
     max_trials: int | None = Field(None, ge=1, description="boundary: trial budget, coarse grid included (each seed counts)")

@@ -94,13 +94,17 @@ def test_bad_inputs_name_the_column(tmp_path):
         run_phase(trials, "pretrain_epochs", "lr", [], 0.05, tmp_path / "o", log_to_mlflow=False)
 
 
-def test_perfect_separation_gives_the_grid_bracket_not_a_point():
-    from sweeps.phase_fit import AxisScale, fit_boundary
+def test_perfect_separation_spreads_the_interval_over_the_grid_bracket():
+    from sweeps.boundary_model import fit_boundary
+    from sweeps.phase_fit import AxisScale
 
     rows = pd.DataFrame([{"pretrain_epochs": x, "seed": s, "phase": "bad" if x >= 30 else "good"}
                          for x in (0, 10, 30, 100) for s in range(3)])
-    b = fit_boundary(rows, "pretrain_epochs", AxisScale.of(rows["pretrain_epochs"]), 0.0, {}, np.random.default_rng(0))
-    assert 10 < b.x_critical < 30 and (b.ci_low, b.ci_high) == pytest.approx((10, 30))
+    scale = AxisScale.of(rows["pretrain_epochs"])
+    b = fit_boundary(rows, "pretrain_epochs", scale, 0.0, {})
+    assert 10 < b.ci_low < b.x_critical < b.ci_high < 30, b
+    bracket = scale.to_fit(30) - scale.to_fit(10)
+    assert scale.to_fit(b.ci_high) - scale.to_fit(b.ci_low) > 0.6 * bracket  # not a point: the grid can't tell
 
 
 LR_CRITICAL = {0.05: 25.0, 0.1: 10.0}  # lr -> critical pretraining epochs, whatever the clipping
@@ -137,7 +141,9 @@ def strict_json(path):
 def test_any_config_field_works_as_x_y_or_by_beside_per_epoch_lr(tmp_path, x, y, by):
     trials = synthetic_axes(tmp_path / "export")
     result = run_phase(trials, x, y, by, 0.05, tmp_path / "out", log_to_mlflow=False)
-    assert {p.name for p in result.files} == {"phase.json", "phase.png", "phase.svg", "curves.png", "measures.png"}
+    names = {p.name for p in result.files}
+    assert {"phase.json", "phase.png", "phase.svg", "curves.png", "measures.png", "dose_response.png",
+            "dose_response.svg", "boundary_shift.png", "boundary_pairs.png"} <= names, names
     saved = strict_json(tmp_path / "out" / "phase.json")  # a null axis value is null, not NaN
     slices = {(b["y"], *b["by"].values()) for b in saved["boundary"]}
     assert slices == set(itertools.product(*(sorted_values(result.labelled[c]) for c in (y, *by))))
@@ -170,7 +176,7 @@ def test_phase_by_lr_on_the_command_line(tmp_path):
     out = minima("phase", str(trials), "--y", "clip_norm", "--by", "lr", "--out", str(tmp_path / "o"), "--no-mlflow")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "critical pretrain_epochs per clip_norm (P(bad) = 0.5, 90% bootstrap interval over seeds):"
+    assert lines[0].startswith("critical pretrain_epochs per clip_norm (P(bad) = 0.5, 90% posterior interval")
     assert sum(line.startswith("  clip_norm=") and ", lr=" in line for line in lines) == 4
     assert f"wrote {tmp_path / 'o' / 'curves.png'}" in lines
 

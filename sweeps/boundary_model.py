@@ -1,0 +1,312 @@
+"""The boundary model: one Bayesian logistic fit of P(bad) over x and every other varying axis.
+
+    logit P(bad) = k * (u - c0 - sum_a delta_a[level_a] - sigma * z_seed)
+
+u is x on its fit scale (`AxisScale`), mapped to [0, 1] over the swept range (and flipped when
+P(bad) falls with x), so the threshold c0 + sum delta is where P(bad) crosses 0.5: c0 for every
+axis at its reference level (the smallest value, `none` first), delta_a[level] how far a level
+moves it, as a fraction of the range. Every other axis enters as a factor (any shape of effect,
+numeric or not); the seed is a random effect shared by all of that seed's trials, since a seed's
+network and data order are shared across the cells it runs in.
+
+Why a posterior and not a maximum-likelihood fit: phases on a sweep's grid are often perfectly
+separated (every seed agrees in every cell), where the likelihood has no maximum and a bootstrap
+over three seeds has nothing to resample. The posterior under weak priors (below) stays proper:
+with separation it spreads the crossing over the bracket between the two grid values around it.
+Its 90% intervals are checked for coverage on synthetic sweeps with known boundaries
+(`benchmarks/interval_coverage.py`). Draws come from emcee's affine-invariant ensemble started at
+the posterior mode.
+
+A per-slice fit is the same model with no axes (`fit_model(rows, x, [], ...)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .phase_fit import AxisScale, fmt, is_null, sorted_values
+
+INTERVAL = (5.0, 95.0)  # a 90% interval
+# Priors, in units of the swept range on the fit scale: the threshold anywhere in or somewhat
+# beyond the range, a level's shift of up to about the range, transitions from a third of the
+# range wide to sharper than any grid (k = 50: 10% to 90% over 9% of the range), seeds that
+# move the threshold by a few percent of the range.
+PRIOR_C0 = (0.5, 0.75)
+PRIOR_DELTA = 0.75
+PRIOR_LOG_K = (np.log(50.0), 1.5)
+PRIOR_SIGMA = 0.05  # half-normal scale of the seed effect
+WALKERS_MIN, BURN, KEEP = 32, 400, 400
+
+
+@dataclass
+class Crossing:
+    """Where P(bad) crosses 0.5 for one combination of levels, in x units, with its 90% interval.
+
+    A bound is None when the interval reaches past the swept range on that side (the data bound
+    the crossing from one side only); x_critical is None, with a reason, when the posterior puts
+    the crossing outside the range more often than not."""
+
+    x_critical: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_in_range: float  # posterior probability that the crossing lies inside the swept range
+    reason: str | None = None
+
+
+@dataclass
+class BoundaryModel:
+    x: str
+    scale: AxisScale
+    t_range: tuple[float, float]  # the swept range on the fit scale
+    direction: int  # +1: P(bad) rises with x
+    levels: dict[str, list]  # per axis, its levels, the reference first
+    thresholds: np.ndarray  # (draws, 1 + sum(levels - 1)): c0, then each non-reference level's delta
+    n_trials: int
+    n_seeds: int
+    acceptance: float
+    columns: list[tuple[str, Any]] = field(default_factory=list)  # (axis, level) of each delta
+
+    def threshold_draws(self, combo: dict[str, Any]) -> np.ndarray:
+        """Draws of the threshold (u units) with each axis at combo's level, others at reference."""
+        c = self.thresholds[:, 0].copy()
+        for j, (axis, level) in enumerate(self.columns, start=1):
+            if axis in combo and _same(combo[axis], level):
+                c += self.thresholds[:, j]
+        return c
+
+    def to_x(self, u: np.ndarray) -> np.ndarray:
+        lo, hi = self.t_range
+        u = np.asarray(u, dtype=float)
+        t = lo + (u if self.direction > 0 else 1.0 - u) * (hi - lo)
+        return np.exp(t) - self.scale.offset if self.scale.log else t
+
+    def crossing(self, combo: dict[str, Any]) -> Crossing:
+        return summarize(self.threshold_draws(combo), self)
+
+
+def _same(a, b) -> bool:
+    return (is_null(a) and is_null(b)) or fmt(a) == fmt(b)
+
+
+def summarize(u: np.ndarray, model: BoundaryModel) -> Crossing:
+    """A threshold's draws (u units) as x_critical, its interval and the chance it is in range."""
+    inside = float(np.mean((u >= 0) & (u <= 1)))
+    lo_u, mid_u, hi_u = np.percentile(u, [INTERVAL[0], 50.0, INTERVAL[1]])
+    low_side, high_side = (lo_u, hi_u) if model.direction > 0 else (hi_u, lo_u)
+    if not 0 <= mid_u <= 1:
+        below = (mid_u < 0) == (model.direction > 0)
+        where = "above 0.5 from the smallest" if below else "below 0.5 up to the largest"
+        return Crossing(None, None, None, inside, f"P(bad) stays {where} {model.x} swept (posterior: "
+                                                  f"{inside:.2f} of draws cross inside the range)")
+    bound = lambda v: float(model.to_x(v)) if 0 <= v <= 1 else None
+    return Crossing(float(model.to_x(mid_u)), bound(low_side), bound(high_side), inside)
+
+
+class ModelUnfit(ValueError):
+    """The table cannot support the model; the message says why in one line."""
+
+
+def design(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale):
+    """u in [0, 1], the 0/1 outcome, the threshold's design matrix, seed indices and levels."""
+    t = scale.to_fit(trials[x].to_numpy(dtype=float))
+    t_range = (float(t.min()), float(t.max()))
+    if t_range[1] <= t_range[0]:
+        raise ModelUnfit(f"every trial that fit has the same {x}: no range to place a boundary in")
+    u = (t - t_range[0]) / (t_range[1] - t_range[0])
+    bad = (trials["phase"] == "bad").to_numpy().astype(float)
+    levels = {a: sorted_values(trials[a]) for a in axes}
+    columns = [(a, v) for a in axes for v in levels[a][1:]]
+    A = np.ones((len(trials), 1 + len(columns)))
+    for j, (a, v) in enumerate(columns, start=1):
+        A[:, j] = trials[a].map(lambda w, v=v: _same(w, v)).to_numpy(dtype=float)
+    seeds, seed_index = np.unique(trials["seed"].to_numpy(), return_inverse=True)
+    return u, bad, A, seed_index, len(seeds), levels, columns, t_range
+
+
+def _direction(u: np.ndarray, bad: np.ndarray) -> int:
+    """+1 when bad trials sit at larger u than good ones on average."""
+    return 1 if u[bad == 1].mean() >= u[bad == 0].mean() else -1
+
+
+class _Posterior:
+    """Log posterior over [c (n_c), log k, z (n_seeds), log sigma], vectorised over walkers."""
+
+    def __init__(self, u, bad, A, seed_index, n_seeds):
+        self.u, self.sign, self.A, self.seed_index, self.n_seeds = u, 2 * bad - 1, A, seed_index, n_seeds
+        self.n_c = A.shape[1]
+        self.dim = self.n_c + 1 + n_seeds + 1
+        mean = np.zeros(self.n_c)
+        mean[0] = PRIOR_C0[0]
+        sd = np.full(self.n_c, PRIOR_DELTA)
+        sd[0] = PRIOR_C0[1]
+        self.c_mean, self.c_sd = mean, sd
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.atleast_2d(theta)
+        c, log_k = theta[:, : self.n_c], theta[:, self.n_c]
+        z, log_sigma = theta[:, self.n_c + 1: -1], theta[:, -1]
+        sigma = np.exp(log_sigma)
+        threshold = c @ self.A.T + sigma[:, None] * z[:, self.seed_index]
+        logit = np.exp(log_k)[:, None] * (self.u[None, :] - threshold)
+        loglik = -np.logaddexp(0.0, -self.sign[None, :] * logit).sum(axis=1)
+        prior = (-0.5 * (((c - self.c_mean) / self.c_sd) ** 2).sum(axis=1)
+                 - 0.5 * ((log_k - PRIOR_LOG_K[0]) / PRIOR_LOG_K[1]) ** 2
+                 - 0.5 * (z ** 2).sum(axis=1)
+                 - 0.5 * (sigma / PRIOR_SIGMA) ** 2 + log_sigma)  # half-normal sigma, on log sigma
+        return loglik + prior
+
+    def start(self) -> np.ndarray:
+        theta = np.zeros(self.dim)
+        theta[0] = PRIOR_C0[0]
+        theta[self.n_c] = PRIOR_LOG_K[0]
+        theta[-1] = np.log(PRIOR_SIGMA / 2)
+        return theta
+
+
+def _mode(post: _Posterior) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    found = minimize(lambda th: -float(post(th)[0]), post.start(), method="BFGS")
+    return found.x
+
+
+def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0) -> BoundaryModel:
+    """Fit the model to the good/bad trials of `trials` (others, and rows with a null x, are left
+    out). Raises ModelUnfit with a one-line reason when the table cannot support it."""
+    import emcee
+
+    rows = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
+    if rows.empty:
+        raise ModelUnfit("no trial reached a global minimum: there is no phase to model")
+    bad = rows["phase"] == "bad"
+    if bad.all() or not bad.any():
+        raise ModelUnfit(f"all {len(rows)} trials that fit are {'bad' if bad.all() else 'good'}: one phase only, "
+                         f"no boundary in the swept range")
+    u, y, A, seed_index, n_seeds, levels, columns, t_range = design(rows, x, axes, scale)
+    direction = _direction(u, y)
+    if direction < 0:
+        u = 1.0 - u
+    post = _Posterior(u, y, A, seed_index, n_seeds)
+    n_params = post.n_c + 1  # the seeds' effects are shrunk to a common prior, not free parameters
+    if len(rows) < n_params:
+        raise ModelUnfit(f"{len(rows)} trials that fit for {n_params} parameters (a threshold per level and a slope): "
+                         f"run more trials")
+    rng = np.random.default_rng(seed)
+    walkers = max(WALKERS_MIN, 2 * post.dim + 2)
+    start = _mode(post) + 1e-3 * rng.standard_normal((walkers, post.dim))
+    sampler = emcee.EnsembleSampler(walkers, post.dim, post, vectorize=True)
+    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
+    sampler.run_mcmc(start, BURN + KEEP)
+    chain = sampler.get_chain(discard=BURN, flat=True)
+    return BoundaryModel(x, scale, t_range, direction, levels, chain[:, : post.n_c], len(rows), n_seeds,
+                         float(np.mean(sampler.acceptance_fraction)), columns)
+
+
+def _bound(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def level_effect(model: BoundaryModel, axis: str, level: Any, reference: Crossing) -> dict[str, Any]:
+    """One level's entry of `effects`: its crossing with the other axes at their reference, and
+    its ratio to the reference's crossing (the reference level itself: 1)."""
+    u = model.threshold_draws({axis: level})
+    here = summarize(u, model)
+    out = {"axis": axis, "value": _json_value(level), "x_critical": here.x_critical,
+           "ci": [here.ci_low, here.ci_high] if here.x_critical is not None else None,
+           "p_in_range": round(here.p_in_range, 3)}
+    if _same(level, model.levels[axis][0]):
+        return {**out, "shift": 1.0, "shift_ci": [1.0, 1.0], "reference": True, **_reason(here)}
+    x_level, x_ref = model.to_x(u), model.to_x(model.threshold_draws({}))
+    x_min, x_max = sorted(float(v) for v in model.to_x(np.array([0.0, 1.0])))
+    clip = lambda v: np.clip(v, x_min, x_max)  # a crossing past the range counts as at its edge: a safe bound
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = clip(x_level) / clip(x_ref)
+    lo, mid, hi = np.nanpercentile(ratio, [INTERVAL[0], 50.0, INTERVAL[1]])
+    known = lambda draws: (np.percentile(draws, INTERVAL[0]) >= x_min, np.percentile(draws, INTERVAL[1]) <= x_max)
+    (level_low, level_high), (ref_low, ref_high) = known(x_level), known(x_ref)
+    both = here.x_critical is not None and reference.x_critical is not None
+    return {**out, "shift": _bound(mid) if both else None,
+            "shift_ci": [_bound(lo) if level_low and ref_high else None,
+                         _bound(hi) if level_high and ref_low else None],
+            **_reason(here)}
+
+
+def _reason(c: Crossing) -> dict[str, str]:
+    return {"reason": c.reason} if c.reason else {}
+
+
+def _json_value(v):
+    if is_null(v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def excludes_one(ci: list | None) -> bool:
+    if not ci:
+        return False
+    lo, hi = ci
+    return (lo is not None and lo > 1.0) or (hi is not None and hi < 1.0)
+
+
+def effects(model: BoundaryModel) -> dict[str, Any]:
+    """What each level of each axis does to the boundary: `effects` (one entry per level), the
+    reference crossing, the axes ranked by how far their levels move the threshold (the largest
+    posterior-median |delta|, as a fraction of the swept range on the fit scale), and the levels
+    whose shift interval excludes 1."""
+    reference = model.crossing({})
+    entries = [level_effect(model, axis, level, reference) for axis, levels in model.levels.items() for level in levels]
+    moves = {}
+    for j, (axis, level) in enumerate(model.columns, start=1):
+        moves[axis] = max(moves.get(axis, 0.0), float(abs(np.median(model.thresholds[:, j]))))
+    ranking = [{"axis": a, "largest_move": round(m, 4)} for a, m in sorted(moves.items(), key=lambda kv: -kv[1])]
+    return {"effects": entries,
+            "reference": {"levels": {a: _json_value(v[0]) for a, v in model.levels.items()},
+                          "x_critical": reference.x_critical, "ci": [reference.ci_low, reference.ci_high],
+                          **_reason(reference)},
+            "ranking": ranking,
+            "moved": [{"axis": e["axis"], "value": e["value"], "shift_ci": e["shift_ci"]}
+                      for e in entries if not e.get("reference") and excludes_one(e["shift_ci"])],
+            "n_trials": model.n_trials, "n_seeds": model.n_seeds, "draws": int(len(model.thresholds)),
+            "acceptance": round(model.acceptance, 3)}
+
+
+@dataclass
+class Boundary:
+    """One slice's crossing: the model fitted to that slice's trials alone."""
+
+    y: Any
+    by: dict[str, Any]
+    x_critical: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_trials: int
+    n_seeds: int
+    reason: str | None = None
+    p_in_range: float = 0.0  # posterior probability that the crossing lies inside the swept range
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"y": _json_value(self.y), "by": {k: _json_value(v) for k, v in self.by.items()},
+               "x_critical": self.x_critical, "ci_low": self.ci_low, "ci_high": self.ci_high,
+               "n_trials": self.n_trials, "n_seeds": self.n_seeds, "p_in_range": round(self.p_in_range, 3)}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0) -> Boundary:
+    """The crossing of P(bad) along x in one slice (the model with no other axis). Trials whose x is
+    null (clip_norm: none) have no place on the line and are left out."""
+    fitted = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
+    n_seeds = int(fitted["seed"].nunique())
+    if fitted.empty:
+        return Boundary(y_value, by, None, None, None, 0, 0, "no trial in this slice reached a global minimum")
+    try:
+        model = fit_model(fitted, x, [], scale, seed)
+    except ModelUnfit as why:
+        return Boundary(y_value, by, None, None, None, len(fitted), n_seeds, str(why))
+    c = model.crossing({})
+    return Boundary(y_value, by, c.x_critical, c.ci_low, c.ci_high, len(fitted), n_seeds, c.reason, c.p_in_range)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.phase_fit import BASELINE_AXIS, fmt
+from sweeps.phase_fit import BASELINE_AXIS, fmt, fmt_interval
 
 from .diagram import run_phase
+from .mlflow_links import LOCAL_UI, linked_image, mlflow_hrefs, ui_base
 from .phase import PhaseInputError
 
 STYLE = """
@@ -59,8 +60,9 @@ def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = 
     boundary = pd.DataFrame([{
         y: fmt(b["y"]), **{k: fmt(v) for k, v in b["by"].items()},
         f"critical {x}": "none" if b["x_critical"] is None else f"{b['x_critical']:.3g}",
-        "90% interval": "" if b["x_critical"] is None else f"[{b['ci_low']:.3g}, {b['ci_high']:.3g}]",
-        "trials (seeds)": f"{b['n_trials']} ({b['n_seeds']})", "note": b.get("reason", ""),
+        "90% interval": "" if b["x_critical"] is None else fmt_interval(b["ci_low"], b["ci_high"]),
+        "trials (seeds)": f"{b['n_trials']} ({b['n_seeds']})",
+        "joint model": _joint_text(b.get("joint")), "note": b.get("reason", ""),
     } for b in phase["boundary"]])
     cells = result.cells.copy()
     for col in (x, y, *by):
@@ -87,6 +89,14 @@ def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = 
     axes = pd.DataFrame([{"axis": a, "values": _axis_text(spec, a, labelled)} for a in spec.axes])
     out = Path(out_dir)
     curves_png = out / "curves.png"
+    hrefs = mlflow_hrefs(spec.tracking_uri, spec.name) if log_to_mlflow else None
+    phase_html = linked_image(out / "phase.png", result.areas, hrefs, x, y)
+    ui = ui_base(spec.tracking_uri)
+    link_note = "" if hrefs is None else (
+        f'<p class="muted">Click a cell to open its runs in the MLflow UI at {html.escape(ui)}'
+        + (f" (start it with <code>minima ui --tracking-uri {html.escape(spec.tracking_uri)}</code>)" if ui == LOCAL_UI else "")
+        + ".</p>")
+    dose_png = out / "dose_response.png"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Minima Atlas: {html.escape(spec.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Sweep <code>{html.escape(spec.name)}</code></h1>
@@ -98,10 +108,19 @@ report written {dt.datetime.now().isoformat(timespec='seconds')}. Data: <code>{e
 <p>A trial that reached 100% train accuracy sits in a <b>bad global minimum</b> when its test accuracy is at least
 {100 * delta:g} points below the mean of the same configuration with {x} = 0 (all seeds); <b>good</b> otherwise;
 <b>not fit</b> if it never reached 100% train accuracy. Each cell: majority phase and bad/n; colour: mean drop.</p>
-{_img(out / 'phase.png')}
+{phase_html}
+{link_note}
 <h2>Critical {html.escape(x)}</h2>
-<p>Logistic fit of P(bad) against {html.escape(x)} per row; 90% interval from {200} bootstrap resamples of seeds.</p>
+<p>Per slice: where P(bad) crosses 0.5 along {html.escape(x)}, from the boundary model fitted to that slice's trials
+alone, with its 90% posterior interval ('..': open past the swept range). <i>Joint model</i>: the same crossing from the
+model of all trials at once (below); <b>disagrees</b> marks a slice whose interval and the joint model's do not overlap.</p>
 {_table(boundary)}
+{effects_section(phase, out)}
+<h2>Dose-response</h2>
+<p>Mean test-accuracy drop (points) against {html.escape(x)}, one line per level of each other axis, the other axes
+held at their reference (smallest) level; band: ±1 std over seeds; n (seeds) in the legend; dashed: the
+{100 * delta:g}-point threshold.</p>
+{_img(dose_png) if dose_png.exists() else ''}
 <h2>Cells</h2>
 {_table(cells[[c for c in shown if c in cells]])}
 <h2>Flatness and fitting time by phase</h2>
@@ -120,6 +139,41 @@ phase. Left: flatness per trial; right: mu over training, mean ± std per phase.
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _joint_text(joint: dict | None) -> str:
+    if not joint:
+        return ""
+    text = "none" if joint["x_critical"] is None else f"{joint['x_critical']:.3g} {fmt_interval(*joint['ci'])}"
+    return text + (" — disagrees" if joint["disagrees"] else "")
+
+
+def effects_section(phase: dict, out: Path) -> str:
+    """What moves the boundary: the joint model's crossing per level, its shift, the axes ranked."""
+    x = html.escape(phase["x"])
+    head = f"<h2>What moves the boundary</h2>"
+    if not phase.get("effects"):
+        return head + f"<p>No effects: {html.escape(phase.get('effects_reason') or 'no model')}.</p>"
+    joint = phase["joint"]
+    rows = pd.DataFrame([{
+        "axis": e["axis"], "level": fmt(e["value"]) + (" (reference)" if e.get("reference") else ""),
+        f"critical {phase['x']}": "none" if e["x_critical"] is None else f"{e['x_critical']:.3g}",
+        "90% interval": "" if e["x_critical"] is None else fmt_interval(*e["ci"]),
+        "shift": "" if e["shift"] is None else f"{e['shift']:.2f}x",
+        "shift 90% interval": fmt_interval(*e["shift_ci"]), "note": e.get("reason", ""),
+    } for e in phase["effects"]])
+    ref = ", ".join(f"{a} = {fmt(v)}" for a, v in joint["reference"]["levels"].items())
+    ranking = ", ".join(f"{r['axis']} ({r['largest_move']:.2f})" for r in joint["ranking"])
+    moved = ", ".join(f"{m['axis']} = {fmt(m['value'])} {fmt_interval(*m['shift_ci'])}" for m in joint["moved"]) or "none"
+    return head + f"""<p>One model of P(bad) over every trial ({joint['n_trials']} that fit, {joint['n_seeds']} seeds):
+{x} on its fit scale, each other axis as a factor, the seed as a random effect (docs/outputs.md). Each level's critical
+{x} is with the other axes at their reference ({html.escape(ref)}); its <i>shift</i> is the ratio to the reference's,
+with a 90% posterior interval ('..': open past the swept range).</p>
+{_table(rows)}
+{_img(out / "boundary_shift.png") if (out / "boundary_shift.png").exists() else ""}
+{_img(out / "boundary_pairs.png") if (out / "boundary_pairs.png").exists() else ""}
+<p>Axes by how far their levels move the threshold (largest posterior-median move, as a fraction of the swept range on
+the fit scale): {html.escape(ranking)}.<br>Levels whose shift interval excludes 1: {html.escape(moved)}.</p>"""
 
 
 def _axis_text(spec, axis: str, trials: pd.DataFrame) -> str:

@@ -42,9 +42,10 @@ def _draw(ax, positions, crossings, x_range, color="C0", label=None, offset=0.0)
 def _y_scale(ax, model: BoundaryModel) -> None:
     low, high = _range(model)
     ax.set_ylim(low, high)
-    if model.scale.log:
-        ax.set_yscale("function", functions=(lambda v: np.log(np.maximum(v, 0) + model.scale.offset),
-                                             lambda t: np.exp(t) - model.scale.offset))
+    effect = model.coords.effect  # the scale shifts are factors on
+    if effect.log:
+        ax.set_yscale("function", functions=(lambda v: np.log(np.maximum(v, 0) + effect.offset),
+                                             lambda t: np.exp(t) - effect.offset))
         nice = [v for v in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= v <= high]
         ax.set_yticks(nice, [f"{v:g}" for v in nice])
 

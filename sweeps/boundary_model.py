@@ -1,13 +1,17 @@
 """The boundary model: one Bayesian logistic fit of P(bad) over x and every other varying axis.
 
-    logit P(bad) = k * (u - c0 - sum_a delta_a[level_a] - sigma * z_seed)
+    logit P(bad) = k * (u(x) - u(x_c)),   e(x_c) = c0 + sum_a delta_a[level_a] + sigma * z_seed
 
-u is x on its fit scale (`AxisScale`), mapped to [0, 1] over the swept range (and flipped when
-P(bad) falls with x), so the threshold c0 + sum delta is where P(bad) crosses 0.5: c0 for every
-axis at its reference level (the smallest value, `none` first), delta_a[level] how far a level
-moves it, as a fraction of the range. Every other axis enters as a factor (any shape of effect,
-numeric or not); the seed is a random effect shared by all of that seed's trials, since a seed's
-network and data order are shared across the cells it runs in.
+u is x on its fit scale (`AxisScale`: the sweep's declared scale, or log1p for log-spaced
+values), mapped to [0, 1] over the swept range and flipped when P(bad) falls with x: it sets the
+shape of the transition. x_c, the crossing of P(bad) = 0.5, is placed on the effect scale e: log(x)
+(log(x + 1) when x reaches 0) mapped to [0, 1] over the range, so that a level moves the crossing
+by a factor (its `shift`) wherever the others are. c0 is the crossing with every axis at its
+reference level (the smallest value, `none` first), delta_a[level] how far a level moves it, as a
+fraction of the range on the effect scale. Every other axis enters as a factor (any shape of
+effect, numeric or not); the seed is a random effect shared by all of that seed's trials, since a
+seed's network and data order are shared across the cells it runs in. No interactions between
+axes: a slice whose own fit disagrees with the model is marked by `minima phase`.
 
 Why a posterior and not a maximum-likelihood fit: phases on a sweep's grid are often perfectly
 separated (every seed agrees in every cell), where the likelihood has no maximum and a bootstrap
@@ -31,12 +35,13 @@ import pandas as pd
 from .phase_fit import AxisScale, fmt, is_null, sorted_values
 
 INTERVAL = (5.0, 95.0)  # a 90% interval
-# Priors, in units of the swept range on the fit scale: the threshold anywhere in or somewhat
-# beyond the range, a level's shift of up to about the range, transitions from a third of the
-# range wide to sharper than any grid (k = 50: 10% to 90% over 9% of the range), seeds that
-# move the threshold by a few percent of the range.
+# Priors, in units of the swept range: the crossing anywhere in or somewhat beyond the range, a
+# level's shift by a factor rarely beyond 1/7..7 (a move of up to the range when x goes negative), transitions from a third of the range wide to sharper
+# than any grid (k = 50: 10% to 90% over 9% of the range), seeds that move the crossing by a few
+# percent of the range.
 PRIOR_C0 = (0.5, 0.75)
-PRIOR_DELTA = 0.75
+PRIOR_DELTA = 0.75  # on a linear effect scale (x goes negative), a fraction of the range
+PRIOR_LOG_SHIFT = 1.0  # on a log effect scale, the sd of a level's log factor: most shifts within 1/7x..7x
 PRIOR_LOG_K = (np.log(50.0), 1.5)
 PRIOR_SIGMA = 0.05  # half-normal scale of the seed effect
 WALKERS_MIN, BURN, KEEP = 32, 400, 400
@@ -57,32 +62,73 @@ class Crossing:
     reason: str | None = None
 
 
+def _from_fit(scale: AxisScale, t):
+    t = np.asarray(t, dtype=float)
+    return np.exp(t) - scale.offset if scale.log else t
+
+
+def effect_scale(values) -> AxisScale:
+    """The scale a level's move is a factor on: log(x), log(x + 1) when x reaches 0, linear when
+    x goes negative."""
+    low = float(np.min(values))
+    return AxisScale(False) if low < 0 else AxisScale(True, 1.0 if low == 0 else 0.0)
+
+
+@dataclass
+class Coordinates:
+    """x to u (the link's [0, 1], flipped when P(bad) falls with x) and e (the crossing's [0, 1])."""
+
+    scale: AxisScale
+    effect: AxisScale
+    t_range: tuple[float, float]
+    e_range: tuple[float, float]
+    direction: int  # +1: P(bad) rises with x
+
+    @classmethod
+    def of(cls, x: np.ndarray, scale: AxisScale) -> "Coordinates":
+        effect = effect_scale(x)
+        t, e = scale.to_fit(x), effect.to_fit(x)
+        return cls(scale, effect, (float(t.min()), float(t.max())), (float(e.min()), float(e.max())), 1)
+
+    def to_u(self, x) -> np.ndarray:
+        lo, hi = self.t_range
+        with np.errstate(divide="ignore", invalid="ignore"):  # a crossing far below the range: u = -inf
+            u = (self.scale.to_fit(x) - lo) / (hi - lo)
+        return u if self.direction > 0 else 1.0 - u
+
+    def to_e(self, x) -> np.ndarray:
+        lo, hi = self.e_range
+        return (self.effect.to_fit(x) - lo) / (hi - lo)
+
+    def to_x(self, e) -> np.ndarray:
+        lo, hi = self.e_range
+        return _from_fit(self.effect, lo + np.asarray(e, dtype=float) * (hi - lo))
+
+
 @dataclass
 class BoundaryModel:
     x: str
-    scale: AxisScale
-    t_range: tuple[float, float]  # the swept range on the fit scale
-    direction: int  # +1: P(bad) rises with x
+    coords: Coordinates
     levels: dict[str, list]  # per axis, its levels, the reference first
-    thresholds: np.ndarray  # (draws, 1 + sum(levels - 1)): c0, then each non-reference level's delta
+    thresholds: np.ndarray  # (draws, 1 + sum(levels - 1)): c0, then each non-reference level's delta (e units)
     n_trials: int
     n_seeds: int
     acceptance: float
     columns: list[tuple[str, Any]] = field(default_factory=list)  # (axis, level) of each delta
 
     def threshold_draws(self, combo: dict[str, Any]) -> np.ndarray:
-        """Draws of the threshold (u units) with each axis at combo's level, others at reference."""
+        """Draws of the crossing (e units) with each axis at combo's level, others at reference."""
         c = self.thresholds[:, 0].copy()
         for j, (axis, level) in enumerate(self.columns, start=1):
             if axis in combo and _same(combo[axis], level):
                 c += self.thresholds[:, j]
         return c
 
-    def to_x(self, u: np.ndarray) -> np.ndarray:
-        lo, hi = self.t_range
-        u = np.asarray(u, dtype=float)
-        t = lo + (u if self.direction > 0 else 1.0 - u) * (hi - lo)
-        return np.exp(t) - self.scale.offset if self.scale.log else t
+    def to_x(self, e) -> np.ndarray:
+        return self.coords.to_x(e)
+
+    def to_e(self, x) -> np.ndarray:
+        return self.coords.to_e(x)
 
     def crossing(self, combo: dict[str, Any]) -> Crossing:
         return summarize(self.threshold_draws(combo), self)
@@ -92,18 +138,17 @@ def _same(a, b) -> bool:
     return (is_null(a) and is_null(b)) or fmt(a) == fmt(b)
 
 
-def summarize(u: np.ndarray, model: BoundaryModel) -> Crossing:
-    """A threshold's draws (u units) as x_critical, its interval and the chance it is in range."""
-    inside = float(np.mean((u >= 0) & (u <= 1)))
-    lo_u, mid_u, hi_u = np.percentile(u, [INTERVAL[0], 50.0, INTERVAL[1]])
-    low_side, high_side = (lo_u, hi_u) if model.direction > 0 else (hi_u, lo_u)
-    if not 0 <= mid_u <= 1:
-        below = (mid_u < 0) == (model.direction > 0)
-        where = "above 0.5 from the smallest" if below else "below 0.5 up to the largest"
+def summarize(e: np.ndarray, model: BoundaryModel) -> Crossing:
+    """A crossing's draws (e units) as x_critical, its interval and the chance it is in range."""
+    inside = float(np.mean((e >= 0) & (e <= 1)))
+    low, mid, high = np.percentile(e, [INTERVAL[0], 50.0, INTERVAL[1]])
+    if not 0 <= mid <= 1:
+        above = (mid < 0) == (model.coords.direction > 0)
+        where = "above 0.5 from the smallest" if above else "below 0.5 up to the largest"
         return Crossing(None, None, None, inside, f"P(bad) stays {where} {model.x} swept (posterior: "
                                                   f"{inside:.2f} of draws cross inside the range)")
-    bound = lambda v: float(model.to_x(v)) if 0 <= v <= 1 else None
-    return Crossing(float(model.to_x(mid_u)), bound(low_side), bound(high_side), inside)
+    bound = lambda v: float(model.to_x(v)) if 0 <= v <= 1 else None  # noqa: E731
+    return Crossing(float(model.to_x(mid)), bound(low), bound(high), inside)
 
 
 class ModelUnfit(ValueError):
@@ -111,20 +156,22 @@ class ModelUnfit(ValueError):
 
 
 def design(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale):
-    """u in [0, 1], the 0/1 outcome, the threshold's design matrix, seed indices and levels."""
-    t = scale.to_fit(trials[x].to_numpy(dtype=float))
-    t_range = (float(t.min()), float(t.max()))
-    if t_range[1] <= t_range[0]:
+    """The coordinates, u of every trial, the 0/1 outcome, the crossing's design matrix, seed
+    indices and levels."""
+    values = trials[x].to_numpy(dtype=float)
+    coords = Coordinates.of(values, scale)
+    if coords.t_range[1] <= coords.t_range[0]:
         raise ModelUnfit(f"every trial that fit has the same {x}: no range to place a boundary in")
-    u = (t - t_range[0]) / (t_range[1] - t_range[0])
     bad = (trials["phase"] == "bad").to_numpy().astype(float)
+    u = coords.to_u(values)
+    coords.direction = _direction(u, bad)
     levels = {a: sorted_values(trials[a]) for a in axes}
     columns = [(a, v) for a in axes for v in levels[a][1:]]
     A = np.ones((len(trials), 1 + len(columns)))
     for j, (a, v) in enumerate(columns, start=1):
         A[:, j] = trials[a].map(lambda w, v=v: _same(w, v)).to_numpy(dtype=float)
     seeds, seed_index = np.unique(trials["seed"].to_numpy(), return_inverse=True)
-    return u, bad, A, seed_index, len(seeds), levels, columns, t_range
+    return coords, coords.to_u(values), bad, A, seed_index, len(seeds), levels, columns
 
 
 def _direction(u: np.ndarray, bad: np.ndarray) -> int:
@@ -135,13 +182,15 @@ def _direction(u: np.ndarray, bad: np.ndarray) -> int:
 class _Posterior:
     """Log posterior over [c (n_c), log k, z (n_seeds), log sigma], vectorised over walkers."""
 
-    def __init__(self, u, bad, A, seed_index, n_seeds):
-        self.u, self.sign, self.A, self.seed_index, self.n_seeds = u, 2 * bad - 1, A, seed_index, n_seeds
+    def __init__(self, coords, u, bad, A, seed_index, n_seeds):
+        self.coords, self.u, self.sign, self.A = coords, u, 2 * bad - 1, A
+        self.seed_index, self.n_seeds = seed_index, n_seeds
         self.n_c = A.shape[1]
         self.dim = self.n_c + 1 + n_seeds + 1
         mean = np.zeros(self.n_c)
         mean[0] = PRIOR_C0[0]
-        sd = np.full(self.n_c, PRIOR_DELTA)
+        e_width = coords.e_range[1] - coords.e_range[0]
+        sd = np.full(self.n_c, PRIOR_LOG_SHIFT / e_width if coords.effect.log else PRIOR_DELTA)
         sd[0] = PRIOR_C0[1]
         self.c_mean, self.c_sd = mean, sd
 
@@ -150,7 +199,9 @@ class _Posterior:
         c, log_k = theta[:, : self.n_c], theta[:, self.n_c]
         z, log_sigma = theta[:, self.n_c + 1: -1], theta[:, -1]
         sigma = np.exp(log_sigma)
-        threshold = c @ self.A.T + sigma[:, None] * z[:, self.seed_index]
+        crossing = c @ self.A.T + sigma[:, None] * z[:, self.seed_index]  # e units
+        # far past the range a crossing's place no longer matters; the bound keeps exp finite
+        threshold = self.coords.to_u(self.coords.to_x(np.clip(crossing, -10.0, 10.0)))
         logit = np.exp(log_k)[:, None] * (self.u[None, :] - threshold)
         loglik = -np.logaddexp(0.0, -self.sign[None, :] * logit).sum(axis=1)
         prior = (-0.5 * (((c - self.c_mean) / self.c_sd) ** 2).sum(axis=1)
@@ -170,7 +221,8 @@ class _Posterior:
 def _mode(post: _Posterior) -> np.ndarray:
     from scipy.optimize import minimize
 
-    found = minimize(lambda th: -float(post(th)[0]), post.start(), method="BFGS")
+    with np.errstate(all="ignore"):  # the line search may step far out before it comes back
+        found = minimize(lambda th: -float(post(th)[0]), post.start(), method="BFGS")
     return found.x
 
 
@@ -186,11 +238,8 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     if bad.all() or not bad.any():
         raise ModelUnfit(f"all {len(rows)} trials that fit are {'bad' if bad.all() else 'good'}: one phase only, "
                          f"no boundary in the swept range")
-    u, y, A, seed_index, n_seeds, levels, columns, t_range = design(rows, x, axes, scale)
-    direction = _direction(u, y)
-    if direction < 0:
-        u = 1.0 - u
-    post = _Posterior(u, y, A, seed_index, n_seeds)
+    coords, u, y, A, seed_index, n_seeds, levels, columns = design(rows, x, axes, scale)
+    post = _Posterior(coords, u, y, A, seed_index, n_seeds)
     n_params = post.n_c + 1  # the seeds' effects are shrunk to a common prior, not free parameters
     if len(rows) < n_params:
         raise ModelUnfit(f"{len(rows)} trials that fit for {n_params} parameters (a threshold per level and a slope): "
@@ -202,7 +251,7 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
     sampler.run_mcmc(start, BURN + KEEP)
     chain = sampler.get_chain(discard=BURN, flat=True)
-    return BoundaryModel(x, scale, t_range, direction, levels, chain[:, : post.n_c], len(rows), n_seeds,
+    return BoundaryModel(x, coords, levels, chain[:, : post.n_c], len(rows), n_seeds,
                          float(np.mean(sampler.acceptance_fraction)), columns)
 
 

@@ -1,30 +1,37 @@
-"""Where a boundary search runs its next trials: each slice's fit and the x values it proposes, without Ray.
+"""Where a boundary search runs its next trials: one fit of the boundary model over every slice,
+and the cells it proposes, without Ray.
 
 A grid spends most of its trials deep inside a phase. A boundary search runs a coarse grid of
 the x axis (every slice, i.e. every combination of the other axes, with every seed, plus the
-`pretrain_epochs = 0` baselines the phase labels need), then repeatedly fits P(bad global
-minimum) along x in each slice, with the fit `minima phase` uses (`sweeps.phase_fit`), and
-proposes the configs where that fit is least certain: the untried x values nearest the crossing
-P = 0.5, inside its 90% interval. A slice is settled when its interval is narrower than
-`ci_width`, when it has no crossing (one phase throughout the range), or when no untried x is
-left inside its interval (x is refined to every integer of an integer axis, else REFINE times
-finer than the coarse grid; the cells themselves are `sweeps.boundary_grid`'s).
+`pretrain_epochs = 0` baselines the phase labels need). After that, each round fits the boundary
+model (`sweeps.boundary_model`, the one `minima phase` fits) to every finished trial at once, so
+that what one slice's trials say about a shared effect narrows every slice, and proposes the
+untried cells (slice, x) where the model is least sure which side of P(bad) = 0.5 they lie on:
+the posterior probability q that the slice's crossing is below x, scored min(q, 1 - q)
+(the straddle of a level set). A round proposes as many cells as fill the trial slots (every
+seed of a cell runs), spread over the slices, at most `per_round` per slice. The search
+ends when every slice's interval is narrower than `ci_width`, when no untried cell is in doubt
+(x is refined to every integer of an integer axis, else REFINE times finer than the coarse grid;
+the cells themselves are `sweeps.boundary_grid`'s), or at the trial budget.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .boundary_grid import candidate_values, slices, with_baselines
-from .boundary_model import fit_boundary
+from .boundary_grid import candidate_values, cell_id, slices, with_baselines
+from .boundary_model import BoundaryModel, ModelUnfit, fit_model
 from .phase_fit import BASELINE_AXIS, AxisScale, fmt, label_phases
 from .spec import SweepSpec
 
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
+IN_DOUBT = 0.05  # a cell is worth running while the model gives each side at least this chance
+DRAWS = 2000  # posterior draws that score the candidates
 
 
 def fit_scale(spec: SweepSpec) -> AxisScale:
@@ -61,22 +68,14 @@ def _in_slice(df: pd.DataFrame, spec: SweepSpec, s: dict[str, Any]) -> pd.Series
     mask = pd.Series(True, index=df.index)
     for name, value in s.items():
         mask &= df[name].map(fmt) == fmt(value)
-    if spec.search.x != BASELINE_AXIS and BASELINE_AXIS not in s:  # not the baselines added for it
-        mask &= df[BASELINE_AXIS] == spec.base.get(BASELINE_AXIS, 0)
-    return mask
+    return mask & _not_added_baseline(df, spec, s)
 
 
-def fit_slices(spec: SweepSpec, rows: list[dict[str, Any]], seed: int = 0) -> list[SliceFit]:
-    """Fit every slice's boundary from the finished trials and propose its next x values."""
-    x, scale = spec.search.x, fit_scale(spec)
-    labelled = label_phases(frame(spec, rows), spec.search.delta)
-    fits = []
-    for s in slices(spec):
-        trials = labelled[_in_slice(labelled, spec, s)]
-        b = fit_boundary(trials, x, scale, None, s, seed).as_dict()
-        b.pop("y"), b.pop("by")
-        fits.append(_next_for_slice(spec, s, b, set(trials[x].map(fmt)), scale))
-    return fits
+def _not_added_baseline(df: pd.DataFrame, spec: SweepSpec, s: dict[str, Any]) -> pd.Series:
+    """False for the baselines added for the labels when x is not the pretraining axis."""
+    if spec.search.x != BASELINE_AXIS and BASELINE_AXIS not in s:
+        return df[BASELINE_AXIS] == spec.base.get(BASELINE_AXIS, 0)
+    return pd.Series(True, index=df.index)
 
 
 def interval(spec: SweepSpec, b: dict[str, Any]) -> tuple[float, float]:
@@ -85,43 +84,99 @@ def interval(spec: SweepSpec, b: dict[str, Any]) -> tuple[float, float]:
     return (axis.low if b["ci_low"] is None else b["ci_low"]), (axis.high if b["ci_high"] is None else b["ci_high"])
 
 
-def _next_for_slice(spec: SweepSpec, s: dict[str, Any], b: dict[str, Any], tried: set[str],
-                    scale: AxisScale) -> SliceFit:
-    if b["x_critical"] is None:
-        return SliceFit(s, b, b.get("reason") or "no crossing")
+def fit_joint(spec: SweepSpec, rows: list[dict[str, Any]], seed: int = 0) -> tuple[BoundaryModel | None, str | None]:
+    """The boundary model over every finished trial of the search, or None and why not."""
+    labelled = label_phases(frame(spec, rows), spec.search.delta)
+    labelled = labelled[_not_added_baseline(labelled, spec, {})]
+    axes = [a for a in spec.axes if a != spec.search.x]
+    try:
+        return fit_model(labelled, spec.search.x, axes, fit_scale(spec), seed), None
+    except ModelUnfit as why:
+        return None, str(why)
+
+
+def slice_fits(spec: SweepSpec, rows: list[dict[str, Any]], model: BoundaryModel | None,
+               reason: str | None) -> list[SliceFit]:
+    """Every slice's crossing from the joint model, and whether it is settled."""
+    df = frame(spec, rows)
+    fits = []
+    for s in slices(spec):
+        trials = df[_in_slice(df, spec, s)]
+        counts = {"n_trials": int(len(trials)), "n_seeds": int(trials["seed"].nunique()) if len(trials) else 0}
+        if model is None:
+            fits.append(SliceFit(s, {"x_critical": None, "ci_low": None, "ci_high": None, "p_in_range": 0.0,
+                                     **counts, "reason": reason}, reason))
+            continue
+        c = model.crossing(s)
+        b = {"x_critical": c.x_critical, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_in_range": round(c.p_in_range, 3),
+             **counts, **({"reason": c.reason} if c.reason else {})}
+        fits.append(SliceFit(s, b, _settled(spec, b)))
+    return fits
+
+
+def _settled(spec: SweepSpec, b: dict[str, Any]) -> str | None:
+    if b["x_critical"] is None and b["p_in_range"] < IN_DOUBT:
+        return b.get("reason") or "no crossing"
+    if b["x_critical"] is None or spec.search.ci_width is None:
+        return None
     low, high = interval(spec, b)
-    width = high - low
-    if spec.search.ci_width is not None and width <= spec.search.ci_width:
-        return SliceFit(s, b, f"interval {width:g} <= ci_width {spec.search.ci_width:g}")
-    inside = [v for v in candidate_values(spec) if low < v < high and fmt(v) not in tried]
-    if not inside:
-        return SliceFit(s, b, f"no untried {spec.search.x} inside the interval")
-    return SliceFit(s, b, None, _targets(spec, b, inside, scale))
+    return f"interval {high - low:g} <= ci_width {spec.search.ci_width:g}" if high - low <= spec.search.ci_width else None
 
 
-def _targets(spec: SweepSpec, b: dict[str, Any], inside: list[Any], scale: AxisScale) -> list[Any]:
-    """`per_round` untried values: the one nearest the crossing, then ones that split the interval."""
-    t = scale.to_fit(np.asarray(inside, dtype=float))
-    lo, hi = (scale.to_fit(v) for v in interval(spec, b))
-    k = spec.search.per_round
-    goals = [float(scale.to_fit(b["x_critical"]))] + list(np.linspace(lo, hi, k + 2)[1:-1])
-    picked: list[Any] = []
-    for goal in goals:
-        order = np.argsort(np.abs(t - goal), kind="stable")
-        choice = next((inside[i] for i in order if inside[i] not in picked), None)
-        if choice is not None and len(picked) < k:
-            picked.append(choice)
-    return sorted(picked)
+def propose(spec: SweepSpec, model: BoundaryModel, fits: list[SliceFit], known: set[str], cells: int,
+            rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Up to `cells` untried cells where the model is least sure of the side of P(bad) = 0.5,
+    round-robin over the open slices (most doubtful first), at most `per_round` per slice. Each
+    slice's k-th pick aims at a different quantile of its crossing (median, then the quartiles, ...)."""
+    x = spec.search.x
+    candidates = np.asarray(candidate_values(spec), dtype=float)
+    values = candidate_values(spec)
+    e = model.to_e(candidates)
+    pick = rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
+    ranked = []
+    for f in fits:
+        if f.settled is not None:
+            continue
+        thresholds = model.threshold_draws(f.slice)[pick]
+        q = (thresholds[:, None] < e[None, :]).mean(axis=0)  # P(the crossing is below x)
+        doubt = np.minimum(q, 1 - q)
+        untried = np.array([cell_id({**f.slice, x: v}) not in known for v in values])
+        doubt = np.where(untried, doubt, 0.0)
+        if doubt.max() >= IN_DOUBT:
+            ranked.append((float(doubt.max()), f, thresholds, doubt))
+        else:
+            f.settled = f"no untried {x} in doubt (each side at least {1 - IN_DOUBT:g} sure)"
+    ranked.sort(key=lambda r: -r[0])
+    goals = [0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625]
+    out: list[dict[str, Any]] = []
+    for k in range(min(spec.search.per_round, len(goals))):
+        for _, f, thresholds, doubt in ranked:
+            if len(out) >= cells:
+                return out
+            target = np.quantile(thresholds, goals[k])
+            open_ = np.flatnonzero(doubt >= IN_DOUBT)
+            taken = {fmt(c[x]) for c in out if all(fmt(c[a]) == fmt(v) for a, v in f.slice.items())}
+            open_ = [i for i in open_ if fmt(values[i]) not in taken]
+            if not open_:
+                continue
+            best = min(open_, key=lambda i: (abs(e[i] - target), i))
+            out.append({**f.slice, x: values[best]})
+            f.proposed.append(values[best])
+    return out
 
 
-def next_cells(spec: SweepSpec, fits: list[SliceFit], known: set[str]) -> list[dict[str, Any]]:
-    """The next round's cells: proposals of the widest intervals first (budget goes to them)."""
-    scale = fit_scale(spec)
+def cells_per_round(slots: int, seeds: int) -> int:
+    """Cells (each run with every seed) that fill `slots`: whole waves where that takes few cells
+    (2 slots, 3 seeds: 2 cells, 3 full waves), else one wave's worth rounded up."""
+    if slots < seeds:
+        return math.lcm(slots, seeds) // seeds
+    return math.ceil(slots / seeds)
 
-    def width(f: SliceFit) -> float:
-        low, high = interval(spec, f.boundary)
-        return float(scale.to_fit(high) - scale.to_fit(low))
 
-    open_fits = sorted((f for f in fits if f.settled is None), key=width, reverse=True)
-    cells = [{**f.slice, spec.search.x: v} for f in open_fits for v in f.proposed]
-    return with_baselines(spec, cells, known)
+def next_cells(spec: SweepSpec, model: BoundaryModel | None, fits: list[SliceFit], known: set[str], slots: int,
+               rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The next round's cells, with the baselines they need: as many as fill the trial slots."""
+    if model is None:
+        return []
+    cells = cells_per_round(slots, len(spec.seeds))
+    return with_baselines(spec, propose(spec, model, fits, known, cells, rng), known)

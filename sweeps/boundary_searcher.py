@@ -1,10 +1,13 @@
 """Boundary search as a Ray Tune `Searcher`, so it runs on a cluster like any search and resumes
 with the sweep (Tune saves and restores its state with the experiment).
 
-It works in rounds: it hands out one round's trials (cells x seeds), waits until all of them
-have finished, refits the boundaries (sweeps.boundary) and hands out the next round, until
-every slice is settled or the budget is spent. Each round's fits are saved with the experiment
-as `<experiment>/boundary_search.json`, so the path to the answer can be read back.
+It works in rounds: the coarse grid first (cells x seeds); then, once a round's trials have all
+finished, one fit of the boundary model over every finished trial (sweeps.boundary) and the next
+round's cells, as many as fill the trial slots, until every slice is settled, no untried cell is
+in doubt, or the budget is spent. Waiting for the whole round keeps the search a function of the
+trials' results alone, not of the order they finish in: a resumed search runs the same trials.
+Each round's fits are saved with the experiment as `<experiment>/boundary_search.json`, so the
+path to the answer can be read back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ray.tune.search import Searcher
 
 from trainables.tune_trainable import FINAL_KEY
 
-from .boundary import RESULT_FIELDS, fit_slices, next_cells
+from .boundary import RESULT_FIELDS, fit_joint, next_cells, slice_fits
 from .boundary_grid import cell_id, coarse_cells
 from .phase_fit import fmt_interval
 from .spec import SweepSpec, parse_sweep
@@ -39,9 +42,10 @@ def _plain(v):
 
 
 class BoundarySearcher(Searcher):
-    def __init__(self, spec: SweepSpec, on_notice=None):
+    def __init__(self, spec: SweepSpec, on_notice=None, slots: int | None = None):
         super().__init__()
         self.spec_data = spec.model_dump()
+        self.slots = slots or len(spec.seeds)  # trials that run at once: a round fills them
         self.on_notice = on_notice or _to_stderr
         self.queue: list[dict[str, Any]] = []  # trial values not yet handed out
         self.pending: dict[str, dict[str, Any]] = {}  # Tune trial id -> values, running
@@ -88,8 +92,10 @@ class BoundarySearcher(Searcher):
         if not self.rounds:
             cells, fits = coarse_cells(spec), []
         else:
-            fits = fit_slices(spec, self.rows, spec.search.seed + len(self.rounds))
-            cells = next_cells(spec, fits, self.cells)
+            seed = spec.search.seed + len(self.rounds)
+            model, reason = fit_joint(spec, self.rows, seed)
+            fits = slice_fits(spec, self.rows, model, reason)
+            cells = next_cells(spec, model, fits, self.cells, self.slots, np.random.default_rng(seed))
         trials = [{**spec.base, **c, "seed": s} for c in cells for s in spec.seeds][: max(budget, 0)]
         self.rounds.append({"round": len(self.rounds), "trials_done": len(self.rows),
                             "fits": [f.as_dict() for f in fits], "queued": len(trials)})
@@ -106,7 +112,8 @@ class BoundarySearcher(Searcher):
         lines = [f"boundary search round {len(self.rounds) - 1}: {len(self.rows)} trials done, "
                  f"{len(open_)} of {len(fits)} slices open, {queued} trials next"
                  + (" (budget spent)" if budget <= 0 and open_ else "")]
-        for f in fits:
+        shown = fits if len(fits) <= 8 or not queued else [f for f in fits if f.proposed]
+        for f in shown:
             b = f.boundary
             where = ", ".join(f"{k}={v}" for k, v in f.slice.items()) or "all"
             at = (f"{self.spec.search.x}_critical {b['x_critical']:.4g} {fmt_interval(b['ci_low'], b['ci_high'])}"
@@ -115,14 +122,14 @@ class BoundarySearcher(Searcher):
         self.on_notice("\n".join(lines))
 
     # --- saved with the experiment -------------------------------------------------------
-    STATE = ("spec_data", "queue", "pending", "rows", "cells", "rounds", "issued", "finished")
+    STATE = ("spec_data", "queue", "pending", "rows", "cells", "rounds", "issued", "finished", "slots")
 
     def get_state(self) -> dict[str, Any]:
         return {k: sorted(v) if isinstance(v, set) else v for k, v in ((k, getattr(self, k)) for k in self.STATE)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         for k in self.STATE:
-            setattr(self, k, state[k])
+            setattr(self, k, state[k] if k in state else getattr(self, k, None))
         self.__dict__.pop("spec", None)  # parsed again from the restored spec_data
         self.cells = set(self.cells)
 

@@ -116,6 +116,19 @@ def local_slots(spec: SweepSpec) -> int | None:
     """Trials that run at once on local Ray (None on a cluster, which grows and shrinks)."""
     if _on_cluster():
         return None
-    have = local_resources()
-    slots = int(have.get("GPU", 0) // spec.resources.gpu) if spec.resources.gpu > 0 else int(have["CPU"] // spec.resources.cpu)
+    return _slots(spec, local_resources())
+
+
+def _slots(spec: SweepSpec, have: dict[str, float]) -> int:
+    slots = int(have.get("GPU", 0) // spec.resources.gpu) if spec.resources.gpu > 0 else int(have.get("CPU", 1) // spec.resources.cpu)
     return max(1, min(slots, spec.max_concurrent or slots))
+
+
+def trial_slots(spec: SweepSpec) -> int:
+    """Trials that can run at once now: local Ray's slots, or what the cluster holds at this moment."""
+    local = local_slots(spec)
+    if local is not None:
+        return local
+    import ray
+
+    return _slots(spec, ray.cluster_resources())

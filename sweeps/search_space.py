@@ -46,8 +46,9 @@ def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None)
             return {MEMBERS_KEY: tune.grid_search(trials)}, 1, None
     if kind == "boundary":
         from .boundary_searcher import BoundarySearcher
+        from .ray_cluster import trial_slots
 
-        return space, spec.search.max_trials, BoundarySearcher(spec)
+        return space, spec.search.max_trials, BoundarySearcher(spec, slots=trial_slots(spec))
     if kind == "grid":
         for name in spec.axes:
             space[name] = tune.grid_search(spec.axis_values(name))

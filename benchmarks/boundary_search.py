@@ -36,7 +36,7 @@ import pandas as pd
 from analysis.export import export_sweep
 from analysis.phase import fit_boundaries, fit_effects
 from sweeps import boundary
-from sweeps.boundary_searcher import BoundarySearcher
+from sweeps.boundary_searcher import BoundarySearcher, run_without_ray
 from sweeps.phase_fit import AxisScale, fmt, label_phases
 from sweeps.spec import parse_sweep
 from sweeps.sweep_files import experiment_path
@@ -116,19 +116,12 @@ def replay_search(trials: pd.DataFrame, axes: dict[str, list], args, ci_width: f
     boundary.candidate_values = lambda s: grid_values  # only durations the grid ran have results
     try:
         searcher = BoundarySearcher(spec, on_notice=lambda m: None, slots=SLOTS)
-        issued = 0
-        while True:
-            batch = []
-            while (config := searcher.suggest(f"t{issued + len(batch)}")) not in (None, "FINISHED"):
-                batch.append((f"t{issued + len(batch)}", config))
-            if config == "FINISHED" and not batch:
-                break
-            for trial_id, config in batch:
-                r = results[(int(config[X]), *(fmt(config[a]) for a in axes), int(config["seed"]))]
-                searcher.on_trial_complete(trial_id, {"final": True, "status": r["status"],
-                                                      "reached_global_min": r["reached_global_min"],
-                                                      "test_acc": r["test_acc"]})
-            issued += len(batch)
+
+        def result_of(values: dict) -> dict:
+            r = results[(int(values[X]), *(fmt(values[a]) for a in axes), int(values["seed"]))]
+            return {k: r[k] for k in ("status", "reached_global_min", "test_acc")}
+
+        issued = run_without_ray(searcher, result_of)
     finally:
         boundary.candidate_values = original
     return {"rounds": searcher.rounds, "issued": issued}

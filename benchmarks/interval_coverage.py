@@ -141,7 +141,7 @@ def joint(truth, table, axes, scale, rng) -> tuple[list[dict], list[dict]]:
 
 def search(truth, axes, rng) -> tuple[list[dict], int]:
     """The boundary search driven with synthetic trials; its last round's per-slice intervals."""
-    from sweeps.boundary_searcher import BoundarySearcher
+    from sweeps.boundary_searcher import BoundarySearcher, run_without_ray
     from sweeps.spec import parse_sweep
 
     spec = parse_sweep({
@@ -151,19 +151,12 @@ def search(truth, axes, rng) -> tuple[list[dict], int]:
                                    "ci_width": SEARCH["ci_width"], "seed": int(rng.integers(2**20))}})
     searcher = BoundarySearcher(spec, on_notice=lambda m: None)
     seed_effects = rng.normal(0, truth["tau"], SEEDS)
-    issued = 0
-    while True:
-        batch = []
-        while (config := searcher.suggest(f"t{issued + len(batch)}")) not in (None, "FINISHED"):
-            batch.append((f"t{issued + len(batch)}", config))
-        if config == "FINISHED" and not batch:
-            break
-        for trial_id, config in batch:
-            combo = {a: config[a] for a in axes}
-            bad = is_bad(truth, axes, combo, config[X], seed_effects[config["seed"]], rng)
-            searcher.on_trial_complete(trial_id, {"final": True, "status": "ok", "reached_global_min": True,
-                                                  "test_acc": 0.9 - (0.1 if bad else 0.0)})
-        issued += len(batch)
+
+    def result_of(values: dict) -> dict:
+        bad = is_bad(truth, axes, {a: values[a] for a in axes}, values[X], seed_effects[values["seed"]], rng)
+        return {"status": "ok", "reached_global_min": True, "test_acc": 0.9 - (0.1 if bad else 0.0)}
+
+    issued = run_without_ray(searcher, result_of)
     out = []
     for fit in searcher.rounds[-1]["fits"]:
         found = fit["x_critical"] is not None
@@ -232,7 +225,9 @@ def main() -> None:
         table[design] = entry
     import emcee
 
-    report = {"benchmark": "interval_coverage", "goal": "coverage of each 90% interval in [0.85, 0.97]",
+    from trainables.provenance import git_commit
+
+    report = {"benchmark": "interval_coverage", "commit": git_commit(), "goal": "coverage of each 90% interval in [0.85, 0.97]",
               "reps": args.reps, "seeds_per_cell": SEEDS, "designs": table,
               "design_axes": {d: {"x": xs if xs is not None else SEARCH, "axes": {a: [str(v) for v in lv] for a, lv in ax.items()}}
                               for d, (xs, ax) in DESIGNS.items() if d in args.designs},

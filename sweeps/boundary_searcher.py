@@ -158,3 +158,18 @@ class BoundarySearcher(Searcher):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.on_notice = self.on_notice or _to_stderr
+
+
+def run_without_ray(searcher: BoundarySearcher, result_of) -> int:
+    """Drive a search as Tune would, a round at a time, with `result_of(values)` as each trial's
+    final report (a benchmark's replay or a synthetic sweep); returns the trials it ran."""
+    issued = 0
+    while True:
+        batch = []
+        while (values := searcher.suggest(f"t{issued + len(batch)}")) not in (None, Searcher.FINISHED):
+            batch.append((f"t{issued + len(batch)}", values))
+        if values == Searcher.FINISHED and not batch:
+            return issued
+        for trial_id, values in batch:
+            searcher.on_trial_complete(trial_id, {FINAL_KEY: True, **result_of(values)})
+        issued += len(batch)

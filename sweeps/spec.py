@@ -83,7 +83,7 @@ class SearchSpec(BaseModel):
                                                             "interval is narrower than this (in x units)")
     delta: float = Field(0.05, gt=0, lt=1, description="boundary: test-accuracy drop that makes a minimum bad "
                                                         "(as minima phase --delta)")
-    per_round: int = Field(1, ge=1, description="boundary: configs proposed per uncertain slice each round")
+    per_round: int = Field(1, ge=1, description="boundary: the most cells proposed in one slice in a round")
 
     @model_validator(mode="after")
     def _check_kind(self) -> "SearchSpec":

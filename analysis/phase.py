@@ -89,8 +89,15 @@ def fit_effects(labelled: pd.DataFrame, x: str, scale: AxisScale, seed: int = 0)
     except ModelUnfit as why:
         return {"effects": [], "effects_reason": str(why), "joint": None}, None
     summary = effects(model)
+    entries = summary.pop("effects")
+    for axis in axes:  # a level none of whose trials reached a minimum is not in the model: say so
+        fitted = {fmt(v) for v in model.levels[axis]}
+        entries += [{"axis": axis, "value": None if is_null(v) else v, "x_critical": None, "ci": None,
+                     "p_in_range": None, "shift": None, "shift_ci": [None, None],
+                     "reason": "no trial at this level reached a global minimum (not fit, diverged or failed)"}
+                    for v in sorted_values(labelled[axis]) if fmt(v) not in fitted]
     reason = None if axes else f"the sweep varies no axis besides {x}: `joint` holds its one crossing"
-    return {"effects": summary.pop("effects"), "effects_reason": reason, "joint": {"axes": axes, **summary}}, model
+    return {"effects": entries, "effects_reason": reason, "joint": {"axes": axes, **summary}}, model
 
 
 def _apart(a_low, a_high, b_low, b_high) -> bool:

@@ -235,6 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                         log_to_mlflow=not args.no_mlflow)
     phase = json.loads((path.parent / "phase.json").read_text())
     print(format_boundaries(phase))
+    print(format_effects(phase))
     print(f"\nphase diagram: {path.parent / 'phase.png'}")
     print(f"report:        {path}")
     print(f"parquet:       {export.trials_path}  {export.curves_path}")

@@ -135,3 +135,13 @@ def test_the_interval_widens_with_the_grid_spacing_and_holds_the_truth(x_values)
     b = fit_boundary(pd.DataFrame(rows), "pretrain_epochs", scale, None, {})
     assert b.ci_low <= 20 <= b.ci_high, b
     assert b.ci_high - b.ci_low < (30 - 10 if len(x_values) == 4 else 16)  # inside the bracket of grid values
+
+
+def test_a_level_whose_trials_never_fit_is_listed_with_a_reason():
+    labelled = synthetic()
+    labelled.loc[labelled["augmentation"] == "shift", "phase"] = "not_fit"
+    phase, model = fit_effects(labelled, "pretrain_epochs", AxisScale.of(np.asarray(X_VALUES, float)))
+    shift = [e for e in phase["effects"] if e["axis"] == "augmentation" and e["value"] == "shift"]
+    assert len(shift) == 1 and shift[0]["x_critical"] is None and "reached a global minimum" in shift[0]["reason"]
+    assert model.levels["augmentation"] == ["none"]
+    json.dumps(phase, allow_nan=False)

@@ -361,7 +361,10 @@ def test_sweep_over_lr_and_clip_norm_runs_exports_fits_and_reports(tmp_path):
     assert sum(line.startswith("  lr=") and "clip_norm=" in line for line in report.stdout.splitlines()) == 4
     page = (tmp_path / "report" / "report.html").read_text()
     assert "<h1>Sweep <code>axes</code></h1>" in page and "16 trials (16 ok)" in page
-    assert page.count("data:image/png;base64,") == 3  # phase diagram, measures, learning curves
+    # phase diagram, dose-response, measures, learning curves (and the shift figures when a boundary is found)
+    assert page.count("data:image/png;base64,") >= 4 and 'alt="dose_response"' in page
+    assert "<h2>What moves the boundary</h2>" in page
+    assert ("No effects: " in page) == (not json.loads((tmp_path / "report" / "phase.json").read_text())["effects"])
     client, parents, _ = mlflow_runs(tmp_path, "axes")
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "phase")}
     assert {"phase/phase.json", "phase/curves.png", "phase/phase.png"} <= artifacts

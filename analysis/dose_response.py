@@ -106,8 +106,8 @@ def dose_response_figure(labelled: pd.DataFrame, x: str, axes: list[str], delta:
         if drawn == 0:
             ax.text(0.5, 0.5, "no status-ok trial with a drop", transform=ax.transAxes, ha="center", va="center",
                     fontsize=8, color="0.4")
-        ticks = coord(x_values)
-        ax.set_xticks(ticks, [fmt(v) for v in x_values])
+        shown = _spaced(x_values, coord)
+        ax.set_xticks(coord(shown), [fmt(v) for v in shown])
         ax.set_xlabel(f"{x} (log(1 + x) axis)" if scale.log else x)
         if missing:
             note = "\n".join(filter(None, [note, f"no status-ok trial with a drop at {axis}={', '.join(missing)}"]))
@@ -126,3 +126,23 @@ def write_dose_response(labelled: pd.DataFrame, x: str, axes: list[str], out_dir
                         delta: float | None = None) -> list[Path]:
     """`OUT/dose_response.png` and `.svg`."""
     return save(dose_response_figure(labelled, x, axes, delta), Path(out_dir) / "dose_response")
+
+
+def _spaced(values: list, coord, most: int = 8) -> list:
+    """At most `most` of the x values, none closer than 1/(most+2) of the axis to the last one
+    kept, so a boundary search's crowded values keep readable labels."""
+    if len(values) <= most:
+        return list(values)
+    t = np.asarray(coord(values), dtype=float)
+    gap = (t.max() - t.min()) / (most + 2)
+    kept = [0]
+    for i in range(1, len(values)):
+        if t[i] - t[kept[-1]] >= gap:
+            kept.append(i)
+    last = len(values) - 1  # the largest value is always labelled, in place of a neighbour too close
+    if kept[-1] != last:
+        if t[last] - t[kept[-1]] < gap and len(kept) > 1:
+            kept.pop()
+        kept.append(last)
+    return [values[i] for i in kept]
+

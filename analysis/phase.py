@@ -109,8 +109,9 @@ def _apart(a_low, a_high, b_low, b_high) -> bool:
 
 
 def compare_with_joint(b: Boundary, model: BoundaryModel, y: str) -> dict | None:
-    """The joint model's crossing for a slice that fixes every varying axis, and whether the two
-    fits disagree beyond their intervals; None when the slice pools over an axis."""
+    """The joint model's crossing for a slice that fixes every varying axis, whether the two fits
+    disagree beyond their intervals, and whether the slice departs from the additive pattern
+    (an interaction); None when the slice pools over an axis."""
     combo = {y: b.y, **b.by}
     if not set(model.levels) <= set(combo):
         return None
@@ -120,7 +121,8 @@ def compare_with_joint(b: Boundary, model: BoundaryModel, y: str) -> dict | None
             (joint.ci_low, joint.ci_high) if b.x_critical is None else (b.ci_low, b.ci_high))
     else:
         disagrees = _apart(b.ci_low, b.ci_high, joint.ci_low, joint.ci_high)
-    return {"x_critical": joint.x_critical, "ci": [joint.ci_low, joint.ci_high], "disagrees": bool(disagrees)}
+    return {"x_critical": joint.x_critical, "ci": [joint.ci_low, joint.ci_high], "disagrees": bool(disagrees),
+            "departs": model.departs(combo)}
 
 
 def fit_surface(group: pd.DataFrame, x: str, y: str, x_values: list, y_labels: list[str], resolution: int = 60):

@@ -113,7 +113,8 @@ report written {dt.datetime.now().isoformat(timespec='seconds')}. Data: <code>{e
 <h2>Critical {html.escape(x)}</h2>
 <p>Per slice: where P(bad) crosses 0.5 along {html.escape(x)}, from the boundary model fitted to that slice's trials
 alone, with its 90% posterior interval ('..': open past the swept range). <i>Joint model</i>: the same crossing from the
-model of all trials at once (below); <b>disagrees</b> marks a slice whose interval and the joint model's do not overlap.</p>
+model of all trials at once (below); <b>departs</b> marks a slice whose crossing departs from the axes' additive
+effects beyond its interval (an interaction), <b>disagrees</b> one whose interval and the joint model's do not overlap.</p>
 {_table(boundary)}
 {effects_section(phase, out)}
 <h2>Dose-response</h2>
@@ -145,7 +146,8 @@ def _joint_text(joint: dict | None) -> str:
     if not joint:
         return ""
     text = "none" if joint["x_critical"] is None else f"{joint['x_critical']:.3g} {fmt_interval(*joint['ci'])}"
-    return text + (" — disagrees" if joint["disagrees"] else "")
+    return (text + (" — departs from the additive pattern" if joint.get("departs") else "")
+            + (" — disagrees" if joint["disagrees"] else ""))
 
 
 def effects_section(phase: dict, out: Path) -> str:

@@ -1,6 +1,6 @@
 """The boundary model: one Bayesian logistic fit of P(bad) over x and every other varying axis.
 
-    logit P(bad) = k * (u(x) - u(x_c)),   e(x_c) = c0 + sum_a delta_a[level_a] + sigma * z_seed
+    logit P(bad) = k * (u(x) - u(x_c)),   e(x_c) = c0 + sum_a delta_a[level_a] + tau * w_slice + sigma * z_seed
 
 u is x on its fit scale (`AxisScale`: the sweep's declared scale, or log1p for log-spaced
 values), mapped to [0, 1] over the swept range and flipped when P(bad) falls with x: it sets the
@@ -9,9 +9,10 @@ shape of the transition. x_c, the crossing of P(bad) = 0.5, is placed on the eff
 by a factor (its `shift`) wherever the others are. c0 is the crossing with every axis at its
 reference level (the smallest value, `none` first), delta_a[level] how far a level moves it, as a
 fraction of the range on the effect scale. Every other axis enters as a factor (any shape of
-effect, numeric or not); the seed is a random effect shared by all of that seed's trials, since a
-seed's network and data order are shared across the cells it runs in. No interactions between
-axes: a slice whose own fit disagrees with the model is marked by `minima phase`.
+effect, numeric or not). A slice (one combination of levels) departs from the additive effects by
+tau * w_slice, with one spread tau learned from the trials: the interactions the data support,
+pooled away when there are none. The seed is a random effect shared by all of that seed's trials,
+since a seed's network and data order are shared across the cells it runs in.
 
 Why a posterior and not a maximum-likelihood fit: phases on a sweep's grid are often perfectly
 separated (every seed agrees in every cell), where the likelihood has no maximum and a bootstrap
@@ -26,6 +27,7 @@ A per-slice fit is the same model with no axes (`fit_model(rows, x, [], ...)`).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,14 +117,34 @@ class BoundaryModel:
     n_seeds: int
     acceptance: float
     columns: list[tuple[str, Any]] = field(default_factory=list)  # (axis, level) of each delta
+    slices: list[tuple[str, ...]] = field(default_factory=list)  # slices with trials, as slice_key
+    departures: np.ndarray | None = None  # (draws, slices): each slice's departure from the additive crossing
+    tau: np.ndarray | None = None  # (draws,): the spread of departures the data support
 
     def threshold_draws(self, combo: dict[str, Any]) -> np.ndarray:
-        """Draws of the crossing (e units) with each axis at combo's level, others at reference."""
+        """Draws of the crossing (e units) with each axis at combo's level, others at reference:
+        the additive part plus that slice's own departure (a slice never run: a fresh one of the
+        spread the data support)."""
         c = self.thresholds[:, 0].copy()
         for j, (axis, level) in enumerate(self.columns, start=1):
             if axis in combo and _same(combo[axis], level):
                 c += self.thresholds[:, j]
-        return c
+        if not self.slices:
+            return c
+        key = slice_key(self.levels, combo)
+        if key in self.slices:
+            return c + self.departures[:, self.slices.index(key)]
+        fresh = np.random.default_rng(zlib.crc32("|".join(key).encode())).standard_normal(len(c))
+        return c + self.tau * fresh
+
+    def departs(self, combo: dict[str, Any]) -> bool:
+        """Whether a slice's own crossing departs from the additive pattern beyond its 90% interval
+        (an interaction between axes that the data support)."""
+        key = slice_key(self.levels, combo)
+        if key not in self.slices:
+            return False
+        low, high = np.percentile(self.departures[:, self.slices.index(key)], INTERVAL)
+        return bool(low > 0 or high < 0)
 
     def to_x(self, e) -> np.ndarray:
         return self.coords.to_x(e)
@@ -171,7 +193,16 @@ def design(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale):
     for j, (a, v) in enumerate(columns, start=1):
         A[:, j] = trials[a].map(lambda w, v=v: _same(w, v)).to_numpy(dtype=float)
     seeds, seed_index = np.unique(trials["seed"].to_numpy(), return_inverse=True)
-    return coords, coords.to_u(values), bad, A, seed_index, len(seeds), levels, columns
+    # with one axis a slice is a level, and its departure would repeat that level's effect
+    keys = [slice_key(levels, row) for row in trials[axes].to_dict("records")] if len(axes) > 1 else [()] * len(trials)
+    slice_keys = sorted(set(keys))
+    slice_index = np.array([slice_keys.index(k) for k in keys], dtype=int)
+    return coords, coords.to_u(values), bad, A, seed_index, len(seeds), levels, columns, slice_keys, slice_index
+
+
+def slice_key(levels: dict[str, list], combo: dict[str, Any]) -> tuple[str, ...]:
+    """A slice's identity: every axis's level (the reference where combo does not say)."""
+    return tuple(fmt(combo[a]) if a in combo else fmt(levels[a][0]) for a in levels)
 
 
 def _direction(u: np.ndarray, bad: np.ndarray) -> int:
@@ -180,41 +211,56 @@ def _direction(u: np.ndarray, bad: np.ndarray) -> int:
 
 
 class _Posterior:
-    """Log posterior over [c (n_c), log k, z (n_seeds), log sigma], vectorised over walkers."""
+    """Log posterior over [c (n_c), log k, z (n_seeds), log sigma, w (n_slices), log tau] (w and
+    tau only when there is more than one slice), vectorised over walkers."""
 
-    def __init__(self, coords, u, bad, A, seed_index, n_seeds):
+    def __init__(self, coords, u, bad, A, seed_index, n_seeds, slice_index, n_slices):
         self.coords, self.u, self.sign, self.A = coords, u, 2 * bad - 1, A
         self.seed_index, self.n_seeds = seed_index, n_seeds
+        self.slice_index, self.n_slices = slice_index, (n_slices if n_slices > 1 else 0)
         self.n_c = A.shape[1]
-        self.dim = self.n_c + 1 + n_seeds + 1
+        self.dim = self.n_c + 1 + n_seeds + 1 + (self.n_slices + 1 if self.n_slices else 0)
         mean = np.zeros(self.n_c)
         mean[0] = PRIOR_C0[0]
         e_width = coords.e_range[1] - coords.e_range[0]
         sd = np.full(self.n_c, PRIOR_LOG_SHIFT / e_width if coords.effect.log else PRIOR_DELTA)
         sd[0] = PRIOR_C0[1]
         self.c_mean, self.c_sd = mean, sd
+        self.tau_scale = sd[1] if self.n_c > 1 else PRIOR_DELTA  # a slice may depart as much as a level moves
+
+    def split(self, theta: np.ndarray):
+        """(c, log k, z, log sigma, w, log tau) of each walker; w and log tau empty without slices."""
+        n, s = self.n_c, self.n_seeds
+        c, log_k, z, log_sigma = theta[:, :n], theta[:, n], theta[:, n + 1: n + 1 + s], theta[:, n + 1 + s]
+        rest = theta[:, n + 2 + s:]
+        return c, log_k, z, log_sigma, rest[:, : self.n_slices], rest[:, self.n_slices:].reshape(len(theta), -1)
 
     def __call__(self, theta: np.ndarray) -> np.ndarray:
         theta = np.atleast_2d(theta)
-        c, log_k = theta[:, : self.n_c], theta[:, self.n_c]
-        z, log_sigma = theta[:, self.n_c + 1: -1], theta[:, -1]
+        c, log_k, z, log_sigma, w, log_tau = self.split(theta)
         sigma = np.exp(log_sigma)
         crossing = c @ self.A.T + sigma[:, None] * z[:, self.seed_index]  # e units
-        # far past the range a crossing's place no longer matters; the bound keeps exp finite
-        threshold = self.coords.to_u(self.coords.to_x(np.clip(crossing, -10.0, 10.0)))
-        logit = np.exp(log_k)[:, None] * (self.u[None, :] - threshold)
-        loglik = -np.logaddexp(0.0, -self.sign[None, :] * logit).sum(axis=1)
         prior = (-0.5 * (((c - self.c_mean) / self.c_sd) ** 2).sum(axis=1)
                  - 0.5 * ((log_k - PRIOR_LOG_K[0]) / PRIOR_LOG_K[1]) ** 2
                  - 0.5 * (z ** 2).sum(axis=1)
                  - 0.5 * (sigma / PRIOR_SIGMA) ** 2 + log_sigma)  # half-normal sigma, on log sigma
+        if self.n_slices:
+            tau = np.exp(log_tau[:, 0])
+            crossing = crossing + tau[:, None] * w[:, self.slice_index]
+            prior = prior - 0.5 * (w ** 2).sum(axis=1) - 0.5 * (tau / self.tau_scale) ** 2 + log_tau[:, 0]
+        # far past the range a crossing's place no longer matters; the bound keeps exp finite
+        threshold = self.coords.to_u(self.coords.to_x(np.clip(crossing, -10.0, 10.0)))
+        logit = np.exp(log_k)[:, None] * (self.u[None, :] - threshold)
+        loglik = -np.logaddexp(0.0, -self.sign[None, :] * logit).sum(axis=1)
         return loglik + prior
 
     def start(self) -> np.ndarray:
         theta = np.zeros(self.dim)
         theta[0] = PRIOR_C0[0]
         theta[self.n_c] = PRIOR_LOG_K[0]
-        theta[-1] = np.log(PRIOR_SIGMA / 2)
+        theta[self.n_c + 1 + self.n_seeds] = np.log(PRIOR_SIGMA / 2)
+        if self.n_slices:
+            theta[-1] = np.log(self.tau_scale / 2)
         return theta
 
 
@@ -238,9 +284,9 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     if bad.all() or not bad.any():
         raise ModelUnfit(f"all {len(rows)} trials that fit are {'bad' if bad.all() else 'good'}: one phase only, "
                          f"no boundary in the swept range")
-    coords, u, y, A, seed_index, n_seeds, levels, columns = design(rows, x, axes, scale)
-    post = _Posterior(coords, u, y, A, seed_index, n_seeds)
-    n_params = post.n_c + 1  # the seeds' effects are shrunk to a common prior, not free parameters
+    coords, u, y, A, seed_index, n_seeds, levels, columns, slice_keys, slice_index = design(rows, x, axes, scale)
+    post = _Posterior(coords, u, y, A, seed_index, n_seeds, slice_index, len(slice_keys))
+    n_params = post.n_c + 1  # seeds' and slices' departures are shrunk to a common prior, not free parameters
     if len(rows) < n_params:
         raise ModelUnfit(f"{len(rows)} trials that fit for {n_params} parameters (a threshold per level and a slope): "
                          f"run more trials")
@@ -251,8 +297,12 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
     sampler.run_mcmc(start, BURN + KEEP)
     chain = sampler.get_chain(discard=BURN, flat=True)
+    _, _, _, _, w, log_tau = post.split(chain)
+    departures = np.exp(log_tau) * w if post.n_slices else np.zeros((len(chain), 0))
     return BoundaryModel(x, coords, levels, chain[:, : post.n_c], len(rows), n_seeds,
-                         float(np.mean(sampler.acceptance_fraction)), columns)
+                         float(np.mean(sampler.acceptance_fraction)), columns,
+                         slice_keys if post.n_slices else [], departures,
+                         np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)))
 
 
 def _bound(v) -> float | None:
@@ -308,9 +358,11 @@ def effects(model: BoundaryModel) -> dict[str, Any]:
     whose shift interval excludes 1."""
     reference = model.crossing({})
     entries = [level_effect(model, axis, level, reference) for axis, levels in model.levels.items() for level in levels]
-    moves = {}
-    for j, (axis, level) in enumerate(model.columns, start=1):
-        moves[axis] = max(moves.get(axis, 0.0), float(abs(np.median(model.thresholds[:, j]))))
+    moves, base = {}, model.threshold_draws({})
+    for axis, levels in model.levels.items():
+        for level in levels[1:]:
+            move = float(np.median(np.abs(model.threshold_draws({axis: level}) - base)))
+            moves[axis] = max(moves.get(axis, 0.0), move)
     ranking = [{"axis": a, "largest_move": round(m, 4)} for a, m in sorted(moves.items(), key=lambda kv: -kv[1])]
     return {"effects": entries,
             "reference": {"levels": {a: _json_value(v[0]) for a, v in model.levels.items()},

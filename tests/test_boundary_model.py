@@ -90,9 +90,9 @@ def test_tables_that_cannot_support_the_model_are_a_result_with_a_reason():
     assert model is None and phase["effects"] == [] and "parameters" in phase["effects_reason"]
 
 
-def test_a_slice_that_departs_from_the_joint_model_is_marked(tmp_path):
-    odd = {"weight_decay": 3e-4, "augmentation": "shift", "clip_norm": 1.0}  # alone, 4x later than additive
-    labelled = synthetic(seeds=range(4), steepness=10.0, deviant=(odd, 4.0))
+def test_a_slice_that_departs_from_the_additive_pattern_is_marked_and_keeps_its_own_crossing(tmp_path):
+    odd = {"weight_decay": 3e-4, "augmentation": "shift", "clip_norm": 1.0}  # alone, 3x earlier than additive
+    labelled = synthetic(seeds=range(4), steepness=10.0, deviant=(odd, 1 / 3))
     trials = []
     for i, row in enumerate(labelled.astype(object).where(labelled.notna(), None).to_dict("records")):
         config = make_config({k: row[k] for k in ("weight_decay", "augmentation", "clip_norm", "pretrain_epochs",
@@ -104,8 +104,10 @@ def test_a_slice_that_departs_from_the_joint_model_is_marked(tmp_path):
     result = run_phase(tmp_path / "trials.parquet", "pretrain_epochs", "weight_decay", ["augmentation", "clip_norm"],
                        0.05, tmp_path / "out", log_to_mlflow=False)
     marked = [(b["y"], b["by"]["augmentation"], b["by"]["clip_norm"]) for b in result.phase["boundary"]
-              if b["joint"]["disagrees"]]
+              if b["joint"]["departs"]]
     assert (3e-4, "shift", 1.0) in marked and len(marked) <= 2, marked
+    odd_fit = next(b for b in result.phase["boundary"] if (b["y"], *b["by"].values()) == (3e-4, "shift", 1.0))
+    assert odd_fit["joint"]["ci"][0] <= critical(odd) / 3 <= odd_fit["joint"]["ci"][1]  # its own crossing, not the additive one
     saved = json.loads((tmp_path / "out" / "phase.json").read_text())
     assert saved["effects"] and saved["joint"]["n_trials"] == len(trials)
 

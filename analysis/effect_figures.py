@@ -65,7 +65,7 @@ def shift_figure(model: BoundaryModel):
         ax.set_title(name, fontsize=9)
         _y_scale(ax, model)
     panels[0][0].set_ylabel(f"critical {model.x} (90% interval)")
-    fig.suptitle(f"Boundary shift per level, other axes at reference; triangles: open past the range", fontsize=9)
+    fig.suptitle("Boundary shift per level, other axes at reference; triangles: open past the range", fontsize=9)
     fig.tight_layout()
     return fig
 

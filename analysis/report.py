@@ -153,7 +153,7 @@ def _joint_text(joint: dict | None) -> str:
 def effects_section(phase: dict, out: Path) -> str:
     """What moves the boundary: the joint model's crossing per level, its shift, the axes ranked."""
     x = html.escape(phase["x"])
-    head = f"<h2>What moves the boundary</h2>"
+    head = "<h2>What moves the boundary</h2>"
     if not phase.get("effects"):
         return head + f"<p>No effects: {html.escape(phase.get('effects_reason') or 'no model')}.</p>"
     joint = phase["joint"]

@@ -44,7 +44,7 @@ def _y_scale(ax, model: BoundaryModel) -> None:
     ax.set_ylim(low, high)
     effect = model.coords.effect  # the scale shifts are factors on
     if effect.log:
-        ax.set_yscale("function", functions=(lambda v: np.log(np.maximum(v, 0) + effect.offset),
+        ax.set_yscale("function", functions=(lambda v: np.log(np.maximum(v + effect.offset, 1e-12)),
                                              lambda t: np.exp(t) - effect.offset))
         nice = [v for v in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= v <= high]
         ax.set_yticks(nice, [f"{v:g}" for v in nice])

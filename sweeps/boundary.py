@@ -129,9 +129,8 @@ def propose(spec: SweepSpec, model: BoundaryModel, fits: list[SliceFit], known: 
     round-robin over the open slices (most doubtful first), at most `per_round` per slice. Each
     slice's k-th pick aims at a different quantile of its crossing (median, then the quartiles, ...)."""
     x = spec.search.x
-    candidates = np.asarray(candidate_values(spec), dtype=float)
     values = candidate_values(spec)
-    e = model.to_e(candidates)
+    e = model.to_e(np.asarray(values, dtype=float))
     pick = rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
     ranked = []
     for f in fits:

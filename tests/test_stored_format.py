@@ -1,0 +1,52 @@
+"""Sweeps stored by an earlier version of the tool still resume and export to the same tables.
+
+`fixtures/stored_sweeps.tar.gz` holds two sweeps interrupted by killing their driver (kill -9 on
+its process group) and the exports of their resumed runs, as that version made them: `fx_grid`
+(a grid with shared pretraining and packed trials, 2 of 2 Ray trials checkpointed, none
+finished) and `fx_search` (a boundary search, 14 of 16 issued trials finished, its searcher's
+state pickled by Tune). Their sweep files are in the archive. A resumed trial continues from its
+checkpoint bit for bit, so every metric must come out equal; wall times and versions may not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "stored_sweeps.tar.gz"
+VOLATILE = ["wall_time_s", "git_commit", "package_version", "mlflow_run_id"]
+
+
+def minima(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fx_grid", "fx_search"])
+def test_a_stored_sweep_resumes_and_exports_as_before(tmp_path, name):
+    with tarfile.open(FIXTURE) as archive:
+        archive.extractall(tmp_path / "fixture", filter="data")
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "fixture" / name).rename(store / name)  # the sweep's storage field is "store"
+
+    resumed = minima("resume", name, "--storage", "store", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    exported = minima("export", name, "--storage", "store", "--out", "out", "--no-mlflow", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+
+    trials = (pd.read_parquet(tmp_path / "out" / "trials.parquet").drop(columns=VOLATILE)
+              .sort_values("trial_key").reset_index(drop=True))
+    curves = (pd.read_parquet(tmp_path / "out" / "curves.parquet").drop(columns=["epoch_time_s"])
+              .sort_values(["trial_id", "stage", "epoch"]).reset_index(drop=True))
+    expected_trials = pd.read_parquet(tmp_path / "fixture" / f"{name}.expected_trials.parquet")
+    expected_curves = pd.read_parquet(tmp_path / "fixture" / f"{name}.expected_curves.parquet")
+    assert (trials["status"] == "ok").all() and len(trials) == len(expected_trials)
+    pd.testing.assert_frame_equal(trials, expected_trials, check_exact=True)
+    pd.testing.assert_frame_equal(curves, expected_curves, check_exact=True)

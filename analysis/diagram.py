@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from sweeps.mlflow_runs import parent_run
-from sweeps.phase_fit import AxisScale, label_phases
+from sweeps.tracking.mlflow_runs import parent_run
+from sweeps.fit.phase_fit import AxisScale, label_phases
 
 from .phase import (PhaseInputError, cell_table, check_columns, check_results, compare_with_joint, declared_scale,
                     fit_boundaries, fit_effects, varying_axes)

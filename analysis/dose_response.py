@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps.phase_fit import BASELINE_AXIS, AxisScale, fmt, is_null
+from sweeps.fit.phase_fit import BASELINE_AXIS, AxisScale, fmt, is_null
 
 from .phase import sorted_values
 from .plots import plt, save
@@ -58,7 +58,7 @@ def _n_label(stats: pd.DataFrame, seeds: int) -> str:
 
 
 def dose_response_figure(labelled: pd.DataFrame, x: str, axes: list[str], delta: float | None = None):
-    """The figure (see the module's docstring); `labelled` is `sweeps.phase_fit.label_phases`'s
+    """The figure (see the module's docstring); `labelled` is `sweeps.fit.phase_fit.label_phases`'s
     table. Trials with a null x or no drop (no baseline, or not status ok) are left out; a
     `delta` draws the bad-phase threshold as a dashed line."""
     axes = [a for a in axes if a != x]

@@ -11,8 +11,8 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sweeps.boundary_model import BoundaryModel  # noqa: E402
-from sweeps.phase_fit import fmt  # noqa: E402
+from sweeps.fit.boundary_model import BoundaryModel  # noqa: E402
+from sweeps.fit.phase_fit import fmt  # noqa: E402
 
 
 def _range(model: BoundaryModel) -> tuple[float, float]:

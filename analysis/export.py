@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeps.keys import cell_key, member_trial_id, trial_key
-from sweeps.mlflow_runs import quick_client, trial_runs
-from sweeps.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
+from sweeps.design.keys import cell_key, member_trial_id, trial_key
+from sweeps.tracking.mlflow_runs import quick_client, trial_runs
+from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS

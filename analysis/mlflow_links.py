@@ -20,14 +20,14 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
-from sweeps.phase_fit import fmt
+from sweeps.fit.phase_fit import fmt
 
 from .phase import position, sorted_values
 from .plots import _groups
 
-UI_PORT = 5000  # what `minima ui` serves on by default (sweeps/cli.py), bound to 127.0.0.1
+UI_PORT = 5000  # what `minima ui` serves on by default (minima/cli.py), bound to 127.0.0.1
 LOCAL_UI = f"http://127.0.0.1:{UI_PORT}"
-# MLflow 3's UI opens on its GenAI view unless the address asks for the other (sweeps/cluster_cli.py UI_START)
+# MLflow 3's UI opens on its GenAI view unless the address asks for the other (minima/cluster_cli.py UI_START)
 WORKFLOW = "workflowType=machine_learning"
 SAVE_DPI = 130  # analysis.plots.save
 RUN_NAME_ORDER = "tags.`mlflow.runName`"  # the UI's own key for "Sort: Run Name"
@@ -99,7 +99,7 @@ def experiment_id(tracking_uri: str | None, sweep_name: str) -> str | None:
     if not tracking_uri or _local_store_missing(tracking_uri):
         return None
     try:
-        from sweeps.mlflow_runs import quick_client
+        from sweeps.tracking.mlflow_runs import quick_client
 
         experiment = quick_client(tracking_uri, max_retries=0, timeout_s=10).get_experiment_by_name(sweep_name)
     except Exception:  # unreachable, refused, not a store: the links are a convenience

@@ -1,5 +1,5 @@
 """`minima phase` on a trials table: its columns checked, boundaries per (y, by), the 2-D
-surface and the per-cell table. The labels and the fit itself are sweeps.phase_fit's.
+surface and the per-cell table. The labels and the fit itself are sweeps.fit.phase_fit's.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from sweeps.boundary_model import Boundary, BoundaryModel, Crossing, ModelUnfit, effects, fit_boundary, fit_model
-from sweeps.phase_fit import BASELINE_AXIS, PHASES, AxisScale, fmt, is_null, position, sorted_values
+from sweeps.fit.boundary_model import Boundary, BoundaryModel, Crossing, ModelUnfit, effects, fit_boundary, fit_model
+from sweeps.fit.phase_fit import BASELINE_AXIS, PHASES, AxisScale, fmt, is_null, position, sorted_values
 from trainables.config import TrialConfig
 
 REQUIRED = ("status", "reached_global_min", "test_acc", "seed", BASELINE_AXIS)

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sweeps.boundary_model import Boundary  # noqa: E402
-from sweeps.phase_fit import AxisScale, fmt, is_null  # noqa: E402
+from sweeps.fit.boundary_model import Boundary  # noqa: E402
+from sweeps.fit.phase_fit import AxisScale, fmt, is_null  # noqa: E402
 
 from .phase import fit_surface, position, sorted_values  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.phase_fit import BASELINE_AXIS, fmt, fmt_interval
+from sweeps.fit.phase_fit import BASELINE_AXIS, fmt, fmt_interval
 
 from .diagram import run_phase
 from .mlflow_links import LOCAL_UI, linked_image, mlflow_hrefs, ui_base

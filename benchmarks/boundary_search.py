@@ -36,11 +36,11 @@ import pandas as pd
 
 from analysis.export import export_sweep
 from analysis.phase import fit_boundaries, fit_effects
-from sweeps import boundary
-from sweeps.boundary_searcher import BoundarySearcher, run_without_ray
-from sweeps.phase_fit import AxisScale, fmt, label_phases
-from sweeps.spec import parse_sweep
-from sweeps.sweep_files import experiment_path
+from sweeps.search import boundary
+from sweeps.search.boundary_searcher import BoundarySearcher, run_without_ray
+from sweeps.fit.phase_fit import AxisScale, fmt, label_phases
+from sweeps.design.spec import parse_sweep
+from sweeps.storage.sweep_files import experiment_path
 
 BASE = {"dataset": "mnist1d", "model": "mlp", "width": 256, "depth": 2, "label_noise": 1.0, "pretrain_lr": 0.05,
         "pretrain_momentum": 0.9, "lr": 0.1, "momentum": 0.0, "batch_size": 64, "epochs": 200,
@@ -53,8 +53,8 @@ X = "pretrain_epochs"
 
 
 def run_grid(args, root: Path) -> pd.DataFrame:
-    from sweeps.ray_cluster import init_ray
-    from sweeps.runner import run_sweep
+    from sweeps.cluster.ray_cluster import init_ray
+    from sweeps.run.runner import run_sweep
 
     init_ray()
     spec = parse_sweep({

@@ -77,7 +77,7 @@ class MlflowServer:
     admin's credentials the sweep driver logs with."""
 
     def __init__(self, root: Path, accounts: bool = True):
-        from sweeps.mlflow_auth import HeadSecrets, provision, read_env_file
+        from sweeps.cluster.mlflow_auth import HeadSecrets, provision, read_env_file
 
         self.db = root / "mlflow-server.db"
         self.port = free_port()
@@ -136,7 +136,7 @@ class LocalCluster:
     def __init__(self, workers: int = 2):
         from ray.cluster_utils import Cluster
 
-        from sweeps.ray_auth import AUTH_MODE_ENV, make_private_token
+        from sweeps.cluster.ray_auth import AUTH_MODE_ENV, make_private_token
 
         if os.environ.get(AUTH_MODE_ENV) != "token":  # Ray reads it once, when first imported
             raise RuntimeError(f"{AUTH_MODE_ENV}=token must be set before Ray is imported (this module does)")
@@ -160,7 +160,7 @@ class LocalCluster:
 
 
 def minima_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps.cli", *args]
+    return [sys.executable, "-m", "minima.cli", *args]
 
 
 def _finals(experiment: Path) -> int:
@@ -181,7 +181,7 @@ def _checkpoints(experiment: Path) -> set[str]:
 
 def reference_results(spec) -> dict[str, dict]:
     """Every trial of the sweep run uninterrupted in this process (one pack: bit-equal to alone)."""
-    from sweeps.keys import trial_key
+    from sweeps.design.keys import trial_key
     from trainables.packed import run_pack
 
     values = spec.trial_values()
@@ -193,7 +193,7 @@ def chaos_run(root: Path, cluster_workers: int = 2, kill_driver: bool = True, lo
     """One chaos run in `root`; returns its timeline and the lost/duplicated/mis-resumed counts."""
     import yaml
 
-    from sweeps.spec import parse_sweep
+    from sweeps.design.spec import parse_sweep
 
     root.mkdir(parents=True, exist_ok=True)
     storage = root / "shared-storage"  # every node writes checkpoints here, as to s3://
@@ -283,8 +283,8 @@ def audit(spec, root: Path, tracking_uri: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     from analysis.export import export_sweep
-    from sweeps.sweep_files import experiment_path
-    from sweeps.tuner import CHECKPOINTS_TO_KEEP
+    from sweeps.storage.sweep_files import experiment_path
+    from sweeps.run.tuner import CHECKPOINTS_TO_KEEP
 
     reference = reference_results(spec)
     export_sweep(experiment_path(spec), root / "export", spec.name, tracking_uri)

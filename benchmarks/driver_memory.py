@@ -229,8 +229,8 @@ def main() -> int:
     sweep_file.write_text(sweep_yaml(name, args.trials, int(args.pack) if args.pack.isdigit() else args.pack, root))
     os.environ.pop("RAY_ADDRESS", None)
 
-    from sweeps import tuner
-    from sweeps.cli import main as cli_main
+    from sweeps.run import tuner
+    from minima.cli import main as cli_main
 
     report: dict = {"benchmark": "driver_memory", "trials": args.trials, "pack": args.pack,
                     "mlflow": args.mlflow == "on", "at": args.at, "traced": not args.no_trace,

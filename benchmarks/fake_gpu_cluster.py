@@ -98,7 +98,7 @@ class FakeGpuCluster:
         return env
 
     def start(self) -> None:
-        from sweeps.ray_auth import TOKEN_ENV, TOKEN_PATH_ENV, make_private_token
+        from sweeps.cluster.ray_auth import TOKEN_ENV, TOKEN_PATH_ENV, make_private_token
 
         if not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_PATH_ENV)):
             make_private_token()
@@ -198,7 +198,7 @@ def run_sweep(root: Path, cluster: FakeGpuCluster, settings: dict | None = None,
     while it ran (seconds from this call)."""
     settings = {**SWEEP_SETTINGS, **(settings or {}), "storage": str(root / "results"),
                 "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
-    cmd = [sys.executable, "-m", "sweeps.cli", "run", str(SMOKE)]
+    cmd = [sys.executable, "-m", "minima.cli", "run", str(SMOKE)]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
     # `minima run` keeps a 127.0.0.1 RAY_ADDRESS as it is (ray_auth.advertise_loopback): the head

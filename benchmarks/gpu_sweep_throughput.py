@@ -33,9 +33,9 @@ from pathlib import Path
 from gpu_pack_throughput import GpuSampler, stage_cifar_shaped  # noqa: E402
 from phase_sweep_cost import accuracies, ran_as, tracking_uri  # noqa: E402
 
-from sweeps.ray_cluster import init_ray  # noqa: E402
-from sweeps.runner import run_sweep  # noqa: E402
-from sweeps.spec import parse_sweep  # noqa: E402
+from sweeps.cluster.ray_cluster import init_ray  # noqa: E402
+from sweeps.run.runner import run_sweep  # noqa: E402
+from sweeps.design.spec import parse_sweep  # noqa: E402
 
 MODES = ("alone", "packed")
 

@@ -72,7 +72,7 @@ def critical(truth: dict, axes: dict[str, list], combo: dict[str, Any]) -> float
 
 
 def _index(levels: list, value) -> int:
-    from sweeps.phase_fit import fmt
+    from sweeps.fit.phase_fit import fmt
 
     return [fmt(v) for v in levels].index(fmt(value))
 
@@ -106,7 +106,7 @@ def record(hit: bool, low, high, found: bool) -> dict:
 
 
 def per_slice(truth, table, axes, scale, rng) -> list[dict]:
-    from sweeps.boundary_model import fit_boundary
+    from sweeps.fit.boundary_model import fit_boundary
 
     combos = table[list(axes)].drop_duplicates().to_dict("records")
     out = []
@@ -121,7 +121,7 @@ def per_slice(truth, table, axes, scale, rng) -> list[dict]:
 
 
 def joint(truth, table, axes, scale, rng) -> tuple[list[dict], list[dict]]:
-    from sweeps.boundary_model import effects, fit_model
+    from sweeps.fit.boundary_model import effects, fit_model
 
     model = fit_model(table, X, list(axes), scale, seed=int(rng.integers(2**31)))
     cis, shifts = [], []
@@ -141,8 +141,8 @@ def joint(truth, table, axes, scale, rng) -> tuple[list[dict], list[dict]]:
 
 def search(truth, axes, rng) -> tuple[list[dict], int]:
     """The boundary search driven with synthetic trials; its last round's per-slice intervals."""
-    from sweeps.boundary_searcher import BoundarySearcher, run_without_ray
-    from sweeps.spec import parse_sweep
+    from sweeps.search.boundary_searcher import BoundarySearcher, run_without_ray
+    from sweeps.design.spec import parse_sweep
 
     spec = parse_sweep({
         "name": "coverage", "base": {"dataset": "mnist1d", "model": "mlp", "width": 16, "depth": 1, "epochs": 3},
@@ -166,7 +166,7 @@ def search(truth, axes, rng) -> tuple[list[dict], int]:
 
 
 def one_rep(job: tuple[str, int]) -> dict:
-    from sweeps.phase_fit import AxisScale
+    from sweeps.fit.phase_fit import AxisScale
 
     design, rep = job
     xs, axes = DESIGNS[design]

@@ -1,7 +1,7 @@
 """Claim (issue 24): logging a finished trial to MLflow's embedded SQLite store costs little
 enough per run that the end-of-sweep drain of a packed sweep is not its bottleneck.
 
-Evidence: the writer the runner uses (`sweeps.mlflow_writer.MLflowWriter`) drains N finished
+Evidence: the writer the runner uses (`sweeps.tracking.mlflow_writer.MLflowWriter`) drains N finished
 trials at once, as the logger does after a packed sweep's last report: each trial has its
 real params (every TrialConfig field), identity tags, E epochs of every per-epoch metric,
 the final summary and its end. Every call on the MLflow client is timed (count, total,
@@ -51,8 +51,8 @@ def _timed(client, totals: dict) -> None:
 
 def measure(trials: int, epochs: int, root: str) -> dict:
     """One drain of `trials` finished trials into a new SQLite store under `root`."""
-    from sweeps.mlflow_events import RunEvents, merge, result_events
-    from sweeps.mlflow_writer import MLflowWriter
+    from sweeps.tracking.mlflow_events import RunEvents, merge, result_events
+    from sweeps.tracking.mlflow_writer import MLflowWriter
     from trainables.config import TrialConfig
     from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 

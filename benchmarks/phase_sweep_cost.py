@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 from analysis.export import export_sweep  # noqa: E402
-from sweeps.plan import sweep_plan  # noqa: E402
-from sweeps.ray_cluster import init_ray  # noqa: E402
-from sweeps.runner import run_sweep  # noqa: E402
-from sweeps.spec import parse_sweep  # noqa: E402
-from sweeps.sweep_files import experiment_path, read_spec  # noqa: E402
+from sweeps.design.plan import sweep_plan  # noqa: E402
+from sweeps.cluster.ray_cluster import init_ray  # noqa: E402
+from sweeps.run.runner import run_sweep  # noqa: E402
+from sweeps.design.spec import parse_sweep  # noqa: E402
+from sweeps.storage.sweep_files import experiment_path, read_spec  # noqa: E402
 
 MODES = {  # name -> (pack, share_pretraining)
     "a_trial_by_trial": (1, False),

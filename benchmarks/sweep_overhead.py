@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeps.ray_cluster import init_ray  # noqa: E402
-from sweeps.runner import run_sweep  # noqa: E402
-from sweeps.spec import parse_sweep  # noqa: E402
+from sweeps.cluster.ray_cluster import init_ray  # noqa: E402
+from sweeps.run.runner import run_sweep  # noqa: E402
+from sweeps.design.spec import parse_sweep  # noqa: E402
 
 
 def make_spec(name: str, root: Path, trials: int, epochs: int):

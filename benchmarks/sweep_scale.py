@@ -66,7 +66,7 @@ def sweep_yaml(name: str, trials: int, pack, root: Path) -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps.cli", *args]
+    return [sys.executable, "-m", "minima.cli", *args]
 
 
 def child_env() -> dict:
@@ -231,7 +231,7 @@ def rss_fields(sampler: RssSampler, trials: int) -> dict:
 
 
 def result_files(experiment: Path):
-    """Every Ray trial's result.json: in the sweep's folder, or in its parts (sweeps/parts.py)."""
+    """Every Ray trial's result.json: in the sweep's folder, or in its parts (sweeps/run/parts.py)."""
     yield from experiment.glob("trial_*/result.json")
     yield from experiment.glob("part-*/trial_*/result.json")
 
@@ -303,7 +303,7 @@ def measure_one(base: Path, trials: int, mode: str, mlflow: bool, repeat: int) -
         "mode": mode,
         "pack": MODES[mode],
         "ray_trials": ends["ray_trials"],
-        "tune_experiments": max(1, len(list(experiment.glob("part-*")))),  # sweeps/parts.py
+        "tune_experiments": max(1, len(list(experiment.glob("part-*")))),  # sweeps/run/parts.py
         "mlflow": mlflow,
         "repeat": repeat,
         "started_utc": started,

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from sweeps.mlflow_auth import HeadSecrets, provision, read_env_file
-from sweeps.ray_auth import TokenError, find_token, make_private_token, parse_marked_token, save_private
+from sweeps.cluster.mlflow_auth import HeadSecrets, provision, read_env_file
+from sweeps.cluster.ray_auth import TokenError, find_token, make_private_token, parse_marked_token, save_private
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_the_token_is_read_from_ray_exec_output_among_rays_own_lines():
 
 
 def test_a_fetched_token_is_saved_readable_by_its_owner_only(home):
-    from sweeps.ray_auth import Token
+    from sweeps.cluster.ray_auth import Token
 
     target = home / "keys" / "c.token"
     target.parent.mkdir()
@@ -92,7 +92,7 @@ def test_head_secrets_are_private_random_and_kept(tmp_path):
     (None, True), ("127.0.0.1:6379", True), ("localhost:6379", True), ("ray://127.0.0.1:10001", True),
     ("10.0.0.5:6379", False), ("auto", False)])
 def test_single_machine_mode_for_local_ray_and_loopback_addresses_only(monkeypatch, address, single_machine):
-    from sweeps.ray_auth import LOOPBACK_NODE_ENV, advertise_loopback
+    from sweeps.cluster.ray_auth import LOOPBACK_NODE_ENV, advertise_loopback
 
     monkeypatch.delenv(LOOPBACK_NODE_ENV, raising=False)
     if address is None:

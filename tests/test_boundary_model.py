@@ -15,7 +15,7 @@ import pytest
 from analysis.diagram import run_phase
 from analysis.export import TRIALS_SCHEMA
 from analysis.phase import fit_effects
-from sweeps.phase_fit import AxisScale
+from sweeps.fit.phase_fit import AxisScale
 from trainables.config import make_config
 
 X0 = 12.0  # critical pretrain_epochs at the reference levels
@@ -118,7 +118,7 @@ def test_ok_trials_without_accuracy_exit_2_naming_the_column(tmp_path):
              "reached_global_min": True, "test_acc": None if x == 10 else 0.6}
             for x in (0, 10) for wd in (0.0, 1e-4)]
     pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS_SCHEMA), tmp_path / "nan.parquet")
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "phase", str(tmp_path / "nan.parquet"), "--y",
+    out = subprocess.run([sys.executable, "-m", "minima.cli", "phase", str(tmp_path / "nan.parquet"), "--y",
                           "weight_decay", "--out", str(tmp_path / "o"), "--no-mlflow"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "column 'test_acc': 2 trials marked ok have no value" in out.stderr
@@ -128,7 +128,7 @@ def test_ok_trials_without_accuracy_exit_2_naming_the_column(tmp_path):
 @pytest.mark.parametrize("x_values", [[0, 10, 30, 100], list(range(0, 65, 8))])
 def test_the_interval_widens_with_the_grid_spacing_and_holds_the_truth(x_values):
     """A seed-noisy single slice: the crossing's interval holds the truth on a coarse grid and a fine one."""
-    from sweeps.boundary_model import fit_boundary
+    from sweeps.fit.boundary_model import fit_boundary
 
     rng = np.random.default_rng(1)
     rows = [{"pretrain_epochs": x, "seed": s, "phase": "bad" if np.log1p(x) + rng.normal(0, 0.1) > np.log1p(20) else "good"}

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from sweeps.boundary_grid import REFINE, candidate_values, coarse_cells, coarse_trials
-from sweeps.boundary_searcher import BoundarySearcher
-from sweeps.spec import SweepError, parse_sweep
+from sweeps.design.boundary_grid import REFINE, candidate_values, coarse_cells, coarse_trials
+from sweeps.search.boundary_searcher import BoundarySearcher
+from sweeps.design.spec import SweepError, parse_sweep
 
 TRUE_X = {0.0: 30.0, 0.001: 70.0}  # pretraining epochs past which a minimum is bad, per weight decay
 

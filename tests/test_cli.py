@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.assignments import parse_assignments
-from sweeps.spec import load_sweep, sweep_value_type, trial_value_type
+from sweeps.design.assignments import parse_assignments
+from sweeps.design.spec import load_sweep, sweep_value_type, trial_value_type
 from trainables.config import ConfigError
 
 
 def minima(*args):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_trial_prints_final_metrics_as_json():

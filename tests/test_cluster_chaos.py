@@ -36,14 +36,14 @@ def test_a_tracking_server_that_never_returns_loses_nothing_and_says_how_to_repl
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here, for the whole sweep
     storage = tmp_path / "results"
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", SMOKE, "--set", f"storage={storage}",
+    out = subprocess.run([sys.executable, "-m", "minima.cli", "run", SMOKE, "--set", f"storage={storage}",
                           "--set", f"tracking_uri={dead}", "--set", "base.epochs=3"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "8 trials: 8 ok" in out.stdout  # training never waited for the tracking server
     assert "MLflow: 8 of 8 finished trials are not fully logged" in out.stderr
     assert f"minima sync-mlflow smoke --storage {storage} --tracking-uri {dead}" in out.stderr
-    export = subprocess.run([sys.executable, "-m", "sweeps.cli", "export", "smoke", "--storage", str(storage),
+    export = subprocess.run([sys.executable, "-m", "minima.cli", "export", "smoke", "--storage", str(storage),
                              "--out", str(tmp_path / "export")], capture_output=True, text=True, timeout=300,
                             cwd=tmp_path)
     assert export.returncode == 0, export.stderr[-3000:]
@@ -53,11 +53,11 @@ def test_a_tracking_server_that_never_returns_loses_nothing_and_says_how_to_repl
     server = MlflowServer(tmp_path)  # a server comes up at last: the replay fills it
     server.start()
     try:
-        sync = subprocess.run([sys.executable, "-m", "sweeps.cli", "sync-mlflow", "smoke", "--storage", str(storage),
+        sync = subprocess.run([sys.executable, "-m", "minima.cli", "sync-mlflow", "smoke", "--storage", str(storage),
                                "--tracking-uri", server.uri], capture_output=True, text=True, timeout=300,
                               cwd=tmp_path, env={**os.environ, **server.client_env})
         assert sync.returncode == 0 and "8 finished" in sync.stdout, sync.stderr[-3000:]
-        from sweeps.mlflow_audit import audit_mlflow
+        from sweeps.tracking.mlflow_audit import audit_mlflow
 
         with server.credentials():
             audit = audit_mlflow(str(storage / "smoke"), server.uri, "smoke")

@@ -315,7 +315,7 @@ def test_head_secrets_writes_the_token_where_cluster_yaml_syncs_it_from(raw, tmp
     """The command head_setup_commands runs, with the head's home in a temp dir."""
     import stat
 
-    from sweeps.cli import main
+    from minima.cli import main
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for _ in range(2):  # a second `ray up` keeps the secrets

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from sweeps.lean_results import LeanResults
-from sweeps.progress import SweepProgress
+from sweeps.run.lean_results import LeanResults
+from sweeps.run.progress import SweepProgress
 from trainables.tune_trainable import FINAL_KEY, MEMBERS_KEY, RECORDS_KEY
 
 
@@ -72,8 +72,8 @@ def test_an_ended_trial_forgets_its_metric_stats_in_this_ray():
 
 
 def test_lean_results_is_the_last_callback():
-    from sweeps.spec import parse_sweep
-    from sweeps.tuner import tune_callbacks
+    from sweeps.design.spec import parse_sweep
+    from sweeps.run.tuner import tune_callbacks
 
     sweep = {"name": "g", "base": {"width": 16, "epochs": 1}, "seeds": 1, "axes": {"weight_decay": [0.0, 1e-3]}}
     grid = tune_callbacks(parse_sweep(sweep), log_to_mlflow=False)

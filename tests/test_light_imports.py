@@ -12,7 +12,7 @@ HEAVY = ("torch", "ray", "mlflow")
 # Runs the command in this process, then lists the heavy packages that got imported.
 PROBE = """
 import json, sys
-from sweeps.cli import main
+from minima.cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as exit_:

@@ -90,7 +90,7 @@ def session_gcs_port(driver_pid: int) -> int | None:
 
 def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_nothing(tmp_path):
     env = without_ray_auth()  # Ray's default for a local cluster: token authentication
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", SMOKE, "--set", f"storage={tmp_path / 'r'}",
+    driver = subprocess.Popen([sys.executable, "-m", "minima.cli", "run", SMOKE, "--set", f"storage={tmp_path / 'r'}",
                                "--set", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", "base.epochs=100",
                                "--set", "base.stop_at_train_acc=null"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -150,7 +150,7 @@ def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_n
     # a sweep without credentials is refused before Ray starts, naming the fix
     places = ["--set", f"storage={tmp_path / 'r'}", "--set", f"tracking_uri={uri}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", SMOKE, *places], capture_output=True,
+    refused = subprocess.run([sys.executable, "-m", "minima.cli", "run", SMOKE, *places], capture_output=True,
                              text=True, timeout=120, cwd=tmp_path, env=env)
     assert refused.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in refused.stderr, refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr and not (tmp_path / "r" / "smoke").exists()
@@ -159,7 +159,7 @@ def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_n
         admin = MlflowClient(uri)
         exp = admin.create_experiment("admins-sweep")
         run = admin.create_run(exp)
-        account = subprocess.run([sys.executable, "-m", "sweeps.cli", "mlflow-user", "reader", "--tracking-uri", uri],
+        account = subprocess.run([sys.executable, "-m", "minima.cli", "mlflow-user", "reader", "--tracking-uri", uri],
                                  capture_output=True, text=True, timeout=120, env={**os.environ})
     assert account.returncode == 0, account.stderr[-2000:]
     password = account.stdout.strip().splitlines()[-1]
@@ -183,7 +183,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from sweeps.ray_auth import make_private_token
+    from sweeps.cluster.ray_auth import make_private_token
 
     token_file = make_private_token(tmp_path / "cluster.token")  # the head's own token, not this user's default
     token = token_file.read_text()
@@ -200,12 +200,12 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
     places = ["--set", f"storage={tmp_path / 'results'}", "--set", f"tracking_uri={accounts_server.uri}"]
 
     def submit(env, *extra):
-        return subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
+        return subprocess.run([sys.executable, "-m", "minima.cli", "submit", SMOKE, "--address", address,
                                "--working-dir", str(REPO), *places, "--set", "base.epochs=2", *extra],
                               capture_output=True, text=True, timeout=420, env=env, cwd=tmp_path)
 
     try:
-        relative = subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", SMOKE, "--address", address,
+        relative = subprocess.run([sys.executable, "-m", "minima.cli", "submit", SMOKE, "--address", address,
                                    "--working-dir", str(REPO)], capture_output=True, text=True, timeout=120,
                                   env=user_env, cwd=tmp_path)
         assert relative.returncode == 2 and "storage: 'minima_results' is relative" in relative.stderr
@@ -288,7 +288,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_minima_ui_starts_only_the_ui_and_stops_with_its_children(tmp_path, stop):
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+    ui = subprocess.Popen([sys.executable, "-m", "minima.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                            "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def answers() -> bool:

@@ -13,12 +13,12 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps import mlflow_batches
-from sweeps.mlflow_audit import audit_mlflow
-from sweeps.mlflow_events import RunEvents, merge, result_events
-from sweeps.mlflow_logger import MLflowSweepLogger, writer_factory
-from sweeps.mlflow_writer import LOGGED_STEP_TAG, MLflowWriter
-from sweeps.mlflow_writer_process import WriterProcess
+from sweeps.tracking import mlflow_batches
+from sweeps.tracking.mlflow_audit import audit_mlflow
+from sweeps.tracking.mlflow_events import RunEvents, merge, result_events
+from sweeps.tracking.mlflow_logger import MLflowSweepLogger, writer_factory
+from sweeps.tracking.mlflow_writer import LOGGED_STEP_TAG, MLflowWriter
+from sweeps.tracking.mlflow_writer_process import WriterProcess
 
 KEY = "trial-under-test"
 NAMES = ("train_loss", "train_acc", "test_acc")
@@ -237,8 +237,8 @@ _DIES = """
 import functools, os, sys, time
 sys.path[:0] = [{tests!r}, {repo!r}]
 from test_mlflow_logger import _SlowStore
-from sweeps.mlflow_events import RunEvents
-from sweeps.mlflow_logger import MLflowSweepLogger
+from sweeps.tracking.mlflow_events import RunEvents
+from sweeps.tracking.mlflow_logger import MLflowSweepLogger
 logger = MLflowSweepLogger("sqlite:///unused.db", "sweep", axes=[], flush_interval_s=3600)
 logger.make_writer = lambda: functools.partial(_SlowStore, {record!r}, 0.01)
 logger.setup()

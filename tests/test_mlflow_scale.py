@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.keys import trial_key
-from sweeps.mlflow_writer import EXPERIMENT_KIND
-from sweeps.results import read_result_rows, read_trial_params
+from sweeps.design.keys import trial_key
+from sweeps.tracking.mlflow_writer import EXPERIMENT_KIND
+from sweeps.storage.results import read_result_rows, read_trial_params
 from trainables.tune_trainable import member_values
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_a_packed_sweep_of_hundreds_of_trials_ends_fully_logged_with_the_trials_
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "sweep.yaml").write_text(sweep_yaml("scale", TRIALS, "auto", tmp_path))
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(tmp_path / "sweep.yaml")],
+    out = subprocess.run([sys.executable, "-m", "minima.cli", "run", str(tmp_path / "sweep.yaml")],
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{TRIALS} trials: {TRIALS} ok" in out.stdout, out.stdout[-2000:]

@@ -14,7 +14,7 @@ import pytest
 from analysis.export import CURVES_SCHEMA, TRIALS_SCHEMA
 from analysis.phase import PhaseInputError, check_columns, sorted_values
 from analysis.diagram import run_phase
-from sweeps.phase_fit import label_phases
+from sweeps.fit.phase_fit import label_phases
 from trainables.config import make_config
 
 TRUE_CRITICAL = {0.0: 10.0, 1e-4: 25.0}  # weight decay -> critical pretraining epochs; 1e-3: never bad
@@ -75,7 +75,7 @@ def test_phases_are_labelled_against_the_baseline_of_their_slice(tmp_path):
 
 
 def minima(*args):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_bad_inputs_name_the_column(tmp_path):
@@ -95,8 +95,8 @@ def test_bad_inputs_name_the_column(tmp_path):
 
 
 def test_perfect_separation_spreads_the_interval_over_the_grid_bracket():
-    from sweeps.boundary_model import fit_boundary
-    from sweeps.phase_fit import AxisScale
+    from sweeps.fit.boundary_model import fit_boundary
+    from sweeps.fit.phase_fit import AxisScale
 
     rows = pd.DataFrame([{"pretrain_epochs": x, "seed": s, "phase": "bad" if x >= 30 else "good"}
                          for x in (0, 10, 30, 100) for s in range(3)])

@@ -17,8 +17,8 @@ from analysis.mlflow_links import (LOCAL_UI, experiment_id, image_map, linked_im
                                    run_ids_url, runs_url, ui_base)
 from analysis.phase import cell_table
 from analysis.plots import phase_figure, save
-from sweeps.keys import cell_key
-from sweeps.phase_fit import fmt, label_phases
+from sweeps.design.keys import cell_key
+from sweeps.fit.phase_fit import fmt, label_phases
 from trainables.config import make_config
 
 X = "pretrain_epochs"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sweeps.results import read_result_rows, read_result_table
+from sweeps.storage.results import read_result_rows, read_result_table
 
 
 def write(tmp_path, reports, raw_tail=""):

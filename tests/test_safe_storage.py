@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pyarrow.fs
 
-from sweeps.safe_storage import prune_unreferenced_checkpoints, storage_filesystem
+from sweeps.storage.safe_storage import prune_unreferenced_checkpoints, storage_filesystem
 
 
 def _write(fs, path, data: bytes = b"{}") -> None:

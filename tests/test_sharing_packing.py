@@ -13,8 +13,8 @@ import math
 
 import pytest
 
-from sweeps.plan import planned, pretraining_packs, sweep_plan
-from sweeps.spec import SweepError, parse_sweep
+from sweeps.design.plan import planned, pretraining_packs, sweep_plan
+from sweeps.design.spec import SweepError, parse_sweep
 from trainables.config import architecture, make_config
 from trainables.packed import run_pack
 from trainables.pretraining import (PretrainJob, SnapshotStore, pretrain_key, resume_state_from_snapshot,

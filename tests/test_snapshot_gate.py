@@ -11,10 +11,10 @@ import pickle
 import pytest
 from ray.tune.search import Searcher
 
-from sweeps import snapshot_gate
-from sweeps.plan import planned, sweep_plan
-from sweeps.search_space import build_search
-from sweeps.spec import parse_sweep
+from sweeps.search import snapshot_gate
+from sweeps.design.plan import planned, sweep_plan
+from sweeps.search.search_space import build_search
+from sweeps.design.spec import parse_sweep
 from trainables.pretraining import SnapshotStore
 from trainables.tune_trainable import PRETRAIN_KEY
 
@@ -135,7 +135,7 @@ def test_tune_queues_the_gates_trials_as_it_queues_a_grids(monkeypatch):
     from ray.tune.execution.tune_controller import _get_max_pending_trials
     from ray.tune.search import SearchGenerator
 
-    from sweeps.tuner import PENDING_TRIALS_ENV, pending_trials
+    from sweeps.run.tuner import PENDING_TRIALS_ENV, pending_trials
 
     monkeypatch.delenv(PENDING_TRIALS_ENV, raising=False)
     spec = grid()

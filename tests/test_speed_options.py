@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeps.keys import trial_key
-from sweeps.plan import sweep_plan
-from sweeps.spec import SweepError, parse_sweep
+from sweeps.design.keys import trial_key
+from sweeps.design.plan import sweep_plan
+from sweeps.design.spec import SweepError, parse_sweep
 from trainables import data as data_module
 from trainables.config import ConfigError, make_config
 from trainables.data import TensorData

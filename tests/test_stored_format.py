@@ -23,7 +23,7 @@ VOLATILE = ["wall_time_s", "git_commit", "package_version", "mlflow_run_id"]
 
 
 def minima(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minima", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=900)
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.tuner import CHECKPOINTS_TO_KEEP
+from sweeps.run.tuner import CHECKPOINTS_TO_KEEP
 
 SMOKE = str(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml")
 pytestmark = pytest.mark.slow
 
 
 def minima(*args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 
 
@@ -211,7 +211,7 @@ def wait_for(predicate, timeout_s, what):
 
 def test_killed_driver_resumes_with_one_run_per_trial(tmp_path):
     # packs of 4 whose members stop at 10 or 150 epochs: killed after some members finished
-    args = [sys.executable, "-m", "sweeps.cli", "run", SMOKE, *places(tmp_path), "--name", "killed",
+    args = [sys.executable, "-m", "minima.cli", "run", SMOKE, *places(tmp_path), "--name", "killed",
             "--set", "axes.weight_decay=[0.0]", "--set", "axes.epochs=[10, 150]",
             "--set", "base.stop_at_train_acc=null", "--set", "checkpoint_every=2"]
     driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

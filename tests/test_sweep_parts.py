@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.notices import plan_lines
-from sweeps.parts import PART_ENV, PART_RAY_TRIALS, part_count, ray_trials_per_part, split_plan
-from sweeps.plan import planned
-from sweeps.results import list_trial_dirs
-from sweeps.spec import parse_sweep
-from sweeps.sweep_files import part_path, run_settings, write_spec
+from sweeps.run.notices import plan_lines
+from sweeps.run.parts import PART_ENV, PART_RAY_TRIALS, part_count, ray_trials_per_part, split_plan
+from sweeps.design.plan import planned
+from sweeps.storage.results import list_trial_dirs
+from sweeps.design.spec import parse_sweep
+from sweeps.storage.sweep_files import part_path, run_settings, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_trial_folders_of_every_part_are_listed(tmp_path):
 # --- a real sweep in parts --------------------------------------------------------------------
 
 def minima(*args, cwd, env, timeout=900):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
 
@@ -162,7 +162,7 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
                                            base={**tiny_grid(tmp_path)["base"], "epochs": 40}))
     log = tmp_path / "driver.log"
     with log.open("w") as sink:
-        driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", sweep], cwd=tmp_path, env=env,
+        driver = subprocess.Popen([sys.executable, "-m", "minima.cli", "run", sweep], cwd=tmp_path, env=env,
                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     folder = tmp_path / "results" / "killed"
     try:

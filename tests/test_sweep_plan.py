@@ -8,13 +8,14 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from sweeps import plan as plan_module
-from sweeps import runner, snapshot_gate
-from sweeps.cli import main
-from sweeps.notices import plan_lines
-from sweeps.plan import planned, sweep_plan
-from sweeps.search_space import build_search
-from sweeps.spec import load_sweep, parse_sweep
+from sweeps.design import plan as plan_module
+from sweeps.run import runner
+from sweeps.search import snapshot_gate
+from minima.cli import main
+from sweeps.run.notices import plan_lines
+from sweeps.design.plan import planned, sweep_plan
+from sweeps.search.search_space import build_search
+from sweeps.design.spec import load_sweep, parse_sweep
 from trainables.config import make_config
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.pretraining import PretrainJob, SnapshotStore, resume_state_from_snapshot, run_owned_pretrainings
@@ -29,7 +30,7 @@ def test_validate_and_run_say_the_same_plan_each_made_once(tmp_path, monkeypatch
     real_plan, real_config = plan_module.sweep_plan, plan_module.make_config
     monkeypatch.setattr(plan_module, "sweep_plan", lambda *a: made.append(real_plan(*a)) or made[-1])
     monkeypatch.setattr(plan_module, "make_config", lambda v: configs.append(v) or real_config(v))
-    monkeypatch.setattr("sweeps.ray_cluster.local_slots", lambda spec: 2)  # as on 2 CPUs
+    monkeypatch.setattr("sweeps.cluster.ray_cluster.local_slots", lambda spec: 2)  # as on 2 CPUs
     monkeypatch.setattr(runner, "local_slots", lambda spec: 2)
 
     assert main(["validate", SMOKE, "--set", f"storage={tmp_path}"]) == 0

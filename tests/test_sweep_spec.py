@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.ray_cluster import check_resources
-from sweeps.spec import SweepError, load_sweep, parse_sweep
+from sweeps.cluster.ray_cluster import check_resources
+from sweeps.design.spec import SweepError, load_sweep, parse_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
@@ -98,7 +98,7 @@ def test_set_overrides_dotted_paths(tmp_path):
 
 
 def minima(*args):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sweeps.results import read_result_rows
+from sweeps.storage.results import read_result_rows
 from trainables.checkpoint import load_state
 from trainables.config import make_config
 

@@ -196,7 +196,7 @@ def run_shared_pretrainings(jobs: list[PretrainJob], store_root: str) -> list[di
 
 
 def run_owned_pretrainings(groups: list[list[PretrainJob]], store_root: str) -> list[str]:
-    """An owner trial's shared pretrainings (see `sweeps.snapshot_gate`): each group of jobs as
+    """An owner trial's shared pretrainings (see `sweeps.search.snapshot_gate`): each group of jobs as
     one pack (one job: alone). A group that raises is recorded as failed in the store, so the
     trials waiting for it pretrain by themselves, as the owner then does; returns the errors."""
     import traceback

@@ -12,15 +12,15 @@ from collections import Counter
 from .notices import plan_lines, report_sharing
 from .outcome import SweepOutcome, sweep_outcome, tally
 from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
-from .plan import SweepPlan, planned
-from .ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
-from .safe_storage import prune_unreferenced_checkpoints
-from .spec import SweepError, SweepSpec
-from .sweep_files import (experiment_path, logs_to_mlflow, part_path, read_spec, run_settings, snapshot_store,
+from ..design.plan import SweepPlan, planned
+from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
+from ..storage.safe_storage import prune_unreferenced_checkpoints
+from ..design.spec import SweepError, SweepSpec
+from ..storage.sweep_files import (experiment_path, logs_to_mlflow, part_path, read_spec, run_settings, snapshot_store,
                           write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
-from .tuner import trial_dirname  # noqa: F401 - sweeps stored before sweeps.tuner existed pickled it by this path
+from .tuner import trial_dirname  # noqa: F401 - some stored sweeps pickled it as sweeps.runner.trial_dirname
 
 
 def _start_ray(spec: SweepSpec, on_notice) -> None:
@@ -57,7 +57,7 @@ def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | 
     if writer is not None:
         writer.close(end_parent=outcome.all_finished)
     if logs_to_mlflow(spec):
-        from .mlflow_audit import audit_mlflow
+        from ..tracking.mlflow_audit import audit_mlflow
 
         outcome.mlflow = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name, finished,
                                       writer.complete if writer is not None else frozenset())

@@ -6,7 +6,7 @@ from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY
 
 from .mlflow_events import RunEvents, merge
 from .mlflow_writer import MLflowWriter
-from .results import list_trial_dirs, read_result_rows, read_trial_error, read_trial_params
+from ..storage.results import list_trial_dirs, read_result_rows, read_trial_error, read_trial_params
 
 
 def sync_from_storage(writer: MLflowWriter, experiment_dir: str) -> dict[str, int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainables.uri import filesystem, is_uri, read_text
 
-from .spec import SweepError, SweepSpec, parse_sweep
+from ..design.spec import SweepError, SweepSpec, parse_sweep
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
 RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not, cut into parts or not)

@@ -76,7 +76,7 @@ class SearchSpec(BaseModel):
     metric: str | None = Field(None, description="optuna: a final metric, e.g. test_acc")
     mode: Literal["max", "min"] | None = None
     seed: int = Field(0, ge=0, description="seed of the search itself (random draws, Optuna's sampler, the boundary fits' posterior draws)")
-    # boundary: refine a coarse grid where the fitted phase boundary is uncertain (sweeps.boundary)
+    # boundary: refine a coarse grid where the fitted phase boundary is uncertain (sweeps.search.boundary)
     x: str = Field("pretrain_epochs", description="boundary: the axis along which each slice's x_critical is located")
     max_trials: int | None = Field(None, ge=1, description="boundary: trial budget, coarse grid included (each seed counts)")
     ci_width: float | None = Field(None, gt=0, description="boundary: stop once every slice's x_critical 90% "

@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, report_rows
 
-from .keys import trial_key
+from ..design.keys import trial_key
 from .mlflow_events import RunEvents, RunIdentities, error_text, failed, result_events
 from .mlflow_writer import MLflowWriter
 from .mlflow_writer_process import WriterProcess, WriterTiming

@@ -13,9 +13,9 @@ from typing import Any
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.tune_trainable import FINAL_KEY, member_values
 
-from .keys import cell_key, member_trial_id, trial_key
+from ..design.keys import cell_key, member_trial_id, trial_key
 from .mlflow_runs import PART_TAG
-from .sweep_files import part_of
+from ..storage.sweep_files import part_of
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Callable
 
 from trainables.pretraining import PretrainJob
 
-from .plan import SweepPlan, pretraining_packs
-from .spec import SweepSpec
+from ..design.plan import SweepPlan, pretraining_packs
+from ..design.spec import SweepSpec
 
 
 def missing_jobs(plan: SweepPlan, store: str) -> list[PretrainJob]:

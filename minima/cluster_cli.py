@@ -18,13 +18,13 @@ UI_START = "/#/?workflowType=machine_learning"
 def cmd_submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .spec import load_sweep_args
+    from sweeps.design.spec import load_sweep_args
 
     spec = load_sweep_args(args.file, args.set, args.name)  # validate here, before the cluster spends anything
 
     from trainables.uri import is_uri
 
-    from .spec import SweepError
+    from sweeps.design.spec import SweepError
 
     workdir = Path(args.working_dir).resolve()
     sweep_file = Path(args.file).resolve()
@@ -35,7 +35,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
                              f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
                              f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")
-    from .ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token
+    from sweeps.cluster.ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token
 
     try:
         token = find_token(args.cluster_config)
@@ -81,8 +81,8 @@ def cmd_fetch_token(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from .ray_auth import TokenError, save_private, token_from_cluster
-    from .spec import SweepError
+    from sweeps.cluster.ray_auth import TokenError, save_private, token_from_cluster
+    from sweeps.design.spec import SweepError
 
     try:
         cluster = yaml.safe_load(Path(args.cluster_config).read_text()).get("cluster_name", "cluster")
@@ -99,8 +99,8 @@ def cmd_fetch_token(args: argparse.Namespace) -> int:
 def cmd_head_secrets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .mlflow_auth import HeadSecrets, default_secrets, provision
-    from .ray_auth import make_private_token
+    from sweeps.cluster.mlflow_auth import HeadSecrets, default_secrets, provision
+    from sweeps.cluster.ray_auth import make_private_token
 
     token = make_private_token(Path(args.ray_token).expanduser() if args.ray_token else None)
     where = HeadSecrets(Path(args.dir).expanduser()) if args.dir else default_secrets()
@@ -114,8 +114,8 @@ def cmd_head_secrets(args: argparse.Namespace) -> int:
 def cmd_mlflow_user(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from .mlflow_auth import PASSWORD_ENV, USERNAME_ENV, create_read_account
-    from .spec import SweepError
+    from sweeps.cluster.mlflow_auth import PASSWORD_ENV, USERNAME_ENV, create_read_account
+    from sweeps.design.spec import SweepError
 
     if not os.environ.get(USERNAME_ENV):
         raise SweepError(f"{USERNAME_ENV}/{PASSWORD_ENV}: the admin's credentials are needed to make an account "

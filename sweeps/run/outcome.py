@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
 
-from .keys import trial_key
-from .results import read_result_rows
-from .spec import SweepSpec
-from .sweep_files import experiment_path
+from ..design.keys import trial_key
+from ..storage.results import read_result_rows
+from ..design.spec import SweepSpec
+from ..storage.sweep_files import experiment_path
 
 
 @dataclass

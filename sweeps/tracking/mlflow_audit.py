@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .keys import trial_key
+from ..design.keys import trial_key
 from .mlflow_runs import is_complete, quick_client, short_error, trial_run_pages
-from .results import stored_trials
+from ..storage.results import stored_trials
 
 
 @dataclass

@@ -2,7 +2,7 @@
 the x axis in every slice with the baselines it needs, and the finer x values the search may
 refine to.
 
-It reads a validated sweep spec's attributes and imports no sweep module back: `sweeps.spec`
+It reads a validated sweep spec's attributes and imports no sweep module back: `sweeps.design.spec`
 checks with it that a boundary search's budget covers its coarse grid.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from trainables.config import INT_FIELDS
 
-from .phase_fit import BASELINE_AXIS, fmt
+from ..fit.phase_fit import BASELINE_AXIS, fmt
 
 REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
 MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span

@@ -5,7 +5,7 @@ A trial's baseline is the mean test accuracy of the trials with the same config 
 `pretrain_epochs = 0` (all seeds). A trial that reached a global minimum is in the *bad* phase
 when its test accuracy is at least `delta` below that baseline, *good* otherwise; a trial that
 never reached 100% train accuracy is *not_fit*; *diverged* and *error* keep their status.
-The boundary fits on these labels are sweeps.boundary_model's.
+The boundary fits on these labels are sweeps.fit.boundary_model's.
 """
 
 from __future__ import annotations

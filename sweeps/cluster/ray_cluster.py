@@ -7,8 +7,8 @@ import os
 
 from trainables.provenance import git_commit
 
-from .spec import SweepError, SweepSpec
-from .sweep_files import check_storage_writable
+from ..design.spec import SweepError, SweepSpec
+from ..storage.sweep_files import check_storage_writable
 
 
 def _on_cluster() -> bool:

@@ -25,7 +25,7 @@ from trainables.metrics import FINAL_METRICS
 from . import mlflow_batches
 from .mlflow_events import RunEvents, RunIdentities, earliest, result_events
 from .mlflow_runs import PART_TAG, is_complete, parent_run, quick_client, trial_runs
-from .results import read_result_rows
+from ..storage.results import read_result_rows
 
 LOGGED_STEP_TAG = "minima.logged_step"
 FINAL_LOGGED_TAG = "minima.final_logged"

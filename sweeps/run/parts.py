@@ -18,8 +18,8 @@ import os
 
 from trainables.uri import filesystem, read_text
 
-from .plan import SweepPlan
-from .spec import SweepError
+from ..design.plan import SweepPlan
+from ..design.spec import SweepError
 
 # Ray trials per Tune experiment: what a part grows the driver by is mostly handed back to the
 # next part, so smaller parts keep the driver flatter; each further part costs one Tune start

@@ -7,8 +7,8 @@ from typing import Any
 from trainables.config import INT_FIELDS
 from trainables.tune_trainable import MEMBERS_KEY, SEEDS_KEY
 
-from .plan import SweepPlan
-from .spec import RangeAxis, SweepSpec
+from ..design.plan import SweepPlan
+from ..design.spec import RangeAxis, SweepSpec
 
 
 def _distribution(name: str, axis: RangeAxis):
@@ -46,7 +46,7 @@ def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None)
             return {MEMBERS_KEY: tune.grid_search(trials)}, 1, None
     if kind == "boundary":
         from .boundary_searcher import BoundarySearcher
-        from .ray_cluster import trial_slots
+        from ..cluster.ray_cluster import trial_slots
 
         return space, spec.search.max_trials, BoundarySearcher(spec, slots=trial_slots(spec))
     if kind == "grid":

@@ -9,10 +9,10 @@ import os
 from trainables.provenance import git_commit, package_version
 from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_trainable  # light: torch loads in workers
 
-from .plan import SweepPlan
-from .safe_storage import storage_filesystem
-from .spec import SweepSpec
-from .sweep_files import experiment_path, part_name, part_path, snapshot_store, storage_root
+from ..design.plan import SweepPlan
+from ..storage.safe_storage import storage_filesystem
+from ..design.spec import SweepSpec
+from ..storage.sweep_files import experiment_path, part_name, part_path, snapshot_store, storage_root
 
 CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
 
@@ -39,8 +39,8 @@ def _run_tags() -> dict[str, str]:
 def mlflow_writer(spec: SweepSpec):
     """The MLflow writer process for one `minima run` or `minima resume`, every Tune experiment
     of it (each part of a sweep run in parts) included; not started."""
-    from .mlflow_logger import writer_factory
-    from .mlflow_writer_process import WriterProcess
+    from ..tracking.mlflow_logger import writer_factory
+    from ..tracking.mlflow_writer_process import WriterProcess
 
     return WriterProcess(writer_factory(spec.tracking_uri, spec.name, list(spec.axes), _run_tags()))
 
@@ -55,7 +55,7 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] 
     from ray.tune.logger import JsonLoggerCallback
 
     from .lean_results import LeanResults
-    from .mlflow_logger import MLflowSweepLogger
+    from ..tracking.mlflow_logger import MLflowSweepLogger
     from .progress import SweepProgress
 
     callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary", before=before), JsonLoggerCallback()]
@@ -111,7 +111,7 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, pa
     experiment lives in the sweep's folder. `writer`: the run's MLflow writer process."""
     from ray import tune
 
-    from .search_space import build_search
+    from ..search.search_space import build_search
 
     sharing = spec.share_pretraining and plan.search == "grid"
     snapshots = snapshot_store(spec) if sharing else None

@@ -4,7 +4,7 @@ and the cells it proposes, without Ray.
 A grid spends most of its trials deep inside a phase. A boundary search runs a coarse grid of
 the x axis (every slice, i.e. every combination of the other axes, with every seed, plus the
 `pretrain_epochs = 0` baselines the phase labels need). After that, each round fits the boundary
-model (`sweeps.boundary_model`, the one `minima phase` fits) to every finished trial at once, so
+model (`sweeps.fit.boundary_model`, the one `minima phase` fits) to every finished trial at once, so
 that what one slice's trials say about a shared effect narrows every slice, and proposes the
 untried cells (slice, x) where the model is least sure which side of P(bad) = 0.5 they lie on:
 the posterior probability q that the slice's crossing is below x, scored min(q, 1 - q)
@@ -12,7 +12,7 @@ the posterior probability q that the slice's crossing is below x, scored min(q, 
 seed of a cell runs), spread over the slices, at most `per_round` per slice. The search
 ends when every slice's interval is narrower than `ci_width`, when no untried cell is in doubt
 (x is refined to every integer of an integer axis, else REFINE times finer than the coarse grid;
-the cells themselves are `sweeps.boundary_grid`'s), or at the trial budget.
+the cells themselves are `sweeps.design.boundary_grid`'s), or at the trial budget.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .boundary_grid import candidate_values, cell_id, slices, with_baselines
-from .boundary_model import BoundaryModel, ModelUnfit, fit_model
-from .phase_fit import BASELINE_AXIS, AxisScale, fmt, label_phases
-from .spec import SweepSpec
+from ..design.boundary_grid import candidate_values, cell_id, slices, with_baselines
+from ..fit.boundary_model import BoundaryModel, ModelUnfit, fit_model
+from ..fit.phase_fit import BASELINE_AXIS, AxisScale, fmt, label_phases
+from ..design.spec import SweepSpec
 
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
 IN_DOUBT = 0.05  # a cell is worth running while the model gives each side at least this chance

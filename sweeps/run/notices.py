@@ -6,7 +6,7 @@ from __future__ import annotations
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 
 from .parts import PART_ENV, part_count, part_limit, ray_trials_per_part
-from .plan import SweepPlan
+from ..design.plan import SweepPlan
 
 
 def plan_lines(plan: SweepPlan) -> list[str]:

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from .assignments import parse_assignments
+from sweeps.design.assignments import parse_assignments
 from .cluster_cli import UI_START, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user, cmd_submit, cmd_ui
 
 EXIT_BAD_INPUT = 2
@@ -30,7 +30,7 @@ def _json_safe(value: Any) -> Any:
 def cmd_trial(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError, make_config
 
-    from .spec import trial_value_type
+    from sweeps.design.spec import trial_value_type
 
     try:
         cfg = make_config(parse_assignments(args.set, trial_value_type), where="trial config (--set)")
@@ -66,14 +66,14 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from .spec import load_sweep_args
+    from sweeps.design.spec import load_sweep_args
 
     return load_sweep_args(args.file, args.set, getattr(args, "name", None))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .ray_cluster import local_slots, preflight
+    from sweeps.cluster.ray_cluster import local_slots, preflight
 
     preflight(spec, args.file)
     notice = None
@@ -85,7 +85,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  trials    {'at most ' if spec.search.kind == 'boundary' else ''}{info['trials']}  "
           f"({len(info['seeds'])} seeds: {_brief(info['seeds'])})")
     if spec.search.kind == "boundary":
-        from .boundary_grid import candidate_values, coarse_trials, slices
+        from sweeps.design.boundary_grid import candidate_values, coarse_trials, slices
 
         print(f"  boundary  {len(slices(spec))} slices along {spec.search.x}; coarse grid {coarse_trials(spec)} trials; "
               f"then up to {len(candidate_values(spec))} x values; stop at ci_width {spec.search.ci_width or 'none'}")
@@ -93,8 +93,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  axis      {axis}: {_brief(values)}")
     res = info["resources"]
     print(f"  resources cpu {res['cpu']:g}, gpu {res['gpu']:g} per trial; max_concurrent {spec.max_concurrent or 'auto'}")
-    from .notices import plan_lines
-    from .plan import planned
+    from sweeps.run.notices import plan_lines
+    from sweeps.design.plan import planned
 
     _, plan = planned(spec, local_slots(spec))
     for line in plan_lines(plan):  # as `minima run` says it
@@ -136,12 +136,12 @@ def _report(outcome) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .ray_auth import advertise_loopback
+    from sweeps.cluster.ray_auth import advertise_loopback
 
     advertise_loopback()
     spec = _load(args)
-    from .runner import resume_sweep, run_sweep
-    from .tuner import has_results
+    from sweeps.run.runner import resume_sweep, run_sweep
+    from sweeps.run.tuner import has_results
 
     if args.resume and has_results(spec):
         print(f"sweep {spec.name} has results: resuming it (finished trials are kept)", file=sys.stderr)
@@ -154,10 +154,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .ray_auth import advertise_loopback
+    from sweeps.cluster.ray_auth import advertise_loopback
 
     advertise_loopback()
-    from .runner import resume_sweep
+    from sweeps.run.runner import resume_sweep
 
     return _report(resume_sweep(args.name, args.storage, on_notice=lambda m: print(m, file=sys.stderr)))
 
@@ -165,8 +165,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     from analysis.export import export_sweep
 
-    from .spec import RangeAxis
-    from .sweep_files import experiment_path, read_spec
+    from sweeps.design.spec import RangeAxis
+    from sweeps.storage.sweep_files import experiment_path, read_spec
 
     spec = read_spec(name, storage)
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
@@ -197,7 +197,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
 
 def format_boundaries(phase: dict) -> str:
-    from .phase_fit import fmt_interval
+    from sweeps.fit.phase_fit import fmt_interval
 
     lines = [f"critical {phase['x']} per {phase['y']} (P(bad) = 0.5, 90% posterior interval; '..' open past the range):"]
     for b in phase["boundary"]:
@@ -212,7 +212,7 @@ def format_boundaries(phase: dict) -> str:
 
 def format_effects(phase: dict) -> str:
     """The joint model's answer: each level's shift of the boundary, or why there is none."""
-    from .phase_fit import fmt, fmt_interval
+    from sweeps.fit.phase_fit import fmt, fmt_interval
 
     if not phase["effects"]:
         return f"what moves the boundary: no effects ({phase['effects_reason']})"
@@ -244,9 +244,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from .mlflow_sync import sync_from_storage
-    from .mlflow_writer import MLflowWriter
-    from .sweep_files import experiment_path, read_spec
+    from sweeps.tracking.mlflow_sync import sync_from_storage
+    from sweeps.tracking.mlflow_writer import MLflowWriter
+    from sweeps.storage.sweep_files import experiment_path, read_spec
 
     spec = read_spec(args.name, args.storage)
     uri = args.tracking_uri or spec.tracking_uri
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.phase import PhaseInputError
     from trainables.config import ConfigError
 
-    from .spec import SweepError
+    from sweeps.design.spec import SweepError
 
     try:
         return args.func(args)

@@ -2,7 +2,7 @@
 with the sweep (Tune saves and restores its state with the experiment).
 
 It works in rounds: the coarse grid first (cells x seeds); then, once a round's trials have all
-finished, one fit of the boundary model over every finished trial (sweeps.boundary) and the next
+finished, one fit of the boundary model over every finished trial (sweeps.search.boundary) and the next
 round's cells, as many as fill the trial slots, until every slice is settled, no untried cell is
 in doubt, or the budget is spent. Waiting for the whole round keeps the search a function of the
 trials' results alone, not of the order they finish in: a resumed search runs the same trials.
@@ -24,9 +24,9 @@ from ray.tune.search import Searcher
 from trainables.tune_trainable import FINAL_KEY
 
 from .boundary import RESULT_FIELDS, fit_joint, next_cells, slice_fits
-from .boundary_grid import cell_id, coarse_cells
-from .phase_fit import fmt_interval
-from .spec import SweepSpec, parse_sweep
+from ..design.boundary_grid import cell_id, coarse_cells
+from ..fit.phase_fit import fmt_interval
+from ..design.spec import SweepSpec, parse_sweep
 
 HISTORY_FILE = "boundary_search.json"
 

@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 
 from trainables.tune_trainable import PRETRAIN_KEY
 
-from .plan import Need
+from ..design.plan import Need
 
 POLL_S = 1.0  # at most this often the storage is asked about snapshots not yet seen
 

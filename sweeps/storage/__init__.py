@@ -1,0 +1,4 @@
+"""What a sweep's storage holds and how to read it: the folder layout and the stored spec
+(`sweep_files`), stored trial results and errors (`results`), and writes that a killed driver
+leaves restorable (`safe_storage`). Local paths, NFS or object stores. Imports `sweeps.design` and
+`trainables`."""

@@ -25,7 +25,7 @@ from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table
                             read_trial_params)
 from trainables.config import TrialConfig, make_config
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
-from trainables.tune_trainable import FINAL_KEY, member_values
+from trainables.reports import FINAL_KEY, member_values
 
 # Final metrics as typed in the stored results: the last epoch's losses and accuracies, then the summary's own.
 FINAL_COLUMNS = {name: RESULT_SCHEMA.field(name).type

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from sweeps.run.lean_results import LeanResults
 from sweeps.run.progress import SweepProgress
-from trainables.tune_trainable import FINAL_KEY, MEMBERS_KEY, RECORDS_KEY
+from trainables.reports import FINAL_KEY, MEMBERS_KEY, RECORDS_KEY
 
 
 def _trial(trial_id: str, members: int = 1, status: str = "RUNNING"):

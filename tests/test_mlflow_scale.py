@@ -10,7 +10,7 @@ import pytest
 from sweeps.design.keys import trial_key
 from sweeps.tracking.mlflow_writer import EXPERIMENT_KIND
 from sweeps.storage.results import read_result_rows, read_trial_params
-from trainables.tune_trainable import member_values
+from trainables.reports import member_values
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

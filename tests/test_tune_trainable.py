@@ -13,7 +13,8 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
     import ray
     from ray import tune
 
-    from trainables.tune_trainable import tune_config_values, tune_trainable
+    from trainables.reports import tune_config_values
+    from trainables.tune_trainable import tune_trainable
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster found on the machine
     try:

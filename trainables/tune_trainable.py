@@ -1,7 +1,7 @@
 """The trial as a Ray Tune function trainable: reports its epochs in batches, checkpoints every k epochs.
 
-Ray imports stay inside the function so `run_trial` works without Ray on the path. Keys of the
-Tune config that start with `_` are sweep settings, not trial fields.
+Ray imports stay inside the function so `run_trial` works without Ray on the path. The rows it
+reports, and the Tune config keys of packs and seeds, are `reports`'s format.
 """
 
 from __future__ import annotations
@@ -12,43 +12,16 @@ import time
 from typing import Any, Callable
 
 from .config import make_config
+from .reports import MEMBERS_KEY, RECORDS_KEY, epoch_row, final_row, member_values, tune_config_values
 
-FINAL_KEY = "final"  # the last report carries the trial's summary and final=True
-FINAL_STAGE = "final"  # the stage named in that last report
 CHECKPOINT_EVERY_KEY = "_checkpoint_every"
 PACK_FILE = "pack_state.pt"
-SEEDS_KEY = "_seeds"  # optuna sweeps: the seed list, indexed by Ray's Repeater
-REPEAT_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater
-MEMBERS_KEY = "_members"  # packed trials: the member trial configs, run as one stacked model
 SNAPSHOTS_KEY = "_snapshots"  # where the sweep's shared pretraining snapshots are
 PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before it starts (SnapshotGate)
-MEMBER_KEY = "member"  # in each report of a packed trial: which member it belongs to
 # One Tune report may carry many rows. Each report costs driver CPU and stalls the trial for a
 # round trip to the driver (Tune's function trainables wait for it), so epochs are batched: a
 # report at most every REPORT_EVERY_S, and always with a checkpoint.
-RECORDS_KEY = "records"
 REPORT_EVERY_S = 2.0
-
-
-def report_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows in one Tune report: its `records`, or the report itself."""
-    rows = result.get(RECORDS_KEY)
-    return rows if rows is not None else [result]
-
-
-def tune_config_values(tune_config: dict[str, Any]) -> dict[str, Any]:
-    """The trial config fields in a Ray Tune config: reserved `_` keys dropped, the seed resolved."""
-    values = {k: v for k, v in tune_config.items() if not k.startswith("_")}
-    if REPEAT_INDEX_KEY in tune_config and SEEDS_KEY in tune_config:
-        values["seed"] = tune_config[SEEDS_KEY][tune_config[REPEAT_INDEX_KEY]]
-    return values
-
-
-def member_values(tune_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trial configs a Ray trial runs: its members when packed, else itself."""
-    if MEMBERS_KEY in tune_config:
-        return [tune_config_values(v) for v in tune_config[MEMBERS_KEY]]
-    return [tune_config_values(tune_config)]
 
 
 class _BatchedReports:
@@ -87,11 +60,6 @@ class _BatchedReports:
             self.send(checkpoint_dir=d)
 
 
-def _final_report(summary: dict[str, Any], steps: int) -> dict[str, Any]:
-    final = {k: v for k, v in summary.items() if k != "config"}
-    return {**final, "stage": FINAL_STAGE, "step": steps, FINAL_KEY: True}
-
-
 def tune_trainable(config: dict[str, Any]) -> None:
     """Run one trial (or one pack of trials) under Ray Tune, resuming from Tune's checkpoint
     when there is one, else starting from a shared pretraining snapshot when there is one."""
@@ -117,10 +85,10 @@ def tune_trainable(config: dict[str, Any]) -> None:
         _run_owned_pretrainings(config)
         resume = _shared_start(cfg, config[SNAPSHOTS_KEY])
         for record in (resume or {}).get("history", []):  # the pretraining epochs it did not run itself
-            reports.add({**record, FINAL_KEY: False})
+            reports.add(epoch_row(record))
 
     def report_epoch(record: dict[str, Any], snapshot) -> None:
-        reports.add({**record, FINAL_KEY: False})
+        reports.add(epoch_row(record))
         stage_end = record["epoch"] == (cfg.pretrain_epochs if record["stage"] == "pretrain" else cfg.epochs)
         if record["step"] % every and not stage_end:
             reports.send()
@@ -129,7 +97,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
     with _rows_kept_on_error(reports):
         result = run_trial(cfg, resume=resume, on_epoch=report_epoch)
-    reports.add(_final_report(result.summary, len(result.history)))
+    reports.add(final_row(result.summary, len(result.history)))
     reports.send(force=True)  # the last report: the final row on top, where Tune's result is read
 
 
@@ -198,14 +166,14 @@ def _run_packed(config: dict[str, Any]) -> None:
     reports = _BatchedReports(latest_on_top=False)
     for i, start in enumerate(pretrained or []):
         for r in (start or {}).get("history", []):
-            reports.add({**r, MEMBER_KEY: i, FINAL_KEY: False})
+            reports.add(epoch_row(r, i))
     epochs = [0]
 
     def on_epoch(i: int, record: dict[str, Any]) -> None:
-        reports.add({**record, MEMBER_KEY: i, FINAL_KEY: False})
+        reports.add(epoch_row(record, i))
 
     def on_done(i: int, result) -> None:
-        reports.add({**_final_report(result.summary, len(result.history)), MEMBER_KEY: i})
+        reports.add(final_row(result.summary, len(result.history), i))
 
     def on_pack_epoch(snapshot, finished: bool) -> None:
         if snapshot is not None:

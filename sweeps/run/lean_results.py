@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
-from trainables.tune_trainable import FINAL_KEY, RECORDS_KEY
+from trainables.reports import FINAL_KEY, RECORDS_KEY
 
 # read from a finished trial's last result: `outcome.tally` and the progress line
 KEPT_ROW_KEYS = frozenset({FINAL_KEY, "status"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
+from trainables.reports import final_rows, is_final, member_values
 
 from ..design.keys import trial_key
 from ..storage.results import read_result_rows
@@ -39,10 +39,10 @@ def tally(grid, experiment_dir: str) -> tuple[Counter, int, set[str]]:
         members = member_values(result.config or {})
         seen += len(members)
         if len(members) == 1:
-            finals = {0: result.metrics} if (result.metrics or {}).get(FINAL_KEY) else {}
+            finals = {0: result.metrics} if is_final(result.metrics or {}) else {}
         else:
             trial_dir = f"{experiment_dir}/{result.path.rstrip('/').rsplit('/', 1)[-1]}"
-            finals = {r.get(MEMBER_KEY) or 0: r for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
+            finals = final_rows(read_result_rows(trial_dir))
         for i in finals:
             counts[finals[i].get("status") or "ok"] += 1
             finished.add(trial_key(members[i]))

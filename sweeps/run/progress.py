@@ -12,7 +12,7 @@ from collections import Counter
 
 from ray.tune import Callback
 
-from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, report_rows
+from trainables.reports import is_final, member_of, member_values, report_rows
 
 
 def _clock(seconds: float) -> str:
@@ -48,11 +48,11 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         for row in report_rows(result):
-            if row.get(FINAL_KEY):
+            if is_final(row):
                 finals = self._finals.setdefault(trial.trial_id, {})
-                if row.get(MEMBER_KEY) not in finals:
+                if member_of(row) not in finals:
                     self._done_here += 1
-                finals[row.get(MEMBER_KEY)] = str(row.get("status", "ok"))
+                finals[member_of(row)] = str(row.get("status", "ok"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "TERMINATED")

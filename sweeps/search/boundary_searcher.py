@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from trainables.tune_trainable import FINAL_KEY
+from trainables.reports import FINAL_KEY, is_final
 
 from .boundary import RESULT_FIELDS, fit_joint, next_cells, slice_fits
 from ..design.boundary_grid import cell_id, coarse_cells
@@ -82,7 +82,7 @@ class BoundarySearcher(Searcher):
         values = self.pending.pop(trial_id, None)
         if values is None:
             return
-        final = result if (result and result.get(FINAL_KEY) and not error) else {}
+        final = result if (result and is_final(result) and not error) else {}
         self.rows.append({**values, **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "error"})
 
     # --- rounds --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.config import INT_FIELDS
-from trainables.tune_trainable import MEMBERS_KEY, SEEDS_KEY
+from trainables.reports import MEMBERS_KEY, SEEDS_KEY
 
 from ..design.plan import SweepPlan
 from ..design.spec import RangeAxis, SweepSpec

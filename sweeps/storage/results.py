@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
-from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values
+from trainables.reports import FINAL_KEY, MEMBER_KEY, final_rows, member_values
 from trainables.uri import filesystem, read_bytes, read_text
 
 from .sweep_files import PART_PREFIX
@@ -160,7 +160,7 @@ def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
         if params is None:
             continue
         members = member_values(params)
-        finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
+        finals = final_rows(read_result_rows(trial_dir))
         out += [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
                 for m, v in enumerate(members)]
     return out

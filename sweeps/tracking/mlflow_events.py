@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
-from trainables.tune_trainable import FINAL_KEY, member_values
+from trainables.reports import is_final, member_values
 
 from ..design.keys import cell_key, member_trial_id, trial_key
 from .mlflow_runs import PART_TAG
@@ -99,7 +99,7 @@ def result_events(result: dict[str, Any]) -> RunEvents:
     step = int(result.get("step") or result.get("training_iteration") or 0)
     stamp = int((result.get("timestamp") or time.time()) * 1000)
     end_ms = None
-    if result.get(FINAL_KEY):
+    if is_final(result):
         items = _metric_items(result, FINAL_METRICS)
         tags = {"status": str(result.get("status"))}
         end_ms = stamp

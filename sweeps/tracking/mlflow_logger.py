@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY, member_values, report_rows
+from trainables.reports import is_final, member_of, member_values, report_rows
 
 from ..design.keys import trial_key
 from .mlflow_events import RunEvents, RunIdentities, error_text, failed, result_events
@@ -120,9 +120,9 @@ class MLflowSweepLogger(Callback):
         keys = self._keys(trial)
         now_ms = int(time.time() * 1000)  # on the driver's clock, like the start; Ray's timestamp has whole seconds
         for row in report_rows(result):
-            key = keys[row.get(MEMBER_KEY) or 0]
+            key = keys[member_of(row)]
             events = result_events({"timestamp": result.get("timestamp"), **row})
-            if row.get(FINAL_KEY):
+            if is_final(row):
                 self._final_at[key] = events.end_ms = now_ms
             self._put(key, events)
 

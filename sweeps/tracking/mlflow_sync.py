@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainables.tune_trainable import FINAL_KEY, MEMBER_KEY
+from trainables.reports import final_rows
 
 from .mlflow_events import RunEvents, merge
 from .mlflow_writer import MLflowWriter
@@ -24,7 +24,7 @@ def sync_from_storage(writer: MLflowWriter, experiment_dir: str) -> dict[str, in
             continue
         trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         identities = writer.identities.of(params, trial_id, [trial_dir])
-        finals = {r.get(MEMBER_KEY) or 0 for r in read_result_rows(trial_dir) if r.get(FINAL_KEY)}
+        finals = final_rows(read_result_rows(trial_dir))
         error = None if len(finals) == len(identities) else read_trial_error(trial_dir)
         for member, (key, events) in enumerate(identities):
             counts["trials"] += 1

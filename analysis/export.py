@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeps.design.keys import cell_key, member_trial_id, trial_key
+from sweeps.design.keys import config_keys, member_trial_id
 from sweeps.tracking.mlflow_runs import quick_client, trial_runs
 from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
                             read_trial_params)
@@ -83,7 +83,9 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
     for member, values in enumerate(members):
         results = member_table(table, member) if len(members) > 1 else table
         trial_id = member_trial_id(ray_trial_id, member, len(members))
-        config = make_config(values).model_dump()  # every column, speed options included
+        cfg = make_config(values)
+        keys = config_keys(cfg)
+        config = cfg.model_dump()  # every column, speed options included
         is_final = results.column(FINAL_KEY).fill_null(False)
         finals = results.filter(is_final)
         curves = results.filter(pc.invert(is_final))
@@ -97,7 +99,7 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
             status = "error" if failure else "unfinished"
         record: dict[str, Any] = {
             "sweep": sweep, "trial_id": trial_id, "ray_trial_id": ray_trial_id, "pack_size": len(members),
-            "trial_key": trial_key(values), "status": status, "cell": cell_key(values), "seed": config["seed"],
+            "trial_key": keys.trial, "status": status, "cell": keys.cell, "seed": config["seed"],
             **{k: config[k] for k in CONFIG_COLUMNS},
             **{k: last.get(k) for k in FINAL_COLUMNS},
             "error": failure.strip()[-2000:] if failure else None,

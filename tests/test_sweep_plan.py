@@ -47,7 +47,7 @@ def test_validate_and_run_say_the_same_plan_each_made_once(tmp_path, monkeypatch
     monkeypatch.setattr(runner, "build_tuner", lambda spec, plan, log, writer: handed.update(tuner=plan))
     monkeypatch.setattr(runner, "_fit", lambda plan, make_tuner: handed.update(fit=plan) or make_tuner())
     monkeypatch.setattr(runner, "report_sharing", lambda plan, store, on_notice: handed.update(report=plan))
-    monkeypatch.setattr(runner, "_finish", lambda spec, grid, writer: "done")
+    monkeypatch.setattr(runner, "_finish", lambda spec, plan, grid, writer: "done")
     notices: list[str] = []
     assert runner.run_sweep(load_sweep(SMOKE), log_to_mlflow=False, on_notice=notices.append) == "done"
     assert len(made) == 2 and len(configs) == 16
@@ -104,3 +104,22 @@ def test_a_gpu_sweep_whose_workers_have_no_cuda_still_shares_its_pretraining(tmp
     cfg = make_config(rest[0])
     assert resume_state_from_snapshot(cfg, store, resolve_device(cfg.device).type) is not None
     assert SnapshotStore(store).failure(groups[0][0].key) is None
+
+
+def test_a_grid_trials_keys_are_read_from_the_plan_not_made_again(monkeypatch):
+    """The MLflow runs and the outcome find each planned trial's keys by the values Tune hands
+    the trainable; only a trial the plan does not hold gets its config built."""
+    from sweeps.design import keys as keys_module
+    from sweeps.design.keys import TrialKeys, cell_key, trial_key
+
+    spec = load_sweep(SMOKE)
+    plan = sweep_plan(spec, slots=2)
+    known = plan.known_keys()
+    expected = {t.keys.trial: t.keys.cell for t in plan.trials}
+    assert {trial_key(t.values): cell_key(t.values) for t in plan.trials} == expected
+    built = []
+    monkeypatch.setattr(keys_module, "make_config", lambda v: built.append(v) or make_config(v))
+    handed = [dict(values) for members in plan.ray_trials for values in members]  # as Tune hands them over
+    assert {known.of(v).trial: known.of(v).cell for v in handed} == expected and built == []
+    other = {**plan.trials[0].values, "seed": 99}
+    assert known.of(other) == TrialKeys(trial_key(other), cell_key(other)) and len(built) == 3

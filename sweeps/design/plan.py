@@ -19,7 +19,7 @@ from typing import Any
 from trainables.config import TrialConfig, architecture, can_pack, can_pack_pretraining, make_config
 from trainables.pretraining import PretrainJob, pretrain_key
 
-from .keys import config_key
+from .keys import KnownKeys, TrialKeys, config_keys
 from .spec import SweepSpec
 
 # Members per pack when auto: past 16, a wide MLP gains nothing per member; a narrow one (small
@@ -41,7 +41,7 @@ Need = tuple[str, int]  # (pretraining key, epochs): one shared snapshot a trial
 class PlannedTrial:
     values: dict[str, Any]  # as Tune hands them to the trainable
     config: TrialConfig
-    key: str  # `keys.trial_key`
+    keys: TrialKeys  # its trial and cell keys
     snapshot: Need | None  # the shared snapshot it starts from (None: it pretrains by itself, or not at all)
 
 
@@ -59,6 +59,10 @@ class SweepPlan:
     packed_jobs: dict[str, tuple[str, ...]]  # per architecture: keys of the jobs pretrained as one pack
     pack_sizes: dict[str, int]  # per architecture: most members per pack (empty: nothing packed)
     alone: dict[str, str]  # per architecture that `pack: auto` trains trial by trial: why
+
+    def known_keys(self) -> KnownKeys:
+        """The planned trials' keys, to be found by their values (a grid's; none for a search)."""
+        return KnownKeys((t.values, t.keys) for t in self.trials)
 
     @property
     def largest_pack(self) -> int:
@@ -103,7 +107,7 @@ def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
 def _planned_trial(values: dict[str, Any], sharing: bool) -> PlannedTrial:
     cfg = make_config(values)
     snapshot = (pretrain_key(cfg), cfg.pretrain_epochs) if sharing and cfg.pretrain_epochs else None
-    return PlannedTrial(values, cfg, config_key(cfg), snapshot)
+    return PlannedTrial(values, cfg, config_keys(cfg), snapshot)
 
 
 def _jobs(trials: tuple[PlannedTrial, ...]) -> tuple[PretrainJob, ...]:

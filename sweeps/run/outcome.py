@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from trainables.reports import final_rows, is_final, member_values
 
-from ..design.keys import trial_key
+from ..design.keys import KnownKeys
 from ..storage.results import read_result_rows
 from ..design.spec import SweepSpec
 from ..storage.sweep_files import experiment_path
@@ -29,9 +29,9 @@ class SweepOutcome:
         return self.counts.get("unfinished", 0) == 0
 
 
-def tally(grid, experiment_dir: str) -> tuple[Counter, int, set[str]]:
+def tally(grid, experiment_dir: str, known: KnownKeys) -> tuple[Counter, int, set[str]]:
     """One Tune experiment's counts per status, how many trials it holds (pack members one by
-    one), and the keys of those that finished."""
+    one), and the keys of those that finished (`known`: the plan's)."""
     counts: Counter = Counter()
     seen = 0
     finished: set[str] = set()
@@ -45,7 +45,7 @@ def tally(grid, experiment_dir: str) -> tuple[Counter, int, set[str]]:
             finals = final_rows(read_result_rows(trial_dir))
         for i in finals:
             counts[finals[i].get("status") or "ok"] += 1
-            finished.add(trial_key(members[i]))
+            finished.add(known.of(members[i]).trial)
         counts["error" if result.error is not None else "unfinished"] += len(members) - len(finals)
     return counts, seen, finished
 

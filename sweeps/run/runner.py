@@ -64,9 +64,9 @@ def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | 
     return outcome
 
 
-def _finish(spec: SweepSpec, grid, writer=None) -> SweepOutcome:
+def _finish(spec: SweepSpec, plan: SweepPlan, grid, writer=None) -> SweepOutcome:
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
-    return _conclude(spec, *tally(grid, experiment_path(spec)), writer)
+    return _conclude(spec, *tally(grid, experiment_path(spec), plan.known_keys()), writer)
 
 
 def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer) -> SweepOutcome:
@@ -76,6 +76,7 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
     counts: Counter = Counter()
     seen = 0
     finished: set[str] | None = set()  # None once a part is skipped: its trials were not seen
+    known = plan.known_keys()
     for index, part in enumerate(split_plan(plan, per_part)):
         path = part_path(spec, index)
         done = part_done(path)
@@ -89,9 +90,10 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
             grid = _fit(part, lambda: restore_tuner(spec, path))
         else:
             clear_unsaved_part(path)
-            grid = _fit(part, lambda: build_tuner(spec, part, log_to_mlflow, part=index, before=before, writer=writer))
+            grid = _fit(part, lambda: build_tuner(spec, part, log_to_mlflow, part=index, before=before, writer=writer,
+                                                  known=known))
         prune_unreferenced_checkpoints(path, grid)
-        part_counts, part_seen, part_finished = tally(grid, path)
+        part_counts, part_seen, part_finished = tally(grid, path, known)
         del grid  # the next part runs without this part's results
         counts.update(part_counts)
         seen += part_seen
@@ -122,7 +124,7 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
         if per_part:
             outcome = _run_parts(spec, plan, per_part, log_to_mlflow, writer)
         else:
-            outcome = _finish(spec, _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow, writer=writer)), writer)
+            outcome = _finish(spec, plan, _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow, writer=writer)), writer)
     report_sharing(plan, snapshot_store(spec), on_notice)
     return outcome
 
@@ -148,4 +150,4 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
         with _mlflow_writer(spec, log_to_mlflow) as writer:  # for the parts that start now
             return _run_parts(spec, plan, settings["ray_trials_per_part"], log_to_mlflow, writer)
     tuner = restore_tuner(spec)  # its MLflow callback, restored with it, starts and stops its own writer
-    return _finish(spec, _fit(plan, lambda: tuner))
+    return _finish(spec, plan, _fit(plan, lambda: tuner))

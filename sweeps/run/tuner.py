@@ -9,6 +9,7 @@ import os
 from trainables.provenance import git_commit, package_version
 from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_trainable  # light: torch loads in workers
 
+from ..design.keys import KnownKeys
 from ..design.plan import SweepPlan
 from ..storage.safe_storage import storage_filesystem
 from ..design.spec import SweepSpec
@@ -46,7 +47,7 @@ def mlflow_writer(spec: SweepSpec):
 
 
 def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] | None = None,
-                   part: int | None = None, writer=None) -> list:
+                   part: int | None = None, writer=None, known: KnownKeys | None = None) -> list:
     """Fresh callbacks for one Tune experiment. In a sweep run in parts (`part`), `before` holds
     the earlier parts' outcomes (the progress line counts the whole sweep). MLflow events go to
     the run's `writer` (`mlflow_writer`), which the runner stops. A callback restored from the
@@ -61,7 +62,7 @@ def tune_callbacks(spec: SweepSpec, log_to_mlflow: bool, before: dict[str, int] 
     callbacks: list = [SweepProgress(spec.num_trials(), capped=spec.search.kind == "boundary", before=before), JsonLoggerCallback()]
     if log_to_mlflow:
         callbacks.append(MLflowSweepLogger(spec.tracking_uri, spec.name, list(spec.axes), _run_tags(),
-                                           ends_parent=part is None, writer=writer))
+                                           ends_parent=part is None, writer=writer, known=known))
     # last: it drops what the callbacks above have read (optuna and boundary read their metric at the top)
     callbacks.append(LeanResults(rows_on_top=spec.search.kind in ("optuna", "boundary")))
     return callbacks
@@ -106,9 +107,10 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
 
 
 def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, part: int | None = None,
-                before: dict[str, int] | None = None, writer=None):
+                before: dict[str, int] | None = None, writer=None, known: KnownKeys | None = None):
     """The sweep's Tuner; with `part`, that part's (its `plan` is the part's slice), whose
-    experiment lives in the sweep's folder. `writer`: the run's MLflow writer process."""
+    experiment lives in the sweep's folder. `writer`: the run's MLflow writer process; `known`:
+    the whole sweep's planned keys (else the plan's)."""
     from ray import tune
 
     from ..search.search_space import build_search
@@ -134,7 +136,7 @@ def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, pa
             name=spec.name if part is None else part_name(part),
             storage_path=storage_root(spec.storage) if part is None else experiment_path(spec),
             storage_filesystem=storage_filesystem(spec.storage),
-            callbacks=tune_callbacks(spec, log_to_mlflow, before, part, writer),
+            callbacks=tune_callbacks(spec, log_to_mlflow, before, part, writer, known or plan.known_keys()),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,

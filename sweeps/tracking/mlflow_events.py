@@ -13,7 +13,7 @@ from typing import Any
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.reports import is_final, member_values
 
-from ..design.keys import cell_key, member_trial_id, trial_key
+from ..design.keys import KnownKeys, member_trial_id
 from .mlflow_runs import PART_TAG
 from ..storage.sweep_files import part_of
 
@@ -47,6 +47,7 @@ class RunIdentities:
     sweep: str
     axes: tuple[str, ...]
     tags: dict[str, str] = field(default_factory=dict)  # on every run: the git commit, the package version
+    known: KnownKeys = field(default_factory=KnownKeys)  # a grid plan's keys, found instead of made
 
     def of(self, config: dict[str, Any], trial_id: str, dirs: list[str]) -> list[tuple[str, RunEvents]]:
         """(trial key, events) of each run of a Ray trial, with where its results live."""
@@ -55,10 +56,11 @@ class RunIdentities:
         where = {PART_TAG: str(parts.pop())} if parts else {}
         out = []
         for member, values in enumerate(members):
-            key = trial_key(values)
+            keys = self.known.of(values)
+            key = keys.trial
             out.append((key, RunEvents(
                 params={k: str(v) for k, v in sorted(values.items())},
-                tags={"sweep": self.sweep, "cell": cell_key(values), "seed": str(values.get("seed", 0)),
+                tags={"sweep": self.sweep, "cell": keys.cell, "seed": str(values.get("seed", 0)),
                       "trial_key": key, "trial_id": member_trial_id(trial_id, member, len(members)),
                       "ray_trial_id": trial_id, "mlflow.runName": self._run_name(values), **where, **self.tags},
                 source=(tuple(dirs), member if len(members) > 1 else None),

@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from trainables.reports import is_final, member_of, member_values, report_rows
 
-from ..design.keys import trial_key
+from ..design.keys import KnownKeys
 from .mlflow_events import RunEvents, RunIdentities, error_text, failed, result_events
 from .mlflow_writer import MLflowWriter
 from .mlflow_writer_process import WriterProcess, WriterTiming
@@ -46,7 +46,8 @@ class MLflowSweepLogger(Callback):
                  flush_interval_s: float = DEFAULT_TIMING.flush_interval_s,
                  give_up_after_s: float = DEFAULT_TIMING.give_up_after_s,
                  live_every_s: float = DEFAULT_TIMING.live_every_s,
-                 progress_every_s: float = 5.0, ends_parent: bool = True, writer: WriterProcess | None = None):
+                 progress_every_s: float = 5.0, ends_parent: bool = True, writer: WriterProcess | None = None,
+                 known: KnownKeys | None = None):
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.axes = axes
@@ -59,7 +60,8 @@ class MLflowSweepLogger(Callback):
         self.ends_parent = ends_parent  # False in a sweep run in parts: the runner ends the parent after the last
         self.writer = writer  # the runner's, shared by every experiment of the run; else this callback's own
         self._owns_writer = writer is None
-        self.identities = RunIdentities(self.sweep, tuple(self.axes), self.tags)
+        # the plan's keys are not pickled: a callback restored from storage makes each trial's once
+        self.identities = RunIdentities(self.sweep, tuple(self.axes), self.tags, known or KnownKeys())
         self._member_keys: dict[str, list[str]] = {}  # Ray trial id -> its members' keys
         self._final_at: dict[str, int] = {}  # keys whose final report passed: when, in ms
         self._ended_trials: set[str] = set()  # Ray trials whose every run's end was queued
@@ -113,7 +115,7 @@ class MLflowSweepLogger(Callback):
 
     def _keys(self, trial) -> list[str]:
         if trial.trial_id not in self._member_keys:
-            self._member_keys[trial.trial_id] = [trial_key(v) for v in member_values(trial.config)]
+            self._member_keys[trial.trial_id] = [self.identities.known.of(v).trial for v in member_values(trial.config)]
         return self._member_keys[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

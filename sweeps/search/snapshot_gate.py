@@ -117,9 +117,9 @@ class SnapshotGate(Searcher):
         with open(checkpoint_path) as f:
             state = json.load(f)
         self.issued = list(state["issued"])
-        self.owners = dict(state.get("owners", {}))  # sweeps started before owners: none
+        self.owners = dict(state.get("owners", {}))  # a stored state without "owners": none
         self.ended = set(state.get("ended", []))
-        # state saved before c70dc7c kept every trial's id under "trials": keep its owners'
+        # a stored state without "owner_trials" has every trial's id under "trials": keep the owners'
         owning = set(self.owners.values())
         self.owner_trials = dict(state.get("owner_trials") or
                                  {t: i for t, i in state.get("trials", {}).items() if i in owning})

@@ -15,9 +15,11 @@ shared pretraining (the grid at its cheapest). From it:
    runs bit for bit, tested). The search's candidates are the grid's durations (even epochs),
    not every integer, so that each has a result; 2 trial slots, as on this machine.
 For each case: the first round at which every slice's 90% interval is at most as wide as the
-grid's, the trials it took, the ratio to the grid's count, whether each search estimate lies in
-the grid's interval, and the same against the grid fitted with the joint model; also with 10% slack
-on each width (a slice whose interval is set by seed noise cannot narrow without more seeds).
+grid's, the trials it took, the ratio to the grid's count, and the same against the grid fitted
+with the joint model; also with 10% slack on each width (a slice whose interval is set by seed
+noise cannot narrow without more seeds). Then the round from which every slice's estimate stays
+inside the grid's 90% interval, and per round the widest slice's interval as a multiple of the
+grid's.
 
     python benchmarks/boundary_search.py [--high 64] [--step 2] [--seeds 3] [--grid-trials FILE] [--keep DIR]
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +109,29 @@ def located(fits: list[dict], grid: dict, axes: list[str], slack: float = 1.0) -
     return True
 
 
+def inside(fits: list[dict], grid: dict, axes: list[str]) -> bool:
+    """Every slice's estimate inside the grid's 90% interval (both without a crossing counts)."""
+    for fit in fits:
+        g = grid[key(fit["slice"], axes)]
+        if (g["x_critical"] is None) != (fit["x_critical"] is None):
+            return False
+        if g["x_critical"] is not None and not ((g["ci_low"] is None or g["ci_low"] <= fit["x_critical"]) and
+                                                (g["ci_high"] is None or fit["x_critical"] <= g["ci_high"])):
+            return False
+    return True
+
+
+def widest_ratio(fits: list[dict], grid: dict, axes: list[str]) -> float | None:
+    """The largest ratio of a slice's interval width to the grid's (None while one lacks a crossing)."""
+    ratios = []
+    for fit in fits:
+        g = grid[key(fit["slice"], axes)]
+        if fit["x_critical"] is None or g["x_critical"] is None:
+            return None
+        ratios.append(width(fit) / width(g))
+    return round(float(max(ratios)), 3) if ratios else None
+
+
 def replay_search(trials: pd.DataFrame, axes: dict[str, list], args, ci_width: float, budget: int) -> dict:
     """The boundary search driven with the grid's own results."""
     results = {(int(r[X]), *(fmt(r[a]) for a in axes), int(r["seed"])): r for r in trials.to_dict("records")}
@@ -145,6 +171,15 @@ def compare(name: str, trials: pd.DataFrame, axes: dict[str, list], args) -> dic
                            if r["fits"] and located(r["fits"], reference, names, slack)), None)
             out[label][f"width_at_most_{slack:g}x"] = {
                 "search_trials_to_match": needed, "ratio": None if needed is None else round(needed / len(trials), 3)}
+    out["rounds"] = [{"trials_done": r["trials_done"], "widest_ratio_to_grid": widest_ratio(r["fits"], grid, names),
+                      "estimates_inside_grid_intervals": inside(r["fits"], grid, names)}
+                     for r in search["rounds"] if r["fits"]]
+    # from which round on every later round's estimates stay inside the grid's intervals
+    settled = [r["trials_done"] for i, r in enumerate(out["rounds"])
+               if all(later["estimates_inside_grid_intervals"] for later in out["rounds"][i:])]
+    out["estimates_inside_grid_intervals_from_then_on"] = {
+        "search_trials_to_match": settled[0] if settled else None,
+        "ratio": round(settled[0] / len(trials), 3) if settled else None}
     out["search_final"] = {key(f["slice"], names): {"x_critical": f["x_critical"], "ci": [f["ci_low"], f["ci_high"]],
                                                     "settled": f["settled"]} for f in final}
     out["grid_per_slice_boundaries"] = {k: {"x_critical": b["x_critical"], "ci": [b["ci_low"], b["ci_high"]]}
@@ -180,7 +215,9 @@ def main() -> None:
                      {"weight_decay": WEIGHT_DECAYS}, args),
              compare("pretraining x weight decay x augmentation", trials,
                      {"weight_decay": WEIGHT_DECAYS, "aug_noise": AUG_NOISES}, args)]
-    print(json.dumps({"benchmark": "boundary_search", "dataset": "mnist1d", "seeds": args.seeds, "delta": DELTA,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(json.dumps({"benchmark": "boundary_search", "date": time.strftime("%Y-%m-%d"), "commit": commit or None,
+                      "grid_trials_from": args.grid_trials, "dataset": "mnist1d", "seeds": args.seeds, "delta": DELTA,
                       "grid_every_epochs": args.step, "high": args.high, "slots": SLOTS,
                       "goal": "search trials <= 0.15 of the grid's for every slice's interval as narrow",
                       "grid_wall_s": args.grid_wall_s, "cases": cases}, indent=1, default=str))

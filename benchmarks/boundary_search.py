@@ -215,7 +215,8 @@ def main() -> None:
                      {"weight_decay": WEIGHT_DECAYS}, args),
              compare("pretraining x weight decay x augmentation", trials,
                      {"weight_decay": WEIGHT_DECAYS, "aug_noise": AUG_NOISES}, args)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
     print(json.dumps({"benchmark": "boundary_search", "date": time.strftime("%Y-%m-%d"), "commit": commit or None,
                       "grid_trials_from": args.grid_trials, "dataset": "mnist1d", "seeds": args.seeds, "delta": DELTA,
                       "grid_every_epochs": args.step, "high": args.high, "slots": SLOTS,

@@ -186,7 +186,7 @@ def test_a_resumed_pack_finishes_as_if_never_stopped(tmp_path):
     announced = []
     resumed = run_pack(MEMBERS[:4], resume=mid, on_done=lambda i, r: announced.append(i))
     assert [comparable(r) for r in resumed] == [comparable(r) for r in uninterrupted]
-    assert announced == [0, 1, 2]  # member 3 ended before the snapshot: announced then, not again
+    assert announced == [0, 1, 2]  # member 3 ended before the pack's saved state: announced then, not again
     with pytest.raises(ValueError, match="different member configs"):
         run_pack(MEMBERS[1:5], resume=mid)
 
@@ -221,7 +221,7 @@ def test_the_plan_runs_each_pretraining_once_to_its_longest_duration():
 def sizes(spec, slots) -> dict[int, int]:
     """Members per pack, by MLP width (each test grid varies the architecture in width only)."""
     plan = sweep_plan(spec, slots)
-    return {make_config(values).width: plan.pack_sizes[architecture(make_config(values))]
+    return {make_config(values).width: plan.pack_plan[architecture(make_config(values))]
             for values in spec.trial_values()}
 
 
@@ -233,7 +233,7 @@ def test_packs_are_even_and_fill_every_slot():
     assert sizes(narrow, slots=2) == sizes(narrow, slots=None) == {32: 18} and sizes(narrow, slots=3) == {32: 12}
     assert sizes(_grid(pack=5), slots=2) == {32: 5}
     assert sweep_plan(_grid(base={"model": "cnn", "width": 8}), slots=2).largest_pack == 1  # auto packs MLPs only
-    assert sweep_plan(_grid(pack=1), slots=2).largest_pack == 1 and sweep_plan(_grid(pack=1), 2).pack_sizes == {}
+    assert sweep_plan(_grid(pack=1), slots=2).largest_pack == 1 and sweep_plan(_grid(pack=1), 2).pack_plan == {}
     packs = sweep_plan(spec.model_copy(update={"pack": 16})).ray_trials
     assert sorted(len(p) for p in packs) == [12, 12, 12]
     assert sorted(tuple(sorted(v.items())) for p in packs for v in p) == sorted(

@@ -180,4 +180,4 @@ def test_a_grid_packed_per_architecture_gives_tune_packs_and_lone_trials(tmp_pat
     listed = space["_members"]["grid_search"]
     assert sorted(len(m) for m in listed) == [1] * 8 + [4, 4]
     assert {architecture(make_config(m[0])) for m in listed if len(m) == 1} == {
-        n for n, size in sweep_plan(plain).pack_sizes.items() if size == 1}
+        n for n, size in sweep_plan(plain).pack_plan.items() if size == 1}

@@ -182,7 +182,7 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
     assert "12 ok" in out.stdout and "not fully logged" not in out.stdout, out.stdout + out.stderr[-3000:]
     finals = final_counts(folder)
     # none lost; a trial whose final report landed in the seconds before the kill, after Tune's
-    # last snapshot, resumes from its last checkpoint and reports its final row again
+    # last saved state, resumes from its last checkpoint and reports its final row again
     assert len(finals) == 12 and all(n >= 1 for n in finals.values()), finals
     exported = minima("export", "killed", "--storage", str(tmp_path / "results"), "--out", str(tmp_path / "export"),
                       cwd=tmp_path, env=env)

@@ -53,7 +53,7 @@ def test_validate_and_run_say_the_same_plan_each_made_once(tmp_path, monkeypatch
     assert len(made) == 2 and len(configs) == 16
     assert notices == validated == plan_lines(made[1])  # run says what validate said
     assert handed["tuner"] is handed["fit"] is handed["report"] is made[1]
-    assert handed["stored"].pack_plan == made[1].pack_sizes  # pack: auto as resolved, for a resume
+    assert handed["stored"].pack_plan == made[1].pack_plan  # pack: auto as resolved, for a resume
 
 
 def test_the_plan_says_how_big_the_sweep_is():
@@ -74,7 +74,7 @@ def test_a_stored_spec_plans_as_the_sweep_started():
     started, plan = planned(spec, 2)
     stored = parse_sweep(json.loads(json.dumps(started.model_dump())), "spec.json")  # as a resume reads it
     assert sweep_plan(stored) == sweep_plan(stored, 7) == plan  # the slots were resolved once, when it started
-    assert plan.pack_sizes == started.pack_plan and len(plan.jobs) == 6
+    assert plan.pack_plan == started.pack_plan and len(plan.jobs) == 6
     assert plan.largest_pack == 6 and sweep_plan(spec).largest_pack == 12  # 12 of width 128 split for 2 slots
 
 

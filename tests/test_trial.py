@@ -42,9 +42,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny, tmp_path, kill_af
     full = run_trial(config)
     seen = []
 
-    def die(record, snapshot):
+    def die(record, state):
         seen.append(record)
-        save_state(snapshot(), tmp_path)
+        save_state(state(), tmp_path)
         if len(seen) == kill_after:
             raise Killed
 

@@ -29,8 +29,8 @@ PACK_FORMAT = 1
 
 OnMemberEpoch = Callable[[int, dict[str, Any]], None]
 OnMemberDone = Callable[[int, TrialResult], None]
-# after each pack epoch: (snapshot of the whole pack or None before the pack exists, whether
-# a member finished); reports are made here, so a checkpoint covers every earlier report
+# after each pack epoch: (the whole pack's resumable state, or None before the pack exists;
+# whether a member finished); reports are made here, so a checkpoint covers every earlier report
 OnPackEpoch = Callable[[Callable[[], dict[str, Any]] | None, bool], None]
 OnPretrainEpoch = Callable[[int, dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -54,12 +54,12 @@ def run_pack(
 ) -> list[TrialResult]:
     """Train every member to its end; return their results in the order given.
 
-    `resume` is a pack state from `snapshot()`; `pretrained[i]` a shared-pretraining resume
+    `resume` is a pack state from `state()`; `pretrained[i]` a shared-pretraining resume
     state for member i (see `trainables.pretraining`). `on_epoch(i, record)` is called for
     each member's epoch once the whole pack finished it; `on_done(i, result)` when member i
-    leaves the pack; then `on_pack_epoch(snapshot, any_finished)`, where `snapshot()` is the
-    resumable state of the whole pack. A snapshot holds the summaries of members already done,
-    which a resumed pack does not announce again: their reports came before the snapshot.
+    leaves the pack; then `on_pack_epoch(state, any_finished)`, where `state()` is the
+    resumable state of the whole pack. It holds the summaries of members already done, which a
+    resumed pack does not announce again: their reports came before it.
     """
     cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
     signatures = {pack_signature(c) for c in cfgs}
@@ -110,8 +110,8 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
 
     How shared pretraining packs: members share the architecture (PACK_FIELDS) and pretrain on
     the train set's inputs (one copy, nothing zeroed), each with its own random labels, order,
-    lr and momentum. `on_epoch(i, record, snapshot)` follows each epoch of member i, where
-    `snapshot()` is `{"model", "history", "elapsed_s"}`; a member that diverges stops. Records
+    lr and momentum. `on_epoch(i, record, state)` follows each epoch of member i, where
+    `state()` is `{"model", "history", "elapsed_s"}`; a member that diverges stops. Records
     and weights equal `run_trial(cfg, pretrain_only=True)` bit for bit (MLPs, tested).
     """
     cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
@@ -180,15 +180,15 @@ def _pretrain_alone(m: Member, on_epoch, on_pack_epoch) -> dict[str, Any]:
     """A member without a shared snapshot pretrains by itself, reporting as it goes."""
     captured: dict[str, Any] = {}
 
-    def keep_last(record, snapshot):
+    def keep_last(record, state):
         if on_epoch is not None:
             on_epoch(m.index, record)
         if on_pack_epoch is not None:
             on_pack_epoch(None, False)  # no pack to checkpoint yet
         if record["diverged"] or record["epoch"] == m.cfg.pretrain_epochs:
-            state = snapshot()
-            captured.update({**state, "model": {k: v.clone() for k, v in state["model"].items()},
-                             "history": list(state["history"])})
+            now = state()
+            captured.update({**now, "model": {k: v.clone() for k, v in now["model"].items()},
+                             "history": list(now["history"])})
 
     run_trial(m.cfg, on_epoch=keep_last, pretrain_only=True)
     return captured

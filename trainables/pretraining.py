@@ -151,13 +151,13 @@ class _JobRun:
         self.saved: list[int] = []
         self.epochs_run = 0
 
-    def at_epoch(self, record: dict[str, Any], snapshot) -> None:
+    def at_epoch(self, record: dict[str, Any], state) -> None:
         epoch, done = record["epoch"], record["diverged"]
         due = [d for d in self.missing if d == epoch or (done and d > epoch)]  # a diverged run ends every longer one
         if not due:
             return
-        state = snapshot()
-        shared = {"model": state["model"], "history": list(state["history"]), "elapsed_s": state["elapsed_s"],
+        now = state()
+        shared = {"model": now["model"], "history": list(now["history"]), "elapsed_s": now["elapsed_s"],
                   "diverged": done, "device": self.device}
         fields = {**pretrain_fields(self.job.config), "device": self.device}
         for d in due:
@@ -189,7 +189,7 @@ def run_shared_pretrainings(jobs: list[PretrainJob], store_root: str) -> list[di
     todo = [r for r in runs if r.missing]
     if todo:
         histories = run_pretraining_pack([r.job.config for r in todo],
-                                         lambda i, record, snapshot: todo[i].at_epoch(record, snapshot))
+                                         lambda i, record, state: todo[i].at_epoch(record, state))
         for run, history in zip(todo, histories):
             run.epochs_run = len(history)
     return [r.report() for r in runs]

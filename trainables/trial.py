@@ -1,7 +1,7 @@
 """One trial: optional label-noise pretraining, then clean training; `run_trial(config)`.
 
 A trial is a pure function of its frozen config (and machine/thread count). Each epoch is
-reported through `on_epoch` with a callable that snapshots the resumable state; a trial given
+reported through `on_epoch` with a callable that returns the resumable state; a trial given
 that state back finishes exactly as if it had never stopped.
 """
 
@@ -27,8 +27,8 @@ def run_trial(
     """Run one trial to the end and return its summary and per-epoch history.
 
     `resume` is a state from a checkpoint (see `trainables.checkpoint`) or a shared pretraining
-    snapshot (see `trainables.pretraining`); `on_epoch(record, snapshot)` is called after every
-    epoch, and `snapshot()` returns the resumable state. `pretrain_only` stops after the
+    snapshot (see `trainables.pretraining`); `on_epoch(record, state)` is called after every
+    epoch, and `state()` returns the resumable state. `pretrain_only` stops after the
     pretraining stage, with an empty summary: how shared pretraining runs the same code.
     """
     cfg = config if isinstance(config, TrialConfig) else make_config(config)

@@ -87,13 +87,13 @@ def tune_trainable(config: dict[str, Any]) -> None:
         for record in (resume or {}).get("history", []):  # the pretraining epochs it did not run itself
             reports.add(epoch_row(record))
 
-    def report_epoch(record: dict[str, Any], snapshot) -> None:
+    def report_epoch(record: dict[str, Any], state) -> None:
         reports.add(epoch_row(record))
         stage_end = record["epoch"] == (cfg.pretrain_epochs if record["stage"] == "pretrain" else cfg.epochs)
         if record["step"] % every and not stage_end:
             reports.send()
         else:
-            reports.send_checkpoint(lambda d: save_state(snapshot(), d))
+            reports.send_checkpoint(lambda d: save_state(state(), d))
 
     with _rows_kept_on_error(reports):
         result = run_trial(cfg, resume=resume, on_epoch=report_epoch)
@@ -175,11 +175,11 @@ def _run_packed(config: dict[str, Any]) -> None:
     def on_done(i: int, result) -> None:
         reports.add(final_row(result.summary, len(result.history), i))
 
-    def on_pack_epoch(snapshot, finished: bool) -> None:
-        if snapshot is not None:
+    def on_pack_epoch(state, finished: bool) -> None:
+        if state is not None:
             epochs[0] += 1
-        if snapshot is not None and (finished or epochs[0] % every == 0):
-            reports.send_checkpoint(lambda d: torch.save(snapshot(), f"{d}/{PACK_FILE}"))
+        if state is not None and (finished or epochs[0] % every == 0):
+            reports.send_checkpoint(lambda d: torch.save(state(), f"{d}/{PACK_FILE}"))
         else:
             reports.send()
 

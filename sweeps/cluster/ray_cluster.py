@@ -28,9 +28,9 @@ def init_ray(runtime_env: dict | None = None) -> None:
 
     if ray.is_initialized():
         return
-    # Each trial forces an experiment snapshot every CHECKPOINTS_TO_KEEP checkpoints; with many
-    # short trials Ray warns about it every few seconds (0 turns the warning off). A snapshot of
-    # a sweep's state takes milliseconds.
+    # Each trial forces a save of the experiment state every CHECKPOINTS_TO_KEEP checkpoints; with
+    # many short trials Ray warns about it every few seconds (0 turns the warning off). Saving a
+    # sweep's state takes milliseconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     env = {"MINIMA_GIT_COMMIT": git_commit() or ""}
     for name in ("MINIMA_DATA_DIR", "MINIMA_NO_DOWNLOAD"):

@@ -57,7 +57,7 @@ class SweepPlan:
     needs: tuple[tuple[Need, ...], ...]  # per Ray trial: the shared snapshots its members start from
     jobs: tuple[PretrainJob, ...]  # shared pretrainings (none when sharing is off)
     packed_jobs: dict[str, tuple[str, ...]]  # per architecture: keys of the jobs pretrained as one pack
-    pack_sizes: dict[str, int]  # per architecture: most members per pack (empty: nothing packed)
+    pack_plan: dict[str, int]  # per architecture: most members per pack (empty: nothing packed)
     alone: dict[str, str]  # per architecture that `pack: auto` trains trial by trial: why
 
     def known_keys(self) -> KnownKeys:
@@ -67,7 +67,7 @@ class SweepPlan:
     @property
     def largest_pack(self) -> int:
         """The most members any pack has (1: nothing is packed)."""
-        return max(self.pack_sizes.values(), default=1)
+        return max(self.pack_plan.values(), default=1)
 
 
 def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
@@ -92,7 +92,7 @@ def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
         search="grid", num_trials=len(trials), trials=trials,
         ray_trials=tuple(tuple(t.values for t in members) for members in ray),
         needs=tuple(tuple(t.snapshot for t in members if t.snapshot) for members in ray),
-        jobs=jobs, packed_jobs={name: tuple(keys) for name, keys in packed.items()}, pack_sizes=sizes, alone=alone)
+        jobs=jobs, packed_jobs={name: tuple(keys) for name, keys in packed.items()}, pack_plan=sizes, alone=alone)
 
 
 def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
@@ -101,7 +101,7 @@ def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
     plan = sweep_plan(spec, slots)
     if spec.pack != "auto" or spec.search.kind != "grid" or spec.pack_plan is not None:
         return spec, plan
-    return spec.model_copy(update={"pack_plan": plan.pack_sizes}), plan
+    return spec.model_copy(update={"pack_plan": plan.pack_plan}), plan
 
 
 def _planned_trial(values: dict[str, Any], sharing: bool) -> PlannedTrial:
@@ -205,7 +205,7 @@ def pretraining_packs(plan: SweepPlan, jobs: list[PretrainJob], slots: int | Non
             alone.append([job])
     packs = []
     for name, members in groups.items():
-        count = math.ceil(len(members) / plan.pack_sizes[name])
+        count = math.ceil(len(members) / plan.pack_plan[name])
         if slots:
             count = max(count, min(slots, len(members)))  # one pack per slot before packs grow
         per = math.ceil(len(members) / count)

@@ -3,7 +3,7 @@ have read it.
 
 Tune keeps every trial for the whole sweep, and with it the trial's last report and, per
 numeric key ever reported at its top level, a running max/min/avg and two small deques; it
-also caches all of that as JSON for its experiment snapshot. A report of ours carries its rows
+also caches all of that as JSON for its saved experiment state. A report of ours carries its rows
 in `records` (read by the JSON logger, MLflow and the progress line, all before this
 callback) and, for searchers, its latest row's fields again at the top. Ray lets a callback
 change the result in place before the trial stores it; this one, the last callback, drops

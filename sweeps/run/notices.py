@@ -20,8 +20,8 @@ def plan_lines(plan: SweepPlan) -> list[str]:
     if plan.largest_pack > 1:
         lines.append(f"packed    {len(plan.ray_trials)} Ray trials of up to {plan.largest_pack} trials each "
                      f"(one stacked model each; set pack: 1 to turn off)")
-        if len(plan.pack_sizes) > 1:  # e.g. a width sweep: each architecture's plan
-            for name, size in plan.pack_sizes.items():
+        if len(plan.pack_plan) > 1:  # e.g. a width sweep: each architecture's plan
+            for name, size in plan.pack_plan.items():
                 what = f"up to {size} trials per Ray trial" if size > 1 else plan.alone.get(name, "pack_plan says 1")
                 lines.append(f"{'pack' if size > 1 else 'alone':<9} {name}: {what}")
     elif plan.alone:

@@ -15,7 +15,7 @@ from ..storage.safe_storage import storage_filesystem
 from ..design.spec import SweepSpec
 from ..storage.sweep_files import experiment_path, part_name, part_path, snapshot_store, storage_root
 
-CHECKPOINTS_TO_KEEP = 3  # each trial forces an experiment snapshot after this many checkpoints
+CHECKPOINTS_TO_KEEP = 3  # each trial forces a save of the experiment state after this many checkpoints
 
 
 AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
@@ -101,8 +101,8 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
 
 
 # Tune settings left at Tune's defaults for large sweeps, by measurement (docs/performance.md,
-# "Large sweeps"): the experiment snapshot period stays "auto" (Tune stretches it to keep its
-# snapshots near 5% of the driver's time at any size); a grid keeps Tune's pending-trial rule
+# "Large sweeps"): the experiment state's save period stays "auto" (Tune stretches it to keep its
+# saves near 5% of the driver's time at any size); a grid keeps Tune's pending-trial rule
 # (fewer pending trials saved nothing on local Ray).
 
 

@@ -134,7 +134,7 @@ class BoundarySearcher(Searcher):
         self.cells = set(self.cells)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        """Tune's experiment snapshot: the state, and the rounds as `boundary_search.json` (written
+        """Tune saving the experiment's state: the searcher's, and the rounds as `boundary_search.json` (written
         here, in the folder Tune syncs to storage, so a restored run does not overwrite it)."""
         super().save_to_dir(checkpoint_dir, session_str)
         tmp = os.path.join(checkpoint_dir, f".{HISTORY_FILE}.tmp")

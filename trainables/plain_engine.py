@@ -92,7 +92,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, stage: Stage, batc
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
     clipped = torch.zeros((), device=device)
-    steps = 0
+    batches = 0
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
         xb, yb = stage.x[idx], stage.y[idx]
@@ -108,9 +108,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, stage: Stage, batc
         opt.step()
         loss_sum += loss.detach() * len(idx)
         norm_sum += grad_norm
-        steps += 1
+        batches += 1
     return {
         "step_loss": loss_sum.item() / n,
-        "grad_norm": norm_sum.item() / steps,
-        "clipped_frac": clipped.item() / steps,
+        "grad_norm": norm_sum.item() / batches,
+        "clipped_frac": clipped.item() / batches,
     }

@@ -27,9 +27,9 @@ def epoch_row(record: dict[str, Any], member: int | None = None) -> dict[str, An
     return {**record, FINAL_KEY: False} if member is None else {**record, MEMBER_KEY: member, FINAL_KEY: False}
 
 
-def final_row(summary: dict[str, Any], steps: int, member: int | None = None) -> dict[str, Any]:
-    """A trial's summary as its final row; `steps` is the number of epoch rows before it."""
-    row = {**{k: v for k, v in summary.items() if k != "config"}, "stage": FINAL_STAGE, "step": steps, FINAL_KEY: True}
+def final_row(summary: dict[str, Any], epoch_rows: int, member: int | None = None) -> dict[str, Any]:
+    """A trial's summary as its final row, whose `step` follows its `epoch_rows` epoch rows."""
+    row = {**{k: v for k, v in summary.items() if k != "config"}, "stage": FINAL_STAGE, "step": epoch_rows, FINAL_KEY: True}
     return row if member is None else {**row, MEMBER_KEY: member}
 
 

@@ -22,7 +22,7 @@ import torch
 from .config import PACK_FIELDS, TrialConfig, can_pack, can_pack_pretraining, make_config, pack_signature
 from .loop import Member, TrialResult, run_stage
 from .stacked_engine import StackedEngine
-from .stages import init_model, plan_stages, prepare
+from .stages import Position, init_model, plan_stages, prepare
 from .trial import run_trial
 
 PACK_FORMAT = 1
@@ -169,7 +169,7 @@ def _start_members(members: list[Member], data, device, resume, pretrained, on_e
             model.load_state_dict(start["model"])
             m.history = list(start["history"])
             m.elapsed_s = start["elapsed_s"]
-            if start["position"][0] >= len(stages):  # diverged while pretraining: no clean phase
+            if Position.of(start).stage >= len(stages):  # diverged while pretraining: no clean phase
                 m.result = run_trial(m.cfg, resume=start)
                 continue
         starts[m.index] = Start(model, init, [torch.zeros_like(p) for p in model.parameters()])

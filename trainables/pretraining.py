@@ -220,6 +220,8 @@ def run_owned_pretrainings(groups: list[list[PretrainJob]], store_root: str) -> 
 
 def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:
     """A `run_trial` resume state at the end of this trial's pretraining, if a snapshot exists."""
+    from .stages import Position
+
     if cfg.pretrain_epochs == 0:
         return None
     snap = SnapshotStore(store_root).load(pretrain_key(cfg), cfg.pretrain_epochs, device_type)
@@ -227,8 +229,7 @@ def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: s
         return None
     return {
         "config": cfg.to_dict(),
-        # after the pretraining stage: the clean stage next, or nothing if pretraining diverged
-        "position": [2 if snap["diverged"] else 1, 0],
+        "position": Position.after_pretraining(snap["diverged"]).stored(),
         "state_stage": 0,  # the clean stage builds its own optimizer and stream
         "model": snap["model"],
         "history": snap["history"],

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .config import TrialConfig, make_config
 from .loop import Member, TrialResult, finish, measure_local_energy, run_stage
 from .plain_engine import PlainEngine
-from .stages import init_model, plan_stages, prepare
+from .stages import Position, init_model, plan_stages, prepare
 
 OnEpoch = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -37,16 +37,16 @@ def run_trial(
     engine = PlainEngine(cfg, model, data, device)  # its distance from init is from this init
     stages = plan_stages(cfg, data, device)
     member = Member(0, cfg)
-    position = (0, 0)  # (stage index, epochs done in it)
+    position = Position(0, 0)
     saved_stage = None
     if resume is not None:
         model.load_state_dict(resume["model"])
         member.history = list(resume["history"])
-        position = tuple(resume["position"])
+        position = Position.of(resume)
         member.elapsed_s = resume["elapsed_s"]
         saved_stage = resume["state_stage"]
 
-    for s_index in range(position[0], len(stages)):
+    for s_index in range(position.stage, len(stages)):
         member.stage = stage = stages[s_index]
         resumes_here = resume is not None and saved_stage == s_index
         engine.start_stage(stage, resume["optimizer"] if resumes_here else None)
@@ -57,13 +57,13 @@ def run_trial(
             if on_epoch is None:
                 return
             record = member.history[-1]
-            next_position = ((len(stages) if record["diverged"] else s_index + 1, 0) if finished
-                             else (s_index, epoch + 1))
-            on_epoch(record, lambda: {"config": cfg.to_dict(), "position": list(next_position),
+            next_position = (Position(len(stages) if record["diverged"] else s_index + 1, 0) if finished
+                             else Position(s_index, epoch + 1))
+            on_epoch(record, lambda: {"config": cfg.to_dict(), "position": next_position.stored(),
                                       "state_stage": s_index, **state(0)})
 
         last = s_index == len(stages) - 1 and not pretrain_only
-        run_stage(engine, [member], data, position[1] if s_index == position[0] else 0, last_stage=last,
+        run_stage(engine, [member], data, position.epoch if s_index == position.stage else 0, last_stage=last,
                   on_epoch_end=report)
         if member.diverged or (pretrain_only and stage.name == "pretrain"):
             break

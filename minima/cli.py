@@ -359,10 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from analysis.phase import PhaseInputError
     from trainables.config import ConfigError
+    from trainables.uri import password_problem
 
     from sweeps.design.spec import SweepError
 
     try:
+        if getattr(args, "tracking_uri", None) and (why := password_problem(args.tracking_uri)):
+            raise SweepError(f"--tracking-uri {why}")
         return args.func(args)
     except (SweepError, ConfigError, PhaseInputError) as err:
         print(f"minima {args.command}: {err}", file=sys.stderr)

@@ -294,11 +294,12 @@ def test_dashboard_on_localhost_and_mlflow_on_the_private_ip(raw):
     assert "--port=6379" in start and "--autoscaling-config=~/ray_bootstrap_config.yaml" in start
     mlflow = next(c for c in head if "mlflow server" in c)
     for part in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
-                 '--backend-store-uri "${MINIMA_MLFLOW_DB:-sqlite:////home/ubuntu/mlflow.db}"',
+                 'MLFLOW_BACKEND_STORE_URI="${MINIMA_MLFLOW_DB:-sqlite:////home/ubuntu/mlflow.db}" ',
                  '--artifacts-destination "${MINIMA_ARTIFACTS:-s3://CHANGE-ME-minima-artifacts}"',
                  "--port 5000", "--workers 2", "> ~/mlflow-server.log 2>&1"):
         assert part in mlflow, part
     assert mlflow.rstrip().endswith("echo $! > ~/mlflow-server.pid") and "nohup" in mlflow
+    assert "--backend-store-uri" not in mlflow  # a database password on the command line: `ps` shows it
 
 
 def test_every_ray_start_runs_with_a_token_made_on_the_head_and_synced_to_workers(raw):

@@ -313,3 +313,58 @@ def test_minima_ui_starts_only_the_ui_and_stops_with_its_children(tmp_path, stop
     wait_for(lambda: not [p for p in family if alive(p)], 30, "the UI's processes to exit")
     assert not [p for p in ui_processes(port) if alive(p)], output[-2000:]
     assert "Traceback" not in output, output[-2000:]
+
+
+def command_lines() -> list[str]:
+    """Every process's command line, whole, as `ps -ww` shows any user (plain `ps` cuts at 80 columns)."""
+    lines = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            lines.append(Path(cmdline).read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            continue
+    return lines
+
+
+def test_the_heads_mlflow_server_takes_its_database_uri_from_the_environment_not_argv(tmp_path):
+    """cluster.yaml's command that starts MLflow on the head, run here with the head's home in a
+    temp dir: the database URI (a Postgres one holds a password) is on no process's command line,
+    which every user of the head can read with `ps`."""
+    import secrets
+
+    import yaml
+
+    command = next(c for c in yaml.safe_load((REPO / "cluster.yaml").read_text())["head_start_ray_commands"]
+                   if "mlflow server" in c)
+    port = free_port()
+    assert "--port 5000" in command
+    command = command.replace("--port 5000", f"--port {port}")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**without_ray_auth(), "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    made = subprocess.run([str(BIN / "minima"), "head-secrets"], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    marker = f"pw{secrets.token_hex(6)}"  # stands for a password inside the URI
+    db = tmp_path / marker / "mlflow.db"
+    db.parent.mkdir()
+    (home / ".minima-env").write_text(f"export MINIMA_MLFLOW_DB=sqlite:///{db}\n"
+                                      f"export MINIMA_ARTIFACTS={tmp_path / 'artifacts'}\n")
+    starter = subprocess.Popen(["bash", "-c", command], env=env, cwd=home, start_new_session=True)
+    assert starter.wait(timeout=60) == 0
+    try:
+        host = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 120, "the head's MLflow server to answer /health")
+        argv = command_lines()
+        assert any("mlflow" in line and "server" in line for line in argv)
+        assert not [line for line in argv if marker in line]
+        assert db.exists()  # the server opened the database it was given
+    finally:
+        os.killpg(starter.pid, signal.SIGKILL)  # the server and its workers: the starter's session

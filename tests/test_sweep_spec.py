@@ -166,3 +166,23 @@ def test_exponent_floats_in_yaml_are_numbers(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\nbase: {width: 16}\naxes:\n  weight_decay: [0, 5e-4, 1e-3]\n")
     assert load_sweep(path).axis_values("weight_decay") == [0, 5e-4, 1e-3]
+
+
+@pytest.mark.parametrize("field, uri, where", [
+    ("tracking_uri", "http://alice:s3cr3t@10.0.0.1:5000", "MLFLOW_TRACKING_PASSWORD"),
+    ("tracking_uri", "postgresql+psycopg2://bob:s3cr3t@db.internal/mlflow", "~/.pgpass"),
+    ("storage", "s3://AKIAEXAMPLE:s3cr3t@bucket/sweeps", "AWS credentials"),
+])
+def test_a_uri_with_a_password_is_refused_before_it_is_printed_or_stored(field, uri, where):
+    """A password in a URI would go into the run's output, minima_sweep.json, the report and `ps`."""
+    out = minima("validate", "sweeps/smoke.yaml", "--set", f"{field}={uri}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert field in out.stderr and where in out.stderr and "s3cr3t" not in out.stdout + out.stderr
+    assert parse_sweep({"name": "ok", "base": {}, field: uri.replace(":s3cr3t", "")})  # a user name alone is fine
+
+
+def test_a_tracking_uri_flag_with_a_password_is_refused():
+    for args in (("ui", "--tracking-uri", "postgresql://bob:s3cr3t@db/mlflow"),
+                 ("sync-mlflow", "smoke", "--tracking-uri", "http://alice:s3cr3t@10.0.0.1:5000")):
+        out = minima(*args)
+        assert out.returncode == 2 and "--tracking-uri" in out.stderr and "s3cr3t" not in out.stdout + out.stderr

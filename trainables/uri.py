@@ -29,3 +29,25 @@ def read_bytes(path: str) -> bytes | None:
 def read_text(path: str) -> str | None:
     data = read_bytes(path)
     return None if data is None else data.decode()
+
+
+def password_problem(uri: str) -> str | None:
+    """Why a URI may not carry a password (it would be printed, stored with the sweep and shown
+    by `ps`), and where the password goes instead; None when it carries none."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # a malformed port, say: not this check's business
+        return None
+    if password is None:
+        return None
+    scheme = parts.scheme.split("+")[0]
+    where = {"http": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment",
+             "https": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment",
+             "postgresql": "~/.pgpass (chmod 600) or PGPASSWORD", "mysql": "an option file (~/.my.cnf, chmod 600)",
+             "s3": "the AWS credentials chain (an instance role, ~/.aws/credentials or AWS_* variables)",
+             }.get(scheme, "the service's own credentials file or environment")
+    return (f"holds a password, which would be printed, stored with the sweep and visible in `ps`: "
+            f"give it without user:password@ and put the credentials in {where}")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import INT_FIELDS, SPEED_DEFAULTS, TrialConfig, architecture, can_pack, describe_validation_error
+from trainables.uri import password_problem
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -137,6 +138,13 @@ class SweepSpec(BaseModel):
                                               "per pack for each architecture (1 = alone); stored so a resume agrees")
     storage: str = Field("minima_results", description="local folder or s3:// / gs:// URI for Ray results")
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
+
+    @field_validator("storage", "tracking_uri")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        if (why := password_problem(v)) is not None:
+            raise ValueError(why)
+        return v
 
     @field_validator("search", mode="before")
     @classmethod

@@ -35,12 +35,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise SweepError(f"{args.file}: {field}: {value!r} is relative, so it would land in the job's temporary "
                              f"working dir and vanish with it; use an s3:// URI or an absolute path on the head "
                              f"(e.g. --set {field}=...), or an http:// MLflow server for tracking_uri")
-    from sweeps.cluster.ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token
+    from sweeps.cluster.ray_auth import FETCH_HINT, TokenError, bearer_headers, find_token, send_problem
 
     try:
         token = find_token(args.cluster_config)
     except TokenError as err:
         raise SweepError(str(err)) from None
+    if (why := send_problem(args.address, token)) is not None:
+        raise SweepError(why)
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 

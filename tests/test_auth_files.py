@@ -1,8 +1,9 @@
-"""Where the Ray token is found and how the secrets files are made (no processes; see
+"""Where the Ray token is found and how the secrets files are made (the CLI in a subprocess at most; see
 test_locked_doors.py for the real Ray and MLflow servers)."""
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -22,14 +23,17 @@ def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_a_private_token_is_made_once_and_a_readable_one_is_tightened(home):
+def test_a_private_token_is_made_once_and_one_others_could_read_is_replaced(home):
     path = make_private_token()
     first = path.read_text()
     assert path == home / ".ray" / "auth_token" and len(first) == 64 and mode(path) == 0o600
     assert make_private_token().read_text() == first  # kept
-    path.chmod(0o644)  # as Ray's own writer leaves it
+    path.chmod(0o644)  # as Ray's own writer leaves it: anyone may have read it meanwhile
+    inode = path.stat().st_ino
     make_private_token()
-    assert mode(path) == 0o600 and path.read_text() == first
+    assert mode(path) == 0o600 and len(path.read_text()) == 64 and path.read_text() != first
+    assert path.stat().st_ino != inode  # a new file, private from its first byte, not the old one rewritten
+    assert [p.name for p in path.parent.iterdir()] == ["auth_token"]  # no temporary file left
 
 
 def test_the_token_is_found_in_rays_order(home, monkeypatch):
@@ -104,3 +108,46 @@ def test_single_machine_mode_for_local_ray_and_loopback_addresses_only(monkeypat
     monkeypatch.setenv(LOOPBACK_NODE_ENV, "1")  # the user's own setting wins
     advertise_loopback()
     assert os.environ[LOOPBACK_NODE_ENV] == "1"
+
+
+def test_submit_sends_no_token_in_plain_http_to_another_machine_nor_the_local_token_anywhere(home, tmp_path):
+    """A listener on this machine's network address stands for a Ray head reached without a
+    tunnel: `minima submit` refuses before it connects, so the listener sees no request."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    repo = Path(__file__).resolve().parent.parent
+    ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()[0]
+    listener = socket.create_server((ip, 0))
+    listener.settimeout(0.2)
+    seen: list = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                seen.append(listener.accept())
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    token_file = make_private_token(tmp_path / "cluster.token")
+    make_private_token()  # this machine's own local token, in the default place
+    places = ["--working-dir", str(repo), "--set", "storage=/srv/results", "--set", "tracking_uri=http://10.0.0.1:5000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    try:
+        for extra_env, address, says in (
+                ({"RAY_AUTH_TOKEN_PATH": str(token_file)}, f"http://{ip}:{listener.getsockname()[1]}", "unencrypted"),
+                ({}, f"https://{ip}:{listener.getsockname()[1]}", "this machine's own local Ray token")):
+            out = subprocess.run([sys.executable, "-m", "minima", "submit", str(repo / "sweeps" / "smoke.yaml"),
+                                  "--address", address, *places], capture_output=True, text=True, timeout=120,
+                                 env={**env, "HOME": str(home), **extra_env}, cwd=tmp_path)
+            assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert seen == []

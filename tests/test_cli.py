@@ -112,3 +112,9 @@ def test_set_values_that_do_not_fit_exit_2_without_a_traceback(tmp_path):
                  "--set", f"storage={tmp_path / 'results'}")
     assert out.returncode == 0, out.stderr
     assert "axis      augmentation: ['none', 'shift']" in out.stdout and "axis      clip_norm: [None, 1.0]" in out.stdout
+
+
+def test_python_dash_m_minima_exits_with_the_commands_status(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "minima", "validate", str(tmp_path / "missing.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no such sweep file" in out.stderr

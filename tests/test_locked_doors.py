@@ -89,7 +89,16 @@ def session_gcs_port(driver_pid: int) -> int | None:
 
 
 def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_nothing(tmp_path):
-    env = without_ray_auth()  # Ray's default for a local cluster: token authentication
+    """Also: a token that a plain `ray.init()` left readable by everyone is replaced, so whoever
+    read it cannot join the sweep's Ray with it."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    leaked = "1" * 64
+    (home / ".ray" / "auth_token").write_text(leaked)
+    (home / ".ray" / "auth_token").chmod(0o644)
+    # Ray's default for a local cluster: token authentication; the data cache as before
+    env = without_ray_auth({"HOME": str(home), "MINIMA_DATA_DIR": os.environ.get("MINIMA_DATA_DIR")
+                            or str(Path.home() / ".cache" / "minima" / "data")})
     driver = subprocess.Popen([sys.executable, "-m", "minima.cli", "run", SMOKE, "--set", f"storage={tmp_path / 'r'}",
                                "--set", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", "base.epochs=100",
                                "--set", "base.stop_at_train_acc=null"],
@@ -104,10 +113,12 @@ def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_no
         assert listening and all(is_loopback(a) for a in listening), listening
         # a local client without the token (another user on a shared node) runs nothing
         address = f"127.0.0.1:{port}"
-        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-        local = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # clients on this machine reach it at 127.0.0.1
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        assert token != leaked
+        local = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HOME": str(home)}  # clients here reach it at 127.0.0.1
         clients = {"no token": without_ray_auth({**local, "RAY_AUTH_MODE": "disabled"}),
                    "a wrong token": without_ray_auth({**local, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}),
+                   "the leaked token": without_ray_auth({**local, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": leaked}),
                    "the token": without_ray_auth({**local, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})}
         with ThreadPoolExecutor(len(clients)) as pool:
             tried = dict(zip(clients, pool.map(lambda kv: probe(address, kv[1], tmp_path, kv[0].replace(" ", "_")),
@@ -116,14 +127,14 @@ def test_a_local_sweep_runs_with_token_auth_and_clients_without_the_token_run_no
     finally:
         out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0 and "8 trials: 8 ok" in out, err[-3000:]
-    for who in ("no token", "a wrong token"):
+    for who in ("no token", "a wrong token", "the leaked token"):
         code, stdout, stderr = tried[who]
         assert code != 0 and "RAN" not in stdout, (who, stdout)
         assert any(word in stderr for word in REFUSED), (who, stderr[-2000:])
     # the same client with the token runs a task, on a node whose address is loopback
     code, stdout, stderr = tried["the token"]
     assert code == 0 and "RAN 127.0.0.1" in stdout, stderr[-2000:]
-    assert os.stat(Path.home() / ".ray" / "auth_token").st_mode & 0o077 == 0  # the token is this user's only
+    assert os.stat(home / ".ray" / "auth_token").st_mode & 0o077 == 0  # the token is this user's only
 
 
 @pytest.fixture(scope="module")

@@ -50,25 +50,39 @@ def default_token_path() -> Path:
 
 
 def make_private_token(path: Path | None = None) -> Path:
-    """Write a new 256-bit token readable by this user only, unless one is there; tighten the
-    permissions of one that is (Ray's own writer leaves it readable by everyone)."""
+    """Make sure the token at `path` is this user's alone: write a new 256-bit token readable by
+    this user only when there is none, and replace one that others could read (Ray's own writer
+    leaves it readable by everyone; whoever read it meanwhile must not keep a way in)."""
     path = path or default_token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write_private(path, secrets.token_hex(32))  # the shape of Ray's own tokens
+        write_private(path, new_token())
     except FileExistsError:
-        if path.stat().st_uid == os.getuid():
-            path.chmod(0o600)
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            write_private(path, new_token(), replace=True)
     return path
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)  # the shape of Ray's own tokens
 
 
 def write_private(path: Path, text: str, replace: bool = False) -> None:
     """A file only this user can read, from its first byte; an existing one raises
-    FileExistsError unless `replace`."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
-    with os.fdopen(os.open(path, flags, 0o600), "w") as f:
-        f.write(text)
-    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that was already there
+    FileExistsError unless `replace`, which swaps in a new file (never rewrites the old one in
+    place, whose mode may let others read it)."""
+    if not replace:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text)
+        return
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read(path: Path, what: str) -> str:
@@ -122,6 +136,36 @@ def save_private(token: Token, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, token.value, replace=True)
     return path
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether an http(s) address is this machine (an SSH port-forward lands here too)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def send_problem(address: str, token: Token | None) -> str | None:
+    """Why `token` must not go to the Ray Jobs `address`; None when it may. Over plain HTTP only
+    to this machine (an SSH tunnel to the head, as `ray dashboard cluster.yaml` makes): anyone on
+    the path reads a bearer token. This machine's own local token never leaves it."""
+    if token is None:
+        return None
+    if not is_loopback_address(address) and not address.startswith("https://"):
+        return (f"--address {address}: the Ray token would cross the network unencrypted; forward the "
+                f"dashboard with `ray dashboard cluster.yaml` and use --address http://127.0.0.1:8265, "
+                f"or give an https:// address")
+    if not is_loopback_address(address) and token.source == str(default_token_path()):
+        return (f"--address {address}: the only token found is this machine's own local Ray token "
+                f"({token.source}), not the cluster's. {FETCH_HINT}")
+    return None
 
 
 def bearer_headers(token: Token | None) -> dict[str, str]:

@@ -50,3 +50,36 @@ def test_a_stored_sweep_resumes_and_exports_as_before(tmp_path, name):
     assert (trials["status"] == "ok").all() and len(trials) == len(expected_trials)
     pd.testing.assert_frame_equal(trials, expected_trials, check_exact=True)
     pd.testing.assert_frame_equal(curves, expected_curves, check_exact=True)
+
+
+class Planted:
+    """What someone who can write a sweep's folder could put there: unpickling it runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_sweep_folder_others_could_write_is_not_resumed(tmp_path, monkeypatch):
+    """Tune unpickles a sweep's stored state on resume: a planted tuner.pkl must never load."""
+    import os
+    import pickle
+
+    from minima.cli import main
+
+    with tarfile.open(FIXTURE) as archive:
+        archive.extractall(tmp_path / "fixture", filter="data")
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "fixture" / "fx_grid").rename(store / "fx_grid")
+    marker = tmp_path / "code-ran"
+    (store / "fx_grid" / "tuner.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    monkeypatch.chdir(tmp_path)
+    trial = next((store / "fx_grid").glob("trial_*"))
+    trial.chmod(trial.stat().st_mode | 0o020)  # group-writable: a lab's shared group may plant files
+    assert main(["resume", "fx_grid", "--storage", "store"]) == 2 and not marker.exists()
+    trial.chmod(trial.stat().st_mode & ~0o020)
+    monkeypatch.setattr(os, "getuid", lambda: 4242)  # every file now belongs to someone else
+    assert main(["resume", "fx_grid", "--storage", "store"]) == 2 and not marker.exists()

@@ -16,8 +16,8 @@ from ..design.plan import SweepPlan, planned
 from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
 from ..storage.safe_storage import prune_unreferenced_checkpoints
 from ..design.spec import SweepError, SweepSpec
-from ..storage.sweep_files import (experiment_path, logs_to_mlflow, part_path, read_spec, run_settings, snapshot_store,
-                          write_spec)
+from ..storage.sweep_files import (check_only_yours, experiment_path, logs_to_mlflow, part_path, read_spec,
+                                   run_settings, snapshot_store, write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
 from .tuner import trial_dirname  # noqa: F401 - some stored sweeps pickled it as sweeps.runner.trial_dirname
@@ -134,6 +134,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     errored ones are retried (Tuner.restore with resume_errored=True). Its callbacks, the MLflow
     logger included, come back from the stored experiment state."""
     spec = read_spec(name, storage)
+    check_only_yours(experiment_path(spec))  # before anything of it is unpickled
     if not has_results(spec):
         raise SweepError(f"sweep {name!r} at {experiment_path(spec)} has no Ray experiment state to resume from")
     preflight(spec, name, tracking=logs_to_mlflow(spec))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -68,6 +70,27 @@ def check_storage_writable(storage: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
+
+
+def check_only_yours(path: str) -> None:
+    """Refuse to resume from a local sweep folder that anyone but this user could have written:
+    Tune unpickles its stored state (tuner.pkl, the experiment state), so a planted file runs
+    code as whoever resumes. An object store's folder is guarded by its bucket's access rules
+    instead (docs/cluster.md)."""
+    if is_uri(path):
+        return
+    me = os.getuid()
+    for folder, dirs, files in os.walk(path):
+        for name in [None, *dirs, *files]:
+            where = os.path.join(folder, name) if name else folder
+            info = os.lstat(where)
+            if info.st_uid != me or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or stat.S_ISLNK(info.st_mode):
+                who = ("another user owns it" if info.st_uid != me else
+                       "it links elsewhere" if stat.S_ISLNK(info.st_mode) else "others may write it")
+                raise SweepError(
+                    f"storage: {where}: {who}, and resuming unpickles the sweep's stored state, which "
+                    f"would run whatever code was put there. Resume a copy only you can write "
+                    f"(cp -r, then chmod -R go-w on the copy) once you trust its contents")
 
 
 def write_spec(spec: SweepSpec, log_to_mlflow: bool, parts: int = 1, ray_trials_per_part: int | None = None) -> None:

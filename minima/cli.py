@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from sweeps.design.assignments import parse_assignments
-from .cluster_cli import UI_START, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user, cmd_submit, cmd_ui
+from .cluster_cli import (UI_START, cmd_aws_security_group, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user,
+                          cmd_submit, cmd_ui)
 
 EXIT_BAD_INPUT = 2
 
@@ -287,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("name")
     resume.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
     resume.set_defaults(func=cmd_resume)
+
+    group = sub.add_parser("aws-security-group", help="before `ray up`: make (or check) the cluster's AWS security "
+                           "group with SSH from the config's range only, never from 0.0.0.0/0")
+    group.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
+    group.set_defaults(func=cmd_aws_security_group)
 
     submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
     sweep_file_args(submit)

@@ -1,5 +1,6 @@
-"""The `minima` commands for a cluster: submitting a sweep as a Ray job with the cluster's token,
-the head's secrets (Ray token, MLflow accounts) and the MLflow UI."""
+"""The `minima` commands for a cluster: its AWS security group before `ray up`, submitting a sweep
+as a Ray job with the cluster's token, the head's secrets (Ray token, MLflow accounts) and the
+MLflow UI."""
 
 from __future__ import annotations
 
@@ -13,6 +14,44 @@ import time
 AGENT_WAIT_S = 60  # how long `submit` waits for a new head's job agent
 # MLflow 3 opens on its GenAI view unless asked; the choice then sticks in the browser
 UI_START = "/#/?workflowType=machine_learning"
+
+
+def cmd_aws_security_group(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import yaml
+    from ray.autoscaler._private.cli_logger import cli_logger
+    from ray.autoscaler._private.util import prepare_config
+
+    from sweeps.cluster.aws_security_group import GroupError, describe, ensure_security_groups
+    from sweeps.design.spec import SweepError
+
+    # Ray's progress lines off, its errors kept: the lines printed below say what happened
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)
+    cli_logger.configure(verbosity=0)
+    try:
+        config = prepare_config(yaml.safe_load(Path(args.cluster_config).read_text()))  # as `ray up` sees it
+        provider = config["provider"]["type"]
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError) as err:
+        raise SweepError(f"{args.cluster_config}: cannot read it as a cluster config ({err})") from None
+    if provider != "aws":
+        raise SweepError(f"{args.cluster_config}: provider.type is {provider!r}; this command makes an AWS "
+                         f"security group only")
+    try:
+        reports = ensure_security_groups(config)
+    except GroupError as err:
+        raise SweepError(f"{args.cluster_config}: {err}") from None
+    for group in reports:
+        what = ("named by SecurityGroupIds, so `ray up` leaves it as it is" if group.given
+                else f"added {len(group.added)} rule(s)" if group.added else "already has the rules asked for")
+        print(f"{group.name} ({group.group_id}, {group.vpc_id}): {what}; it lets in:")
+        for rule in group.rules:
+            print(f"  {describe(rule)}")
+        for rule in group.kept_extra:
+            print(f"note: {group.name} also lets in {describe(rule)}, which {args.cluster_config} does not ask "
+                  f"for; remove it in AWS if it is stale", file=sys.stderr)
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

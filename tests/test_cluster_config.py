@@ -7,17 +7,16 @@ offline, and they are what we call here. What `ray up` does next needs AWS and i
 (IAM, key pair, subnets, security group). A fixture turns any socket connection into an error, so a
 test that reached the network would fail instead of talking to AWS.
 
-The security-group rules Ray actually writes are its two defaults plus our IpPermissions; those
-defaults come from pure functions in ray/autoscaler/_private/aws/config.py, which we run on our
-rules (see `ray_inbound_rules`).
+The cluster's security group is made before `ray up` by `minima aws-security-group`, with Ray's
+intra-cluster rule and our IpPermissions only; Ray then leaves its rules alone (Ray's own bootstrap
+against a mocked AWS shows it: tests/test_aws_security_group.py). Here the rules it writes are
+checked offline (see `cluster_inbound_rules`): nothing is open to 0.0.0.0/0 or ::/0.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import ipaddress
-import itertools
 import re
 import socket
 from pathlib import Path
@@ -27,8 +26,9 @@ import pytest
 import yaml
 
 import ray
-import ray.autoscaler
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from sweeps.cluster.aws_security_group import GroupError, intended_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -89,46 +89,23 @@ def _port_span(rule: dict) -> tuple[int, int] | None:
     return None
 
 
-def world_open_problems(ip_permissions: list[dict], allowed=(22,)) -> list[str]:
-    """Rules that open to 0.0.0.0/0 or ::/0 anything but exactly the allowed ports."""
+def world_open_problems(ip_permissions: list[dict]) -> list[str]:
+    """Rules that open anything, SSH included, to 0.0.0.0/0 or ::/0."""
     problems = []
     for i, rule in enumerate(ip_permissions):
         world, span = _world_sources(rule), _port_span(rule)
-        if not world or span is None:
+        if not world:
             continue
-        lo, hi = span
-        protected = [p for p in PROTECTED_PORTS if lo <= p <= hi]
-        if protected or not (lo == hi and lo in allowed):
-            problems.append(f"rule {i} opens ports {lo}-{hi} to {world} (protected: {protected})")
+        lo, hi = span or (None, None)
+        protected = [p for p in PROTECTED_PORTS if span and lo <= p <= hi]
+        problems.append(f"rule {i} opens ports {lo}-{hi} to {world} (protected: {protected})")
     return problems
 
 
-def _ray_default_rules_function():
-    try:  # the real import needs boto3, which is in the [cluster] extra only
-        from ray.autoscaler._private.aws.config import _create_default_inbound_rules
-
-        return _create_default_inbound_rules
-    except ImportError:
-        pass
-    # Without boto3: run Ray's own three pure functions from the installed source, unchanged.
-    names = {
-        "_create_default_inbound_rules",
-        "_create_default_intracluster_inbound_rules",
-        "_create_default_ssh_inbound_rules",
-    }
-    path = Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py"
-    tree = ast.parse(path.read_text())
-    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    assert {f.name for f in funcs} == names, f"Ray moved its default security-group rules ({path})"
-    namespace = {"itertools": itertools}
-    exec(compile(ast.Module(body=funcs, type_ignores=[]), str(path), "exec"), namespace)
-    return namespace["_create_default_inbound_rules"]
-
-
-def ray_inbound_rules(config: dict, own_group="sg-0cluster") -> list[dict]:
-    """The inbound rules `ray up` writes into the security group it creates for this config."""
-    extended = config["provider"].get("security_group", {}).get("IpPermissions", [])
-    return _ray_default_rules_function()({own_group}, extended_rules=copy.deepcopy(extended))
+def cluster_inbound_rules(config: dict, own_group="sg-0cluster") -> list[dict]:
+    """The inbound rules `minima aws-security-group` writes into the cluster's group, which `ray up`
+    then keeps: Ray's intra-cluster rule and the file's IpPermissions."""
+    return intended_rules(copy.deepcopy(config), {own_group})
 
 
 def exposed_service_problems(config: dict) -> list[str]:
@@ -271,10 +248,13 @@ def test_config_rules_open_nothing_but_ssh_and_ssh_only_to_a_range(raw):
     assert ssh and all(_world_sources(r) == [] for r in ssh)
 
 
-def test_rules_ray_writes_keep_protected_ports_inside_the_cluster(raw):
-    rules = ray_inbound_rules(raw)
-    # the only world-open port is Ray's own default SSH rule (see the comment in cluster.yaml)
+def test_rules_the_cluster_group_gets_keep_protected_ports_inside_the_cluster(raw):
+    rules = cluster_inbound_rules(raw)
     assert world_open_problems(rules) == []
+    # SSH from the file's range only
+    ssh_sources = {r["CidrIp"] for rule in rules if (span := _port_span(rule)) and span[0] <= 22 <= span[1]
+                   for r in rule.get("IpRanges", [])}
+    assert ssh_sources == {"203.0.113.0/24"}
     for port in PROTECTED_PORTS:
         for rule in rules:
             span = _port_span(rule)
@@ -336,12 +316,15 @@ def test_head_secrets_writes_the_token_where_cluster_yaml_syncs_it_from(raw, tmp
     ({"IpProtocol": "tcp", "FromPort": 4000, "ToPort": 7000, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}, 5000),
     ({"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, 10001),
     ({"IpProtocol": "tcp", "FromPort": 20, "ToPort": 25, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, None),
+    ({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, 22),
+    ({"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, None),
 ])
 def test_checker_flags_a_rule_that_opens_a_port_to_the_world(config, bad_rule, port):
     config["provider"]["security_group"]["IpPermissions"].append(bad_rule)
     problems = world_open_problems(config["provider"]["security_group"]["IpPermissions"])
     assert len(problems) == 1 and (port is None or str(port) in problems[0] or "0-65535" in problems[0])
-    assert world_open_problems(ray_inbound_rules(config))
+    with pytest.raises(GroupError, match=r"IpPermissions\[1\] lets in"):  # the step refuses to write it
+        cluster_inbound_rules(config)
     # and Ray's validator does not catch this: the schema does not look inside IpPermissions
     prepared_and_validated(config)
 

@@ -71,6 +71,15 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5) -> No
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def answers_health(base_url: str) -> bool:
+    """Whether an MLflow server (or UI) at `base_url` answers its /health."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with a SQLite store and, as on the cluster head, accounts
     (--app-name basic-auth, secrets made by `minima head-secrets`'s code); `client_env` holds the
@@ -117,11 +126,7 @@ class MlflowServer:
                     os.environ[k] = v
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return answers_health(self.uri)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

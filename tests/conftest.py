@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,17 @@ os.environ.setdefault("MINIMA_DATA_DIR", str(Path(__file__).resolve().parent.par
 # Token authentication, as for Ray's local default, also for the clusters tests start in this
 # process (Ray reads the mode once, when first imported). test_locked_doors runs without it set.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No connection leaves this process: a test that must stay offline fails loudly instead."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test must stay offline: it tried to open a connection")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection")):
+        monkeypatch.setattr(owner, name, refuse)
+    return refuse
 
 
 @pytest.fixture

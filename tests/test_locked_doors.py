@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.chaos import MlflowServer, free_port, wait_for  # noqa: E402
+from benchmarks.chaos import MlflowServer, answers_health, free_port, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SMOKE = str(REPO / "sweeps" / "smoke.yaml")
@@ -302,15 +301,8 @@ def test_minima_ui_starts_only_the_ui_and_stops_with_its_children(tmp_path, stop
     ui = subprocess.Popen([sys.executable, "-m", "minima.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                            "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_for(answers, 120, "minima ui to answer")
+        wait_for(lambda: answers_health(f"http://127.0.0.1:{port}"), 120, "minima ui to answer")
         time.sleep(2)  # anything it starts after the first answer
         family = descendants(ui.pid)
         commands = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in family if alive(p)]
@@ -364,15 +356,7 @@ def test_the_heads_mlflow_server_takes_its_database_uri_from_the_environment_not
     assert starter.wait(timeout=60) == 0
     try:
         host = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()[0]
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 120, "the head's MLflow server to answer /health")
+        wait_for(lambda: answers_health(f"http://{host}:{port}"), 120, "the head's MLflow server to answer /health")
         argv = command_lines()
         assert any("mlflow" in line and "server" in line for line in argv)
         assert not [line for line in argv if marker in line]

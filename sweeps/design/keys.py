@@ -23,7 +23,12 @@ class TrialKeys:
 
 def trial_key(values: dict[str, Any]) -> str:
     """Key of the full, resolved trial config (seed included)."""
-    return config_key(make_config(values))
+    return keys_of(values).trial
+
+
+def cell_key(values: dict[str, Any]) -> str:
+    """Key of the config without its seed: the trials that differ only by seed share it."""
+    return keys_of(values).cell
 
 
 def keys_of(values: dict[str, Any]) -> TrialKeys:
@@ -36,18 +41,6 @@ def config_keys(cfg: TrialConfig) -> TrialKeys:
     trial = _digest(resolved)
     resolved.pop("seed")
     return TrialKeys(trial, _digest(resolved))
-
-
-def config_key(cfg: TrialConfig) -> str:
-    """`trial_key` of a config already made."""
-    return _digest(cfg.to_dict())
-
-
-def cell_key(values: dict[str, Any]) -> str:
-    """Key of the config without its seed: the trials that differ only by seed share it."""
-    resolved = make_config(values).to_dict()
-    resolved.pop("seed")
-    return _digest(resolved)
 
 
 class KnownKeys:

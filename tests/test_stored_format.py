@@ -32,13 +32,16 @@ def minima(*args, cwd):
 def test_a_stored_sweep_resumes_and_exports_as_before(tmp_path, name):
     with tarfile.open(FIXTURE) as archive:
         archive.extractall(tmp_path / "fixture", filter="data")
-    store = tmp_path / "store"
+    store = tmp_path / "moved"  # not where it was made: its spec says storage "store", relative
     store.mkdir()
-    (tmp_path / "fixture" / name).rename(store / name)  # the sweep's storage field is "store"
+    (tmp_path / "fixture" / name).rename(store / name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
 
-    resumed = minima("resume", name, "--storage", "store", cwd=tmp_path)
+    resumed = minima("resume", name, "--storage", str(store), cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    exported = minima("export", name, "--storage", "store", "--out", "out", "--no-mlflow", cwd=tmp_path)
+    exported = minima("export", name, "--storage", str(store), "--out", str(tmp_path / "out"), "--no-mlflow",
+                      cwd=elsewhere)
     assert exported.returncode == 0, exported.stderr[-3000:]
 
     trials = (pd.read_parquet(tmp_path / "out" / "trials.parquet").drop(columns=VOLATILE)

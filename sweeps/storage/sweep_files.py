@@ -113,7 +113,9 @@ def read_spec(name: str, storage: str) -> SweepSpec:
     if text is None:
         raise SweepError(f"no sweep named {name!r} under {storage_root(storage)} (looked for {path}); "
                          f"pass --storage where it ran")
-    return parse_sweep(json.loads(text), path)
+    # where it was found is its storage now: a storage moved or reached from another folder
+    # resumes and exports from where it is, not from the path it was started with
+    return parse_sweep({**json.loads(text), "storage": storage}, path)
 
 
 def run_settings(spec: SweepSpec) -> dict:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trainables.reports import final_rows, is_final, member_values
 
 from ..design.keys import KnownKeys
-from ..storage.results import read_result_rows
 from ..design.spec import SweepSpec
+from ..storage.results import read_result_rows
 from ..storage.sweep_files import experiment_path
+
+if TYPE_CHECKING:
+    from ..tracking.mlflow_audit import MlflowAudit
 
 
 @dataclass
@@ -20,7 +24,7 @@ class SweepOutcome:
     path: str
     total: int
     counts: dict[str, int]  # ok / diverged / error / unfinished
-    mlflow: "MlflowAudit | None" = None  # None when the sweep was not logged
+    mlflow: MlflowAudit | None = None  # None when the sweep was not logged
     storage: str = ""
     tracking_uri: str = ""
 

@@ -156,13 +156,13 @@ def send_problem(address: str, token: Token | None) -> str | None:
     """Why `token` must not go to the Ray Jobs `address`; None when it may. Over plain HTTP only
     to this machine (an SSH tunnel to the head, as `ray dashboard cluster.yaml` makes): anyone on
     the path reads a bearer token. This machine's own local token never leaves it."""
-    if token is None:
+    if token is None or is_loopback_address(address):
         return None
-    if not is_loopback_address(address) and not address.startswith("https://"):
+    if not address.startswith("https://"):
         return (f"--address {address}: the Ray token would cross the network unencrypted; forward the "
                 f"dashboard with `ray dashboard cluster.yaml` and use --address http://127.0.0.1:8265, "
                 f"or give an https:// address")
-    if not is_loopback_address(address) and token.source == str(default_token_path()):
+    if token.source == str(default_token_path()):
         return (f"--address {address}: the only token found is this machine's own local Ray token "
                 f"({token.source}), not the cluster's. {FETCH_HINT}")
     return None

@@ -4,6 +4,7 @@ state (the resolved sweep, how it was started)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import stat
@@ -80,17 +81,18 @@ def check_only_yours(path: str) -> None:
     if is_uri(path):
         return
     me = os.getuid()
-    for folder, dirs, files in os.walk(path):
-        for name in [None, *dirs, *files]:
-            where = os.path.join(folder, name) if name else folder
-            info = os.lstat(where)
-            if info.st_uid != me or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or stat.S_ISLNK(info.st_mode):
-                who = ("another user owns it" if info.st_uid != me else
-                       "it links elsewhere" if stat.S_ISLNK(info.st_mode) else "others may write it")
-                raise SweepError(
-                    f"storage: {where}: {who}, and resuming unpickles the sweep's stored state, which "
-                    f"would run whatever code was put there. Resume a copy only you can write "
-                    f"(cp -r, then chmod -R go-w on the copy) once you trust its contents")
+    every = itertools.chain([path], (os.path.join(folder, name) for folder, dirs, files in os.walk(path)
+                                     for name in dirs + files))
+    for where in every:  # each path once: a folder is an entry of its parent, the root alone is not
+        info = os.lstat(where)
+        who = ("another user owns it" if info.st_uid != me else
+               "it links elsewhere" if stat.S_ISLNK(info.st_mode) else
+               "others may write it" if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
+        if who is not None:
+            raise SweepError(
+                f"storage: {where}: {who}, and resuming unpickles the sweep's stored state, which "
+                f"would run whatever code was put there. Resume a copy only you can write "
+                f"(cp -r, then chmod -R go-w on the copy) once you trust its contents")
 
 
 def write_spec(spec: SweepSpec, log_to_mlflow: bool, parts: int = 1, ray_trials_per_part: int | None = None) -> None:

@@ -249,8 +249,11 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     from sweeps.tracking.mlflow_writer import MLflowWriter
     from sweeps.storage.sweep_files import experiment_path, read_spec
 
+    from sweeps.run.runner import claim_tracking
+
     spec = read_spec(args.name, args.storage)
     uri = args.tracking_uri or spec.tracking_uri
+    claim_tracking(spec.model_copy(update={"tracking_uri": uri}), args.name)
     counts = sync_from_storage(MLflowWriter(uri, spec.name, list(spec.axes)), experiment_path(spec))
     print(f"sweep {spec.name}: {counts['trials']} trials synced to {uri} ({counts['finished']} finished, "
           f"{counts['failed']} failed, {counts['unfinished']} unfinished)")
@@ -313,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("--ray-token", help="the Ray token file (default: ~/.ray/auth_token)")
     head.set_defaults(func=cmd_head_secrets)
 
-    account = sub.add_parser("mlflow-user", help="make a read-only account on an MLflow server with accounts "
-                             "(run with the admin's MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    account = sub.add_parser("mlflow-user", help="make a read account on an MLflow server with accounts: it reads every "
+                             "sweep and changes none (run with the admin's MLFLOW_TRACKING_USERNAME/PASSWORD)")
     account.add_argument("username")
     account.add_argument("--tracking-uri", required=True, help="the server, e.g. http://HEAD_PRIVATE_IP:5000")
     account.set_defaults(func=cmd_mlflow_user)

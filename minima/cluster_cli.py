@@ -165,7 +165,7 @@ def cmd_mlflow_user(args: argparse.Namespace) -> int:
         password = create_read_account(args.tracking_uri, args.username)
     except MlflowException as err:
         raise SweepError(f"{args.username}: no account made at {args.tracking_uri} ({err.message})") from None
-    print(f"account {args.username!r} can read every sweep at {args.tracking_uri} and write none; its password "
+    print(f"account {args.username!r} can read every sweep at {args.tracking_uri} and change none; its password "
           f"(shown once):", file=sys.stderr)
     print(password)
     return 0

@@ -30,6 +30,17 @@ def _start_ray(spec: SweepSpec, on_notice) -> None:
         on_notice(notice)
 
 
+def claim_tracking(spec: SweepSpec, source: str) -> None:
+    """The sweep's MLflow experiment made by this client, or refused when others may change it
+    (before Ray starts; the writer checks again when it connects)."""
+    from ..cluster.mlflow_auth import claim_experiment
+    from ..tracking.mlflow_writer import EXPERIMENT_KIND
+
+    problem = claim_experiment(spec.tracking_uri, spec.name, dict([EXPERIMENT_KIND]))
+    if problem:
+        raise SweepError(f"{source}: tracking_uri: {problem}")
+
+
 def _fit(plan: SweepPlan, make_tuner):
     with pending_trials(plan, cluster_cpus()):
         return make_tuner().fit()
@@ -112,6 +123,8 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     if has_results(spec):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
                          f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
+    if log_to_mlflow:
+        claim_tracking(spec, source)
     _start_ray(spec, on_notice)
     spec, plan = planned(spec, local_slots(spec))
     for line in plan_lines(plan):
@@ -138,6 +151,8 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     if not has_results(spec):
         raise SweepError(f"sweep {name!r} at {experiment_path(spec)} has no Ray experiment state to resume from")
     preflight(spec, name, tracking=logs_to_mlflow(spec))
+    if logs_to_mlflow(spec):
+        claim_tracking(spec, name)
     _start_ray(spec, on_notice)
     from .missing_pretrainings import run_missing_pretrainings
 

@@ -141,9 +141,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     advertise_loopback()
     spec = _load(args)
-    from sweeps.run.runner import resume_sweep, run_sweep
+    from sweeps.run.runner import extend_sweep, resume_sweep, run_sweep
     from sweeps.run.tuner import has_results
 
+    if has_results(spec):  # the file may add trials to the stored sweep: only those run
+        outcome = extend_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: print(m, file=sys.stderr),
+                               source=args.file)
+        if outcome is not None:
+            return _report(outcome)
     if args.resume and has_results(spec):
         print(f"sweep {spec.name} has results: resuming it (finished trials are kept)", file=sys.stderr)
         return _report(resume_sweep(spec.name, spec.storage, on_notice=lambda m: print(m, file=sys.stderr)))

@@ -12,12 +12,15 @@ from collections import Counter
 from .notices import plan_lines, report_sharing
 from .outcome import SweepOutcome, sweep_outcome, tally
 from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
+from ..design.extension import extension_of, trial_keys
+from ..design.keys import KnownKeys
 from ..design.plan import SweepPlan, planned
 from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
 from ..storage.safe_storage import prune_unreferenced_checkpoints
-from ..design.spec import SweepError, SweepSpec
-from ..storage.sweep_files import (check_only_yours, experiment_path, logs_to_mlflow, part_path, read_spec,
-                                   run_settings, snapshot_store, write_spec)
+from ..design.spec import SweepError, SweepSpec, parse_sweep
+from ..storage.results import stored_statuses
+from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, extensions, logs_to_mlflow,
+                                   part_path, read_spec, run_settings, snapshot_store, write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
 from .tuner import trial_dirname  # noqa: F401 - some stored sweeps pickled it as sweeps.runner.trial_dirname
@@ -80,15 +83,17 @@ def _finish(spec: SweepSpec, plan: SweepPlan, grid, writer=None) -> SweepOutcome
     return _conclude(spec, *tally(grid, experiment_path(spec), plan.known_keys()), writer)
 
 
-def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer) -> SweepOutcome:
+def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer, first: int = 0,
+               kept: dict[str, int] | None = None) -> SweepOutcome:
     """Run a sweep in parts, one Tune experiment after another: a finished part is skipped, one
     with a stored experiment is restored, the others start fresh. Stops after a part that left
-    trials unfinished (the driver was interrupted), so a resume picks up there."""
-    counts: Counter = Counter()
-    seen = 0
-    finished: set[str] | None = set()  # None once a part is skipped: its trials were not seen
+    trials unfinished (the driver was interrupted), so a resume picks up there. An extension's
+    parts are numbered from `first`, after the stored sweep's, whose trials' counts are `kept`."""
+    counts: Counter = Counter(kept or {})
+    seen = sum(counts.values())
+    finished: set[str] | None = set() if not kept else None  # None: some trials were not seen by this run
     known = plan.known_keys()
-    for index, part in enumerate(split_plan(plan, per_part)):
+    for index, part in enumerate(split_plan(plan, per_part), start=first):
         path = part_path(spec, index)
         done = part_done(path)
         if done is not None:
@@ -122,7 +127,8 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     preflight(spec, source, tracking=log_to_mlflow)
     if has_results(spec):
         raise SweepError(f"sweep {spec.name!r} already has results at {experiment_path(spec)}: "
-                         f"`minima resume {spec.name}` continues it, or pass --name NEW_NAME")
+                         f"`minima resume {spec.name}` continues it, a file that adds trials extends it, "
+                         f"or pass --name NEW_NAME")
     if log_to_mlflow:
         claim_tracking(spec, source)
     _start_ray(spec, on_notice)
@@ -142,6 +148,42 @@ def run_sweep(spec: SweepSpec, log_to_mlflow: bool = True, on_notice=print, sour
     return outcome
 
 
+def extend_sweep(wanted: SweepSpec, log_to_mlflow: bool = True, on_notice=print, source: str = "sweep") -> SweepOutcome | None:
+    """Run only the trials that `wanted` adds to the stored sweep of its name, as further parts of
+    it (one Tune experiment each, under the sweep's folder; one MLflow parent). None when the file
+    adds nothing. Refuses a file that would change stored trials, and a stored sweep that has not
+    ended well (resume it first), before Ray starts."""
+    stored = read_spec(wanted.name, wanted.storage)
+    check_only_yours(experiment_path(stored))
+    extension = extension_of(stored, wanted, source)
+    if not extension.new:
+        return None
+    statuses = stored_statuses(experiment_path(stored), KnownKeys())
+    ended = {key: status for key, status in statuses.items() if key in extension.kept}
+    if len(ended) < len(extension.kept) or "error" in ended.values():
+        raise SweepError(f"sweep {stored.name!r}: {len(extension.kept) - len(ended)} of its {len(extension.kept)} "
+                         f"trials have not ended well; `minima resume {stored.name}` first, then extend it")
+    preflight(wanted, source, tracking=log_to_mlflow)
+    if log_to_mlflow:
+        claim_tracking(wanted, source)
+    on_notice(f"sweep {stored.name}: extending it: {len(extension.kept)} trials kept, {extension.new} new")
+    _start_ray(wanted, on_notice)
+    spec, plan = planned(wanted.model_copy(update={"pack_plan": None}), local_slots(wanted), extension.kept)
+    for line in plan_lines(plan):
+        on_notice(line)
+    per_part = ray_trials_per_part(plan) or len(plan.ray_trials)
+    earlier = extensions(stored)
+    first = (earlier[-1]["first_part"] + earlier[-1]["parts"]) if earlier else (run_settings(stored).get("parts") or 1)
+    kept = dict(Counter(ended.values()))
+    add_extension(spec, {"extends": stored.model_dump(), "first_part": first, "parts": part_count(plan, per_part),
+                         "ray_trials_per_part": per_part, "kept": kept, "log_to_mlflow": log_to_mlflow})
+    only_json_results(True)
+    with _mlflow_writer(spec, log_to_mlflow) as writer:
+        outcome = _run_parts(spec, plan, per_part, log_to_mlflow, writer, first=first, kept=kept)
+    report_sharing(plan, snapshot_store(spec), on_notice)
+    return outcome
+
+
 def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) -> SweepOutcome:
     """Finish an interrupted sweep: unfinished trials resume from their last checkpoint and
     errored ones are retried (Tuner.restore with resume_errored=True). Its callbacks, the MLflow
@@ -157,10 +199,16 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
     from .missing_pretrainings import run_missing_pretrainings
 
     slots = local_slots(spec)
-    spec, plan = planned(spec, slots)  # the stored spec: its pack_plan as the sweep started
-    run_missing_pretrainings(spec, plan, snapshot_store(spec), slots, on_notice)  # what a killed driver never finished
     settings = run_settings(spec)
+    latest = extensions(spec)[-1] if extensions(spec) else None
+    # the stored spec: its pack_plan as the sweep (or its latest extension) started
+    spec, plan = planned(spec, slots, trial_keys(parse_sweep(latest["extends"])) if latest else frozenset())
+    run_missing_pretrainings(spec, plan, snapshot_store(spec), slots, on_notice)  # what a killed driver never finished
     only_json_results(bool(settings.get("json_logger_only")))
+    if latest:  # the sweep it extends had ended: only the extension's parts are left to run
+        with _mlflow_writer(spec, bool(latest["log_to_mlflow"])) as writer:
+            return _run_parts(spec, plan, latest["ray_trials_per_part"], bool(latest["log_to_mlflow"]), writer,
+                              first=latest["first_part"], kept=latest["kept"])
     if settings.get("ray_trials_per_part"):
         log_to_mlflow = bool(settings.get("log_to_mlflow"))
         with _mlflow_writer(spec, log_to_mlflow) as writer:  # for the parts that start now

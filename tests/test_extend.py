@@ -107,3 +107,36 @@ def test_a_killed_extension_resumes_with_every_trial_once(tmp_path):
     assert len(children) == 12 and len({r.data.tags["trial_key"] for r in children}) == 12
     assert {r.info.status for r in children} == {"FINISHED"}
     assert_complete_histories(client, children)
+
+
+DEMO = SMOKE.replace("smoke.yaml", "demo.yaml")
+
+
+def test_a_boundary_search_refines_a_finished_grid_without_running_its_trials_again(tmp_path):
+    """Two commands: a coarse grid, then a boundary search over the same sweep whose first round
+    is the grid's trials (its first fit counts them) and whose new trials are all new cells."""
+    import json
+
+    one_slice = ["--name", "refine", "--set", "axes.weight_decay=[0.0]", "--set", "axes.augmentation=[none]",
+                 "--set", "seeds=2", "--set", "base.flatness_samples=1"]
+    grid = minima("run", DEMO, *places(tmp_path), *one_slice, "--set", "axes.pretrain_epochs=[0, 40]", cwd=tmp_path)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    grid_keys = set(finals_per_key(tmp_path, "refine"))
+    assert len(grid_keys) == 4
+
+    out = minima("run", DEMO, *places(tmp_path), *one_slice, "--set", "axes.pretrain_epochs={low: 0, high: 40, count: 2}",
+                 "--set", "search={kind: boundary, max_trials: 4}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 of its 4 trials are the boundary search's first round" in out.stderr
+    assert "boundary search round 1: 4 trials done" in out.stderr  # the first fit is the grid's trials
+    history = json.loads((tmp_path / "results" / "refine" / "part-001" / "boundary_search.json").read_text())
+    assert history["rounds"][0]["stored"] == 4 and history["rounds"][0]["queued"] == 0
+    finals = finals_per_key(tmp_path, "refine")
+    ran = sum(r["queued"] for r in history["rounds"])
+    assert ran > 0 and set(finals.values()) == {1} and len(finals) == 4 + ran  # every trial once, the grid's kept
+    assert len(new_members(tmp_path, "refine", "part-001")) == ran
+    assert f"{4 + ran} trials: {4 + ran} ok" in out.stdout
+    _, parents, children = mlflow_runs(tmp_path, "refine")
+    assert len(parents) == 1 and len(children) == 4 + ran and {r.info.status for r in children} == {"FINISHED"}
+    trials, _ = exported(tmp_path, "refine")
+    assert len(trials) == 4 + ran and set(grid_keys) <= set(trials.index)

@@ -50,6 +50,22 @@ def test_a_file_that_would_change_stored_trials_is_a_new_sweep(changes, named):
 def test_the_tracking_uri_and_the_search_kind_stay():
     with pytest.raises(SweepError, match="tracking_uri"):
         extension_of(sweep(), sweep(seeds=3, tracking_uri="sqlite:///other.db"), "f.yaml")
-    with pytest.raises(SweepError, match="only a grid sweep is extended"):
+    with pytest.raises(SweepError, match="refined by a boundary search, not by a random search"):
         extension_of(sweep(), sweep(search={"kind": "random", "num_samples": 4},
                                     axes={"pretrain_epochs": {"low": 0, "high": 8}}), "f.yaml")
+
+
+def test_a_boundary_search_over_the_same_sweep_refines_the_grid_and_takes_only_trials_it_could_run():
+    from sweeps.design.boundary_grid import search_cell
+
+    stored = sweep()
+    search = sweep(axes={"pretrain_epochs": {"low": 0, "high": 8, "count": 3}},
+                   search={"kind": "boundary", "max_trials": 40})
+    ext = extension_of(stored, search, "f.yaml")
+    assert ext.refines and ext.kept == trial_keys(stored) and ext.new == 40
+    grid_trial = stored.trial_values()[-1]  # pretrain 5, weight decay 5e-4, seed 1
+    assert search_cell(search, grid_trial) == {"pretrain_epochs": 5, "weight_decay": 5.0e-4}
+    for other in ({"seed": 2}, {"pretrain_epochs": 9}, {"weight_decay": 1.0e-3}, {"lr": 0.2}):
+        assert search_cell(search, {**grid_trial, **other}) is None, other
+    with pytest.raises(SweepError, match="only a grid sweep is extended"):
+        extension_of(search, stored, "f.yaml")

@@ -19,7 +19,8 @@ KEPT_FIELDS = ("tracking_uri", "share_pretraining", "checkpoint_every")
 @dataclass(frozen=True)
 class Extension:
     kept: frozenset[str]  # trial keys the stored sweep holds
-    new: int  # trials the file adds
+    new: int  # trials the file adds (a boundary search refining the grid: at most)
+    refines: bool = False  # a boundary search that takes the stored grid's trials as its first round
 
 
 def trial_keys(spec: SweepSpec) -> frozenset[str]:
@@ -33,15 +34,19 @@ def extension_of(stored: SweepSpec, wanted: SweepSpec, source: str) -> Extension
     rename = f"that is a new sweep: `minima run {source} --name NEW_NAME`"
     if _as_run(stored) == _as_run(wanted):
         return Extension(frozenset(), 0)
-    for kind, spec in (("stored", stored), ("new", wanted)):
-        if spec.search.kind != "grid":
-            raise SweepError(f"search: only a grid sweep is extended (the {kind} sweep {spec.name!r} is a "
-                             f"{spec.search.kind} search); {rename}")
+    if stored.search.kind != "grid":
+        raise SweepError(f"search: sweep {stored.name!r} is a {stored.search.kind} search, and only a grid "
+                         f"sweep is extended; {rename}")
+    if wanted.search.kind not in ("grid", "boundary"):
+        raise SweepError(f"search: a grid sweep is extended by a grid, or refined by a boundary search, not "
+                         f"by a {wanted.search.kind} search; {rename}")
     for field in KEPT_FIELDS:
         if getattr(stored, field) != getattr(wanted, field):
             raise SweepError(f"{field}: {getattr(wanted, field)!r} differs from the stored sweep's "
                              f"{getattr(stored, field)!r}; set it back, or {rename}")
     kept = trial_keys(stored)
+    if wanted.search.kind == "boundary":
+        return Extension(kept, wanted.search.max_trials, refines=True)
     keys = trial_keys(wanted)
     lost = kept - keys
     if lost:

@@ -15,7 +15,6 @@ from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.reports import FINAL_KEY, MEMBER_KEY, final_rows, member_values
 from trainables.uri import filesystem, read_bytes, read_text
 
-from ..design.keys import KnownKeys
 from .sweep_files import PART_PREFIX
 
 # The columns of a result.json row we keep; Ray's own additions (config, pid, ...) are skipped.
@@ -167,15 +166,14 @@ def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
     return out
 
 
-def stored_statuses(experiment_dir: str, known: KnownKeys) -> dict[str, str]:
-    """Per trial key (`known`: the sweep's planned keys), the status of every trial whose final
-    report is stored (ok, diverged, ...); trials without one are absent."""
-    out = {}
+def stored_finals(experiment_dir: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every trial of a sweep whose final report is stored: its config values and that report."""
+    out = []
     for trial_dir in list_trial_dirs(experiment_dir):
         params = read_trial_params(trial_dir)
         if params is None:
             continue
         members = member_values(params)
-        for member, row in final_rows(read_result_rows(trial_dir)).items():
-            out[known.of(members[member]).trial] = row.get("status") or "ok"
+        out += [(members[m], row) for m, row in final_rows(read_result_rows(trial_dir)).items()]
     return out
+

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = sub.add_parser("aws-security-group", help="before `ray up`: make (or check) the cluster's AWS security "
                            "group with SSH from the config's range only, never from 0.0.0.0/0")
-    group.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
+    group.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/aws/cluster.yaml")
     group.set_defaults(func=cmd_aws_security_group)
 
     submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
@@ -307,11 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
     submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
     submit.add_argument("--cluster-config", help="read the cluster's Ray token from its head (`ray exec`) when "
-                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. cluster.yaml")
+                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. deploy/aws/cluster.yaml")
     submit.set_defaults(func=cmd_submit)
 
     fetch = sub.add_parser("fetch-token", help="save a cluster's Ray token from its head, readable by you only")
-    fetch.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
+    fetch.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/aws/cluster.yaml")
     fetch.add_argument("--out", help="where to save it (default: ~/.ray/CLUSTER_NAME.token)")
     fetch.set_defaults(func=cmd_fetch_token)
 

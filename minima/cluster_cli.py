@@ -108,7 +108,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise SweepError(f"the Ray cluster at {args.address} refused the job: it needs the cluster's Ray token and "
                          f"got {sent}. {FETCH_HINT}.") from None
     except ConnectionError as err:
-        raise SweepError(f"--address {args.address}: {err} (is `ray dashboard cluster.yaml` forwarding it?)") from None
+        raise SweepError(f"--address {args.address}: {err} (is `ray dashboard deploy/aws/cluster.yaml` "
+                         f"forwarding it?)") from None
     print(job_id)
     auth = "RAY_AUTH_MODE=token " if token else ""  # Ray's CLI then sends the same token
     print(f"follow it:  {auth}ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)

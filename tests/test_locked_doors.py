@@ -236,7 +236,7 @@ def test_a_read_account_cannot_take_over_a_sweeps_experiment(accounts_server, tm
 
 
 def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_credentials(accounts_server, tmp_path):
-    """A real Ray head with token auth and the Jobs API on 127.0.0.1, started as cluster.yaml starts
+    """A real Ray head with token auth and the Jobs API on 127.0.0.1, started as deploy/aws/cluster.yaml starts
     it (the MLflow client credentials in its environment); `minima submit` must run the sweep there."""
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -273,7 +273,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
                     {**user_env, "RAY_AUTH_TOKEN": "f" * 64}):
             refused = submit(env)
             assert refused.returncode == 2 and "refused the job" in refused.stderr, refused.stderr[-2000:]
-            assert "minima fetch-token cluster.yaml" in refused.stderr and "Traceback" not in refused.stderr
+            assert "minima fetch-token deploy/aws/cluster.yaml" in refused.stderr and "Traceback" not in refused.stderr
             assert token not in refused.stderr + refused.stdout
         anonymous = requests.get(f"{address}/api/jobs/", timeout=30)
         assert anonymous.status_code == 401
@@ -378,15 +378,15 @@ def command_lines() -> list[str]:
 
 
 def test_the_heads_mlflow_server_takes_its_database_uri_from_the_environment_not_argv(tmp_path):
-    """cluster.yaml's command that starts MLflow on the head, run here with the head's home in a
-    temp dir: the database URI (a Postgres one holds a password) is on no process's command line,
+    """deploy/aws/cluster.yaml's command that starts MLflow on the head, run here with the head's
+    home in a temp dir: the database URI (a Postgres one holds a password) is on no process's command line,
     which every user of the head can read with `ps`."""
     import secrets
 
     import yaml
 
-    command = next(c for c in yaml.safe_load((REPO / "cluster.yaml").read_text())["head_start_ray_commands"]
-                   if "mlflow server" in c)
+    head = yaml.safe_load((REPO / "deploy" / "aws" / "cluster.yaml").read_text())["head_start_ray_commands"]
+    command = next(c for c in head if "mlflow server" in c)
     port = free_port()
     assert "--port 5000" in command
     command = command.replace("--port 5000", f"--port {port}")

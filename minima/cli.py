@@ -73,10 +73,13 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The file alone, offline (a cluster sweep is validated away from its cluster); with
+    --online also what `minima run` checks before any trial: storage and the tracking server."""
     spec = _load(args)
-    from sweeps.cluster.ray_cluster import local_slots, preflight
+    from sweeps.cluster.ray_cluster import check_reach, local_slots, placeholder_fields, target_lines
 
-    preflight(spec, args.file)
+    if args.online:
+        check_reach(spec, args.file)
     notice = None
     if os.environ.get("RAY_ADDRESS") and spec.resources.gpu > 0:
         notice = "on the cluster, GPU trials wait for GPU worker nodes, which the autoscaler adds on demand"
@@ -101,8 +104,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in plan_lines(plan):  # as `minima run` says it
         print(f"  {line}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
+    for line in target_lines(spec):
+        print(f"  target    {line}")
+    if fields := placeholder_fields(spec):
+        print(f"  note      {', '.join(fields)}: shipped placeholders; set yours with "
+              + " ".join(f"--set {f}=..." for f in fields))
     if notice:
         print(f"  note      {notice}")
+    print("  checked   " + ("the file, a write to the storage, the tracking server's answer" if args.online else
+                            "the file only (offline); --online also tries the storage and the tracking server, "
+                            "as `minima run` does before any trial"))
     return 0
 
 
@@ -282,8 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field of the file, e.g. --set base.epochs=5 --set resources.gpu=0")
         p.add_argument("--name", help="sweep name (default: the file's name:)")
 
-    validate = sub.add_parser("validate", help="check a sweep file; print trial count, axes, resources")
+    validate = sub.add_parser("validate", help="check a sweep file offline; print trial count, axes, resources "
+                              "and where it can run")
     sweep_file_args(validate)
+    validate.add_argument("--online", action="store_true",
+                          help="also write to the storage and ask the tracking server, as `minima run` does first")
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="run a sweep on local Ray, or on the cluster at RAY_ADDRESS")

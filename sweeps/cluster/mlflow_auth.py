@@ -88,9 +88,10 @@ def create_read_account(tracking_uri: str, username: str) -> str:
     return password
 
 
-def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+def access_problem(tracking_uri: str, timeout_s: float = 5.0, require_answer: bool = False) -> str | None:
     """Why a tracking server refuses this client's credentials, or None. A server that does not
-    answer is no problem here: the sweep runs without it and replays later."""
+    answer is no problem for a sweep, which runs without it and replays later; it is one when
+    `require_answer` (`minima validate --online` asks whether the server can be reached)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
     import requests
@@ -100,8 +101,11 @@ def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
     try:
         r = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
                          params={"max_results": 1}, auth=auth, timeout=timeout_s)
-    except requests.RequestException:
-        return None
+    except requests.RequestException as err:
+        if not require_answer:
+            return None
+        return (f"no answer from the MLflow server at {tracking_uri} ({type(err).__name__}); check the address "
+                f"(a cluster's server answers only inside the cluster or through a port-forward)")
     if r.status_code == 401:
         who = f"user {user!r} and its password" if user else "no credentials"
         return (f"the MLflow server at {tracking_uri} refused {who} (401): set {USERNAME_ENV} and "

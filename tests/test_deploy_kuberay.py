@@ -496,3 +496,61 @@ def test_mlflow_runs_with_accounts_from_a_secret_behind_a_cluster_ip(mlflow_docs
     hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
     assert f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc:5000" in hosts
     assert "localhost:*" in hosts and "*" not in hosts
+
+
+@pytest.mark.slow
+def test_the_mlflow_container_serves_accounts_to_the_services_host_name(mlflow_docs, tmp_path):
+    """The Deployment's container, run here as the kubelet would: its command and environment,
+    the Secret's keys given test values, the ConfigMap's ini and the volume in a temp dir,
+    127.0.0.1 for 0.0.0.0. The admin comes from the environment (no password in the ini), the
+    Service's host name and a port-forward's localhost get in, another host name does not."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.chaos import answers_health, free_port, wait_for
+
+    deployment = next(d for d in mlflow_docs if d["kind"] == "Deployment")
+    config = next(d for d in mlflow_docs if d["kind"] == "ConfigMap")
+    server, = deployment["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    data, etc = tmp_path / "data", tmp_path / "etc"
+    data.mkdir()
+    etc.mkdir()
+    for name, text in config["data"].items():
+        (etc / name).write_text(text.replace(f"sqlite:///{mounts['data']}/", f"sqlite:///{data}/"))
+    secret = {"admin-password": "pw-" + os.urandom(12).hex(), "flask-secret-key": os.urandom(32).hex(),
+              "backend-store-uri": f"sqlite:///{data}/mlflow.db"}
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    for item in server["env"]:
+        env[item["name"]] = item["value"] if "value" in item else secret[item["valueFrom"]["secretKeyRef"]["key"]]
+    env["MLFLOW_AUTH_CONFIG_PATH"] = env["MLFLOW_AUTH_CONFIG_PATH"].replace(mounts["auth"], str(etc))
+    env["MINIMA_ARTIFACTS"] = str(tmp_path / "artifacts")
+    port = free_port()
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in server["command"]]  # the kubelet's $(VAR)
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    argv[argv.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow.log", "w"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answers_health(base) or proc.poll() is not None, 180, "MLflow to answer /health")
+        assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+
+        def ask(host: str, auth=None) -> int:
+            return requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                                headers={"Host": host}, auth=auth, timeout=30).status_code
+
+        admin = (env["MLFLOW_AUTH_ADMIN_USERNAME"], secret["admin-password"])
+        assert ask("mlflow.minima.svc:5000", admin) == 200  # the sweep driver, through the Service
+        assert ask("localhost:5000", admin) == 200  # kubectl port-forward
+        assert ask("mlflow.minima.svc:5000") == 401
+        assert ask("mlflow.minima.svc:5000", ("admin", "password1234")) == 401
+        assert ask("attacker.example:5000", admin) == 403  # DNS rebinding
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from sweeps.design.assignments import parse_assignments
-from .cluster_cli import (UI_START, cmd_aws_security_group, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user,
-                          cmd_submit, cmd_ui)
+from .cluster_cli import (UI_START, cmd_aws_security_group, cmd_fetch_token, cmd_gcp_firewall, cmd_head_secrets,
+                          cmd_mlflow_user, cmd_submit, cmd_ui)
 
 EXIT_BAD_INPUT = 2
 
@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "group with SSH from the config's range only, never from 0.0.0.0/0")
     group.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/aws/cluster.yaml")
     group.set_defaults(func=cmd_aws_security_group)
+
+    firewall = sub.add_parser("gcp-firewall", help="before `ray up` on GCP: make (or check) the cluster's network, "
+                              "subnet and firewall with SSH from your range only, never from 0.0.0.0/0 (uses gcloud)")
+    firewall.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/gcp/cluster.yaml")
+    firewall.add_argument("--ssh-from", action="append", required=True, metavar="CIDR",
+                          help="the range the machine running `ray up` is in (repeatable)")
+    firewall.add_argument("--subnet-range", default="10.42.0.0/20", help="the subnet's range, when it is made")
+    firewall.set_defaults(func=cmd_gcp_firewall)
 
     submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
     sweep_file_args(submit)

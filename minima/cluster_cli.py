@@ -1,6 +1,6 @@
-"""The `minima` commands for a cluster: its AWS security group before `ray up`, submitting a sweep
-as a Ray job with the cluster's token, the head's secrets (Ray token, MLflow accounts) and the
-MLflow UI."""
+"""The `minima` commands for a cluster: its AWS security group or GCP firewall before `ray up`,
+submitting a sweep as a Ray job with the cluster's token, the head's secrets (Ray token, MLflow
+accounts) and the MLflow UI."""
 
 from __future__ import annotations
 
@@ -51,6 +51,34 @@ def cmd_aws_security_group(args: argparse.Namespace) -> int:
         for rule in group.kept_extra:
             print(f"note: {group.name} also lets in {describe(rule)}, which {args.cluster_config} does not ask "
                   f"for; remove it in AWS if it is stale", file=sys.stderr)
+    return 0
+
+
+def cmd_gcp_firewall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from sweeps.cluster.gcp_firewall import FirewallError, cluster_network, describe, ensure_network
+    from sweeps.design.spec import SweepError
+
+    try:
+        config = yaml.safe_load(Path(args.cluster_config).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SweepError(f"{args.cluster_config}: cannot read it as a cluster config ({err})") from None
+    try:
+        net = cluster_network(config if isinstance(config, dict) else {})
+        report = ensure_network(net, args.ssh_from, args.subnet_range)
+    except FirewallError as err:
+        raise SweepError(f"{args.cluster_config}: {err}") from None
+    for line in report.made:
+        print(f"ran: {line}", file=sys.stderr)
+    print(f"network {net.network} (subnet {net.subnet} in {net.region}, nodes tagged {net.tag}) lets in:")
+    for rule in report.rules:
+        print(f"  {describe(rule)}")
+    for rule in report.extra:
+        print(f"note: {rule['name']} is not one of this cluster's rules; remove it in GCP if it is stale",
+              file=sys.stderr)
     return 0
 
 

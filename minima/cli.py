@@ -11,8 +11,7 @@ import sys
 from typing import Any
 
 from sweeps.design.assignments import parse_assignments
-from .cluster_cli import (UI_START, cmd_aws_security_group, cmd_fetch_token, cmd_gcp_firewall, cmd_head_secrets,
-                          cmd_mlflow_user, cmd_submit, cmd_ui)
+from .cluster_cli import UI_START, add_cluster_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -311,43 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
     resume.set_defaults(func=cmd_resume)
 
-    group = sub.add_parser("aws-security-group", help="before `ray up`: make (or check) the cluster's AWS security "
-                           "group with SSH from the config's range only, never from 0.0.0.0/0")
-    group.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/aws/cluster.yaml")
-    group.set_defaults(func=cmd_aws_security_group)
-
-    firewall = sub.add_parser("gcp-firewall", help="before `ray up` on GCP: make (or check) the cluster's network, "
-                              "subnet and firewall with SSH from your range only, never from 0.0.0.0/0 (uses gcloud)")
-    firewall.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/gcp/cluster.yaml")
-    firewall.add_argument("--ssh-from", action="append", required=True, metavar="CIDR",
-                          help="the range the machine running `ray up` is in (repeatable)")
-    firewall.add_argument("--subnet-range", default="10.42.0.0/20", help="the subnet's range, when it is made")
-    firewall.set_defaults(func=cmd_gcp_firewall)
-
-    submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
-    sweep_file_args(submit)
-    submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
-    submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
-    submit.add_argument("--cluster-config", help="read the cluster's Ray token from its head (`ray exec`) when "
-                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. deploy/aws/cluster.yaml")
-    submit.set_defaults(func=cmd_submit)
-
-    fetch = sub.add_parser("fetch-token", help="save a cluster's Ray token from its head, readable by you only")
-    fetch.add_argument("cluster_config", help="the cluster launcher config, e.g. deploy/aws/cluster.yaml")
-    fetch.add_argument("--out", help="where to save it (default: ~/.ray/CLUSTER_NAME.token)")
-    fetch.set_defaults(func=cmd_fetch_token)
-
-    head = sub.add_parser("head-secrets", help="on a cluster head: make the Ray token and the MLflow admin "
-                          "password and secret key once (files readable by this user only)")
-    head.add_argument("--dir", help="folder for the MLflow secrets (default: ~/.minima)")
-    head.add_argument("--ray-token", help="the Ray token file (default: ~/.ray/auth_token)")
-    head.set_defaults(func=cmd_head_secrets)
-
-    account = sub.add_parser("mlflow-user", help="make a read account on an MLflow server with accounts: it reads every "
-                             "sweep and changes none (run with the admin's MLFLOW_TRACKING_USERNAME/PASSWORD)")
-    account.add_argument("username")
-    account.add_argument("--tracking-uri", required=True, help="the server, e.g. http://HEAD_PRIVATE_IP:5000")
-    account.set_defaults(func=cmd_mlflow_user)
+    add_cluster_commands(sub, sweep_file_args)
 
     def stored_sweep_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", help="the sweep's name")
@@ -383,11 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", help="default: the sweep's own tracking_uri")
     sync.set_defaults(func=cmd_sync_mlflow)
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
-    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    ui.add_argument("--host", default="127.0.0.1", help="keep 127.0.0.1 unless you mean to expose it")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -1,7 +1,7 @@
 """deploy/slurm/minima.sbatch on a real one-node SLURM on 127.0.0.1 (munged, slurmctld and slurmd
 with their files in a temp dir): a whole sweep; a sweep cancelled with scancel, resubmitted, warned
 of its time limit (USR1) so that it requeues itself, and finished with every trial exactly once.
-Fails, never skips, when SLURM cannot start."""
+Fails, never skips, when SLURM cannot start. Bad input is refused before any of it starts."""
 
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "slurm" / "minima.sbatch"
@@ -242,6 +240,7 @@ def ray_client_gets_in(address: str, **auth: str) -> bool:
     return "ran 7" in out.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_on_slurm_with_one_mlflow_run_per_trial(slurm, tmp_path):
     job = submit(slurm, tmp_path)
     token_modes = set()
@@ -262,6 +261,7 @@ def test_a_sweep_runs_on_slurm_with_one_mlflow_run_per_trial(slurm, tmp_path):
     assert not list((tmp_path / "tokens").iterdir()) and not os.listdir(slurm.ray_tmp)  # token and temp dirs gone
 
 
+@pytest.mark.slow
 def test_a_cancelled_then_requeued_sweep_finishes_every_trial_once(slurm, tmp_path):
     results = tmp_path / "results"
     first = submit(slurm, tmp_path, "--name", "cut", *LONG)
@@ -292,3 +292,45 @@ def test_a_cancelled_then_requeued_sweep_finishes_every_trial_once(slurm, tmp_pa
     assert sorted(final_rows(results, "cut").values()) == [1] * 8  # every trial finished exactly once
     assert_one_mlflow_run_per_trial(tmp_path, "cut", 8)
     assert not list((tmp_path / "tokens").iterdir()) and not os.listdir(slurm.ray_tmp)
+
+
+@pytest.mark.parametrize("case, says", [
+    ("outside a job", "not inside a SLURM job"),
+    ("no sweep file", "no sweep file"),
+    ("missing sweep file", "nope.yaml: no such sweep file"),
+    ("storage unset", "MINIMA_STORAGE is not set"),
+    ("storage relative", "MINIMA_STORAGE=results is relative"),
+    ("secrets readable", "others may read it; chmod 600 it"),
+    ("long temp dir", "too long for Ray's socket paths"),
+    ("trial bigger than a node", "resources.cpu: 4096 CPUs per trial"),
+])
+def test_bad_input_is_refused_in_one_line_with_exit_2(tmp_path, case, says):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MINIMA_STORAGE", "MINIMA_ENV"))}
+    env.update(SLURM_JOB_ID="4242", MINIMA_VENV=sys.prefix, MINIMA_STORAGE=str(tmp_path / "results"),
+               MINIMA_TOKEN_DIR=str(tmp_path / "tokens"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    args = [str(SMOKE)]
+    if case == "outside a job":
+        del env["SLURM_JOB_ID"]
+    elif case == "no sweep file":
+        args = []
+    elif case == "missing sweep file":
+        args = ["nope.yaml"]
+    elif case == "storage unset":
+        del env["MINIMA_STORAGE"]
+    elif case == "storage relative":
+        env["MINIMA_STORAGE"] = "results"
+    elif case == "secrets readable":
+        secrets = tmp_path / "minima.env"
+        secrets.write_text("export MLFLOW_TRACKING_PASSWORD=x\n")
+        secrets.chmod(0o644)
+        env["MINIMA_ENV_FILE"] = str(secrets)
+    elif case == "long temp dir":
+        env["MINIMA_RAY_TMP"] = str(tmp_path)
+    elif case == "trial bigger than a node":
+        args += ["--set", "resources.cpu=4096"]
+    out = subprocess.run(["bash", str(SCRIPT), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "tokens").exists()  # nothing was started

@@ -85,13 +85,15 @@ def cmd_gcp_firewall(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sweeps.design.spec import load_sweep_args
+    from sweeps.design.spec import SweepError, load_sweep_args
 
     spec = load_sweep_args(args.file, args.set, args.name)  # validate here, before the cluster spends anything
+    if args.sbatch and not args.slurm:
+        raise SweepError("--sbatch goes with --slurm")
+    if args.slurm:
+        return submit_slurm(args)
 
     from trainables.uri import is_uri
-
-    from sweeps.design.spec import SweepError
 
     workdir = Path(args.working_dir).resolve()
     sweep_file = Path(args.file).resolve()
@@ -143,6 +145,36 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"follow it:  {auth}ray job logs --address {args.address} --follow {job_id}", file=sys.stderr)
     print(f"status:     {auth}ray job status --address {args.address} {job_id}", file=sys.stderr)
     print(f"MLflow:     {spec.tracking_uri} (experiment {spec.name!r})", file=sys.stderr)
+    return 0
+
+
+def submit_slurm(args: argparse.Namespace) -> int:
+    """`sbatch deploy/slurm/minima.sbatch FILE ...`, once the sweep file is valid: the job checks
+    the rest on its first node (docs/slurm.md)."""
+    import subprocess
+    from pathlib import Path
+
+    from sweeps.design.spec import SweepError
+
+    script = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "minima.sbatch"
+    if not script.exists():
+        raise SweepError(f"--slurm: {script} is missing; run from the repository's checkout")
+    storage = os.environ.get("MINIMA_STORAGE", "")
+    if not (storage.startswith("/") or "://" in storage):
+        raise SweepError("--slurm: export MINIMA_STORAGE as the sweep's storage, an absolute path on the shared "
+                         "filesystem that every node sees (docs/slurm.md)")
+    sets = [word for value in args.set for word in ("--set", value)] + (["--name", args.name] if args.name else [])
+    try:
+        out = subprocess.run(["sbatch", "--parsable", *args.sbatch, str(script), args.file, *sets],
+                             capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SweepError("--slurm: sbatch not found; run this where SLURM's commands are (a login node)") from None
+    if out.returncode != 0:
+        raise SweepError(f"sbatch refused the job: {out.stderr.strip()}")
+    job = out.stdout.strip().split(";")[0]
+    print(job)
+    print(f"follow it:  squeue -j {job}, and its output file (minima-{job}.out unless --sbatch=--output=...)",
+          file=sys.stderr)
     return 0
 
 
@@ -248,9 +280,14 @@ def add_cluster_commands(sub, sweep_file_args) -> None:
     firewall.add_argument("--subnet-range", default="10.42.0.0/20", help="the subnet's range, when it is made")
     firewall.set_defaults(func=cmd_gcp_firewall)
 
-    submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
+    submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job, or to SLURM")
     sweep_file_args(submit)
-    submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
+    where = submit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
+    where.add_argument("--slurm", action="store_true", help="submit deploy/slurm/minima.sbatch with sbatch: one job "
+                       "runs Ray on its nodes and the sweep (docs/slurm.md)")
+    submit.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                        help="with --slurm: an sbatch option, e.g. --sbatch=--nodes=2 (repeatable)")
     submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
     submit.add_argument("--cluster-config", help="read the cluster's Ray token from its head (`ray exec`) when "
                         "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. deploy/aws/cluster.yaml")

@@ -191,7 +191,8 @@ def slurm(tmp_path_factory):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def submit(slurm: Slurm, places: Path, *args: str) -> int:
+def submit(slurm: Slurm, places: Path, *args: str, with_minima: bool = False) -> int:
+    """sbatch the script with the smoke sweep, or have `minima submit --slurm` do it."""
     env = {**slurm.env,
            "MINIMA_VENV": sys.prefix,  # the job's environment: this test's venv, running this checkout
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -199,9 +200,13 @@ def submit(slurm: Slurm, places: Path, *args: str) -> int:
            "MINIMA_TRACKING_URI": f"sqlite:///{places / 'mlflow.db'}",
            "MINIMA_TOKEN_DIR": str(places / "tokens"),
            "MINIMA_RAY_TMP": slurm.ray_tmp}
-    out = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={os.cpu_count()}",
-                          f"--output={slurm.root}/job-%j.out", str(SCRIPT), str(SMOKE), *args],
-                         env=env, cwd=places, capture_output=True, text=True, timeout=60)
+    options = [f"--cpus-per-task={os.cpu_count()}", f"--output={slurm.root}/job-%j.out"]
+    if with_minima:
+        cmd = [sys.executable, "-m", "minima.cli", "submit", str(SMOKE), "--slurm", *args,
+               *(f"--sbatch={option}" for option in options)]
+    else:
+        cmd = ["sbatch", "--parsable", *options, str(SCRIPT), str(SMOKE), *args]
+    out = subprocess.run(cmd, env=env, cwd=places, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().split(";")[0])
 
@@ -242,7 +247,7 @@ def ray_client_gets_in(address: str, **auth: str) -> bool:
 
 @pytest.mark.slow
 def test_a_sweep_runs_on_slurm_with_one_mlflow_run_per_trial(slurm, tmp_path):
-    job = submit(slurm, tmp_path)
+    job = submit(slurm, tmp_path, with_minima=True)
     token_modes = set()
 
     def done() -> bool:  # meanwhile: the job's Ray token, readable by its user only
@@ -334,3 +339,23 @@ def test_bad_input_is_refused_in_one_line_with_exit_2(tmp_path, case, says):
     assert out.returncode == 2, out.stderr
     assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "tokens").exists()  # nothing was started
+
+
+def test_minima_submit_slurm_refuses_before_sbatch_what_the_job_would(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MINIMA_STORAGE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["PATH"] = str(tmp_path)  # no sbatch: a call to it would fail differently
+
+    def submit(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "minima.cli", "submit", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    unset = submit(str(SMOKE), "--slurm")
+    assert unset.returncode == 2 and "export MINIMA_STORAGE" in unset.stderr
+    bad = submit(str(SMOKE), "--slurm", "--set", "seeds=many")
+    assert bad.returncode == 2 and "seeds" in bad.stderr and "Traceback" not in bad.stderr
+    env["MINIMA_STORAGE"] = str(tmp_path / "results")
+    no_sbatch = submit(str(SMOKE), "--slurm")
+    assert no_sbatch.returncode == 2 and "sbatch not found" in no_sbatch.stderr
+    stray = submit(str(SMOKE), "--address", "http://127.0.0.1:8265", "--sbatch=--nodes=2")
+    assert stray.returncode == 2 and "--sbatch goes with --slurm" in stray.stderr

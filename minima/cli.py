@@ -75,10 +75,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """The file alone, offline (a cluster sweep is validated away from its cluster); with
     --online also what `minima run` checks before any trial: storage and the tracking server."""
     spec = _load(args)
-    from sweeps.cluster.ray_cluster import check_reach, local_slots, placeholder_fields, target_lines
+    from sweeps.cluster.ray_cluster import (check_reach, check_resources, local_resources, local_slots,
+                                            placeholder_fields, target_lines)
+    from sweeps.design.spec import SweepError
 
     if args.online:
         check_reach(spec, args.file)
+    if args.here:
+        try:
+            check_resources(spec, local_resources(), on_cluster=False)
+        except SweepError as err:
+            raise SweepError(f"{args.file}: {err}") from None
     notice = None
     if os.environ.get("RAY_ADDRESS") and spec.resources.gpu > 0:
         notice = "on the cluster, GPU trials wait for GPU worker nodes, which the autoscaler adds on demand"
@@ -297,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_file_args(validate)
     validate.add_argument("--online", action="store_true",
                           help="also write to the storage and ask the tracking server, as `minima run` does first")
+    validate.add_argument("--here", action="store_true",
+                          help="also refuse a trial bigger than this machine (CPUs, GPUs), as local Ray would")
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="run a sweep on local Ray, or on the cluster at RAY_ADDRESS")

@@ -118,3 +118,13 @@ def test_a_bad_field_exits_2_with_one_line_naming_it(listener):
     assert out.returncode == 2 and hits == []
     line, = out.stderr.strip().splitlines()
     assert "resources.gpu=lots" in line and "gpu takes a number (got 'lots')" in line
+
+
+def test_here_refuses_a_trial_bigger_than_this_machine_and_without_it_names_the_target():
+    big = ("--set", "resources.cpu=4096")
+    out = validate(SMOKE, *big, endpoint="http://unused.invalid")
+    assert out.returncode == 0 and "not this machine as it is: 4096 CPUs per trial" in out.stdout
+    here = validate(SMOKE, *big, "--here", endpoint="http://unused.invalid")
+    assert here.returncode == 2 and "Traceback" not in here.stderr
+    line, = here.stderr.strip().splitlines()
+    assert "resources.cpu: 4096 CPUs per trial" in line

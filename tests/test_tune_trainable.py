@@ -1,10 +1,16 @@
-"""The trial as a Ray Tune trainable, on real local Ray."""
+"""The trial as a Ray Tune trainable: on real local Ray, and its driver in this process against
+Tune's side of a function trainable, with checkpoints an earlier version wrote."""
+
+from pathlib import Path
 
 import pytest
+import torch
 
 from sweeps.storage.results import read_result_rows
 from trainables.checkpoint import load_state
 from trainables.config import make_config
+from trainables.reports import final_row
+from trainables.trial import run_trial
 
 
 @pytest.mark.slow
@@ -38,6 +44,103 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
         with result.checkpoint.as_directory() as d:
             state = load_state(d, config)
         assert state["position"] == [2, 0] and len(state["history"]) == 5
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
+# The configs of the checkpoints in FIXTURES, which commit de6b081 wrote: a lone trial's
+# (`checkpoint.save_state` of `run_trial`'s state) mid-pretraining, at the end of its
+# pretraining and mid-training, and a pack's (`pack_state.pt`) after 3 pack epochs, member 1 done.
+LONE = {"width": 8, "depth": 2, "pretrain_epochs": 2, "epochs": 3, "flatness_samples": 1, "stop_at_train_acc": None,
+        "seed": 3, "device": "cpu"}
+PACK = [dict(LONE, seed=s, epochs=e, pretrain_epochs=p) for s, e, p in ((0, 4, 0), (1, 2, 0), (2, 4, 2))]
+TIMING = ("epoch_time_s", "wall_time_s")
+
+
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING}
+
+
+@pytest.fixture
+def fake_tune(tmp_path, monkeypatch):
+    """Ray Tune's side of a function trainable, in this process: the checkpoint it restores
+    (`restore`), and each report with a copy of its checkpoint folder (`reports`)."""
+    import shutil
+
+    from ray import tune
+
+    from trainables import tune_trainable as trainable
+
+    class Fake:
+        restore: str | None = None
+        reports: list[tuple[dict, Path | None]] = []
+
+    def report(metrics, checkpoint=None):
+        kept = None
+        if checkpoint is not None:
+            kept = tmp_path / f"kept_{len(Fake.reports)}"
+            shutil.copytree(checkpoint.path, kept)
+        Fake.reports.append((metrics, kept))
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint",
+                        lambda: tune.Checkpoint.from_directory(Fake.restore) if Fake.restore else None)
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 1e9)  # reports go out with checkpoints and at the end
+    Fake.reports = []
+    return Fake
+
+
+def test_a_lone_trial_reports_its_rows_as_a_lone_trial(fake_tune):
+    """A pack of one on the plain engine reports as lone trials always have: no `member`, a
+    checkpoint at each stage's end, and the final row alone in the last report, on top."""
+    from trainables.tune_trainable import tune_trainable
+
+    tune_trainable({**LONE, "_checkpoint_every": 10})
+    alone = run_trial(LONE)
+    reports = fake_tune.reports
+    assert [[r["stage"] for r in report["records"]] for report, _ in reports] == [
+        ["pretrain"] * 2, ["train"] * 3, ["final"]]
+    rows = [r for report, _ in reports for r in report["records"]]
+    assert not any("member" in r for r in rows)
+    assert [untimed(r) for r in rows[:-1]] == [untimed({**r, "final": False}) for r in alone.history]
+    assert untimed(rows[-1]) == untimed(final_row(alone.summary, len(alone.history)))
+    for report, _ in reports:
+        assert untimed(report) == untimed({**report["records"][-1], "records": report["records"]})  # latest on top
+    assert [load_state(kept, make_config(LONE).to_dict())["position"] for _, kept in reports[:2]] == [[1, 0], [2, 0]]
+    assert reports[2][1] is None
+
+
+@pytest.mark.parametrize("name", ["lone_mid_pretrain", "lone_stage_end", "lone_mid_train"])
+def test_a_lone_trials_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path, name):
+    import shutil
+
+    from trainables.tune_trainable import tune_trainable
+
+    shutil.copytree(FIXTURES / name, tmp_path / name)
+    fake_tune.restore = str(tmp_path / name)
+    done = len(torch.load(FIXTURES / name / "trial_state.pt", weights_only=True)["history"])
+    tune_trainable({"_members": [LONE], "_checkpoint_every": 10})  # a grid's lone trial: a list of one
+    alone = run_trial(LONE)
+    rows = [r for report, _ in fake_tune.reports for r in report["records"]]
+    assert [untimed(r) for r in rows] == [untimed({**r, "final": False}) for r in alone.history[done:]] + [
+        untimed(final_row(alone.summary, len(alone.history)))]
+
+
+def test_a_packs_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path):
+    import shutil
+
+    from trainables.tune_trainable import tune_trainable
+
+    shutil.copytree(FIXTURES / "pack_mid_train", tmp_path / "pack")
+    fake_tune.restore = str(tmp_path / "pack")
+    tune_trainable({"_members": PACK, "_checkpoint_every": 10})
+    rows = [r for report, _ in fake_tune.reports for r in report["records"]]
+    for i in (0, 2):  # member 1 ended before the checkpoint: reported then, not again
+        alone = run_trial(PACK[i])
+        mine = [untimed(r) for r in rows if r["member"] == i]
+        assert mine == [untimed({**r, "member": i, "final": False}) for r in alone.history[-1:]] + [
+            untimed(final_row(alone.summary, len(alone.history), i))]
+    assert {r["member"] for r in rows} == {0, 2}
+    assert "final" not in fake_tune.reports[-1][0]  # a pack's report carries no row on top
 
 
 def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(tmp_path, monkeypatch):

@@ -47,9 +47,10 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
-# The configs of the checkpoints in FIXTURES, which commit de6b081 wrote: a lone trial's
-# (`checkpoint.save_state` of `run_trial`'s state) mid-pretraining, at the end of its
-# pretraining and mid-training, and a pack's (`pack_state.pt`) after 3 pack epochs, member 1 done.
+# The configs of the checkpoints in FIXTURES, written by an earlier version's trainables as stored
+# sweeps hold them (checkpoint format 1): a lone trial's `trial_state.pt` mid-pretraining, at the
+# end of its pretraining and mid-training, and a pack's `pack_state.pt` after 3 pack epochs,
+# member 1 done.
 LONE = {"width": 8, "depth": 2, "pretrain_epochs": 2, "epochs": 3, "flatness_samples": 1, "stop_at_train_acc": None,
         "seed": 3, "device": "cpu"}
 PACK = [dict(LONE, seed=s, epochs=e, pretrain_epochs=p) for s, e, p in ((0, 4, 0), (1, 2, 0), (2, 4, 2))]
@@ -143,20 +144,23 @@ def test_a_packs_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path):
     assert "final" not in fake_tune.reports[-1][0]  # a pack's report carries no row on top
 
 
-def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(tmp_path, monkeypatch):
-    """Tune's grid of member lists gives a lone trial as a list of one, run as a plain trial;
-    a one-member pack made before that resumes from its pack checkpoint as the pack it was."""
-    from ray import tune
+def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(fake_tune, tmp_path):
+    """Tune's grid of member lists gives a lone trial as a list of one, run on the plain engine;
+    a one-member pack checkpointed on the stacked engine resumes from its pack checkpoint as the
+    pack it was (its file says which)."""
+    from trainables.checkpoint import load_checkpoint, save_pack_state
+    from trainables.packed import run_pack
+    from trainables.state import PackState, TrialState
+    from trainables.tune_trainable import tune_trainable
 
-    from trainables import tune_trainable as trainable
-
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    assert not trainable.resumes_a_pack()  # a fresh trial
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "state.pt").write_bytes(b"")
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "plain")))
-    assert not trainable.resumes_a_pack()
-    (tmp_path / "pack").mkdir()
-    (tmp_path / "pack" / trainable.PACK_FILE).write_bytes(b"")
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path / "pack")))
-    assert trainable.resumes_a_pack()
+    member = dict(LONE, pretrain_epochs=0)
+    states = []
+    run_pack([member], on_pack_epoch=lambda state, ended: states.append(state() if state else None))
+    save_pack_state([s for s in states if s is not None][0], tmp_path / "pack")
+    assert isinstance(load_checkpoint(tmp_path / "pack", [make_config(member).to_dict()]), PackState)
+    assert isinstance(load_checkpoint(FIXTURES / "lone_mid_train", [make_config(LONE).to_dict()]), TrialState)
+    fake_tune.restore = str(tmp_path / "pack")
+    tune_trainable({"_members": [member], "_checkpoint_every": 10})
+    rows = [r for report, _ in fake_tune.reports for r in report["records"]]
+    assert [r["member"] for r in rows] == [0, 0, 0] and rows[-1]["final"]
+    assert all((kept / "pack_state.pt").exists() for _, kept in fake_tune.reports if kept is not None)

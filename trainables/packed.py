@@ -1,4 +1,4 @@
-"""Pack trials of one architecture into one process: `run_pack(configs)`.
+"""Pack trials into one process: `run_pack(configs)`; a lone trial is a pack of one on the plain engine.
 
 Members share model, width, depth, dataset, batch size, device and threads, and differ in
 anything else: seed, pretraining, lr, schedule, weight decay, momentum, clip threshold,
@@ -10,6 +10,10 @@ A member that fits, hits its epoch cap or diverges leaves the pack; the rest go 
 Pretraining is not packed with the clean phase: a member starts from its shared snapshot, or
 pretrains alone first (`run_trial(..., pretrain_only=True)`), so the clean phase is all that is
 packed. Shared pretrainings of one architecture pack by themselves (`run_pretraining_pack`).
+
+On the plain engine a pack has one member, run by `run_trial`: both its stages in one loop on
+one engine, so it keeps the speed options the stacked engine refuses, pays no stacking, and
+can checkpoint while it pretrains. Either way the caller sees the same callbacks.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ import torch
 from .config import PACK_FIELDS, TrialConfig, can_pack, can_pack_pretraining, make_config, pack_signature
 from .loop import Member, TrialResult, run_stage
 from .stacked_engine import StackedEngine
-from .stages import Position, init_model, plan_stages, prepare
+from .stages import init_model, plan_stages, prepare
+from .state import MemberState, PackState, TrialState
 from .trial import run_trial
 
-PACK_FORMAT = 1
+ENGINES = ("stacked", "plain")
 
 OnMemberEpoch = Callable[[int, dict[str, Any]], None]
 OnMemberDone = Callable[[int, TrialResult], None]
-# after each pack epoch: (the whole pack's resumable state, or None before the pack exists;
-# whether a member finished); reports are made here, so a checkpoint covers every earlier report
+# after each epoch: (the resumable state's stored form, or None while there is none to save;
+# whether a stage ended there: see `run_pack`); reports are made here, so a checkpoint covers
+# every earlier report
 OnPackEpoch = Callable[[Callable[[], dict[str, Any]] | None, bool], None]
 OnPretrainEpoch = Callable[[int, dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -46,22 +52,35 @@ class Start(NamedTuple):
 def run_pack(
     configs: list[TrialConfig | dict[str, Any]],
     *,
-    resume: dict[str, Any] | None = None,
-    pretrained: list[dict[str, Any] | None] | None = None,
+    engine: str = "stacked",
+    resume: PackState | TrialState | dict[str, Any] | None = None,
+    pretrained: list[TrialState | dict[str, Any] | None] | None = None,
     on_epoch: OnMemberEpoch | None = None,
     on_done: OnMemberDone | None = None,
     on_pack_epoch: OnPackEpoch | None = None,
 ) -> list[TrialResult]:
     """Train every member to its end; return their results in the order given.
 
-    `resume` is a pack state from `state()`; `pretrained[i]` a shared-pretraining resume
-    state for member i (see `trainables.pretraining`). `on_epoch(i, record)` is called for
-    each member's epoch once the whole pack finished it; `on_done(i, result)` when member i
-    leaves the pack; then `on_pack_epoch(state, any_finished)`, where `state()` is the
-    resumable state of the whole pack. It holds the summaries of members already done, which a
-    resumed pack does not announce again: their reports came before it.
+    `engine`: "stacked" (K members of one architecture as one stacked model) or "plain" (one
+    member: a lone trial). `resume` is the state a checkpoint holds, `state()` below: a
+    `PackState` (stacked) or a `TrialState` (plain), typed or stored; `pretrained[i]` is member
+    i's start from a shared snapshot (see `trainables.pretraining`). `on_epoch(i, record)` is
+    called for each member's epoch once the whole pack finished it; `on_done(i, result)` when
+    member i leaves the pack; then `on_pack_epoch(state, ended)`, where `state()` is the stored
+    form of the resumable state of the whole pack (None while a stacked pack's members pretrain
+    alone, before the pack exists) and `ended` says that a stage ended at this epoch: a member
+    left a stacked pack (at any epoch), or a lone trial's stage ran to its last epoch. A pack
+    state holds the summaries of members already done, which a resumed pack does not announce
+    again: their reports came before it.
     """
     cfgs = [c if isinstance(c, TrialConfig) else make_config(c) for c in configs]
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "plain":
+        if len(cfgs) != 1:
+            raise ValueError(f"the plain engine runs a pack of one, not {len(cfgs)}")
+        start = resume if resume is not None else (pretrained or [None])[0]
+        return [_run_alone(cfgs[0], start, on_epoch, on_done, on_pack_epoch)]
     signatures = {pack_signature(c) for c in cfgs}
     if len(signatures) != 1:
         raise ValueError(f"a pack needs one value of each of {', '.join(PACK_FIELDS)}; "
@@ -72,12 +91,13 @@ def run_pack(
                          f"needs pack: 1")
     device, data = prepare(first)
     members = [Member(i, c) for i, c in enumerate(cfgs)]
-    if resume is not None and [m["config"] for m in resume["members"]] != [c.to_dict() for c in cfgs]:
+    pack = PackState.of(resume) if resume is not None else None
+    if pack is not None and [m.config for m in pack.members] != [c.to_dict() for c in cfgs]:
         raise ValueError("pack checkpoint belongs to different member configs; delete it or fix the sweep")
 
     started = time.perf_counter()
-    starts, epoch = _start_members(members, data, device, resume, pretrained, on_epoch, on_pack_epoch)
-    restored = {i for i, state in enumerate(resume["members"]) if state["summary"] is not None} if resume else set()
+    starts = _start_members(members, data, device, pack, pretrained, on_epoch, on_pack_epoch)
+    restored = {i for i, state in enumerate(pack.members) if state.summary is not None} if pack else set()
     for m in members:  # members that ended before the pack formed (pretraining diverged)
         if m.result is not None and m.index not in restored and on_done is not None:
             on_done(m.index, m.result)
@@ -87,7 +107,7 @@ def run_pack(
     if not active:
         return [m.result for m in members]  # type: ignore[misc]
 
-    engine = StackedEngine([m.cfg for m in active], [starts[m.index].model for m in active],
+    stacked = StackedEngine([m.cfg for m in active], [starts[m.index].model for m in active],
                            [starts[m.index].init for m in active], [m.stage for m in active],
                            [starts[m.index].momentum for m in active], data, device)
 
@@ -99,10 +119,26 @@ def run_pack(
             if on_done is not None:
                 on_done(active[k].index, active[k].result)
         if on_pack_epoch is not None:
-            on_pack_epoch(lambda: _pack_state(members, active, state, epoch + 1, started), bool(finished))
+            on_pack_epoch(lambda: _pack_state(members, active, state, epoch + 1, started).stored(), bool(finished))
 
-    run_stage(engine, active, data, epoch, last_stage=True, on_epoch_end=report)
+    run_stage(stacked, active, data, pack.epoch if pack is not None else 0, last_stage=True, on_epoch_end=report)
     return [m.result for m in members]  # type: ignore[misc]
+
+
+def _run_alone(cfg: TrialConfig, start, on_epoch, on_done, on_pack_epoch) -> TrialResult:
+    """A pack of one on the plain engine: `run_trial`, with the callbacks of a pack."""
+    lengths = {"pretrain": cfg.pretrain_epochs, "train": cfg.epochs}
+
+    def each_epoch(record, state):
+        if on_epoch is not None:
+            on_epoch(0, record)
+        if on_pack_epoch is not None:
+            on_pack_epoch(state, record["epoch"] == lengths[record["stage"]])
+
+    result = run_trial(cfg, resume=start, on_epoch=each_epoch if on_epoch or on_pack_epoch else None)
+    if on_done is not None:
+        on_done(0, result)
+    return result
 
 
 def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: OnPretrainEpoch) -> list[list[dict]]:
@@ -139,44 +175,44 @@ def run_pretraining_pack(configs: list[TrialConfig | dict[str, Any]], on_epoch: 
     return [m.history for m in members]
 
 
-def _start_members(members: list[Member], data, device, resume, pretrained, on_epoch,
-                   on_pack_epoch) -> tuple[dict[int, Start], int]:
-    """Each member's start of its clean phase (pretrained, resumed or fresh) by member index,
-    and the pack's epoch to start at; a member that has already ended gets its result instead."""
+def _start_members(members: list[Member], data, device, pack: PackState | None, pretrained, on_epoch,
+                   on_pack_epoch) -> dict[int, Start]:
+    """Each member's start of its clean phase (pretrained, resumed or fresh) by member index; a
+    member that has already ended gets its result instead."""
     starts: dict[int, Start] = {}
-    saved = {i: s for i, s in enumerate(resume["members"])} if resume is not None else {}
-    epoch = resume["epoch"] if resume is not None else 0
+    saved = pack.members if pack is not None else [None] * len(members)
+    given = pretrained or [None] * len(members)
     for m in members:
         model = init_model(m.cfg, data, device)
         init = [p.detach().clone() for p in model.parameters()]
         stages = plan_stages(m.cfg, data, device)
         m.stage = stages[-1]
-        state = saved.get(m.index)
+        state = saved[m.index]
         if state is not None:
-            m.history = list(state["history"])
-            m.elapsed_s = state["elapsed_s"]
-            if state["summary"] is not None:
-                m.result = TrialResult(dict(state["summary"]), m.history)
+            m.history = list(state.history)
+            m.elapsed_s = state.elapsed_s
+            if state.summary is not None:
+                m.result = TrialResult(dict(state.summary), m.history)
                 continue
-            model.load_state_dict(state["model"])
-            m.stage.gen.set_state(state["generator"])
-            starts[m.index] = Start(model, init, [b.to(device) for b in state["momentum"]])
+            model.load_state_dict(state.model)
+            m.stage.gen.set_state(state.generator)
+            starts[m.index] = Start(model, init, [b.to(device) for b in state.momentum])
             continue
-        start = (pretrained or [None] * len(members))[m.index]
+        start = TrialState.of(given[m.index]) if given[m.index] is not None else None
         if m.cfg.pretrain_epochs > 0 and start is None:
             start = _pretrain_alone(m, on_epoch, on_pack_epoch)
         if start is not None:
-            model.load_state_dict(start["model"])
-            m.history = list(start["history"])
-            m.elapsed_s = start["elapsed_s"]
-            if Position.of(start).stage >= len(stages):  # diverged while pretraining: no clean phase
+            model.load_state_dict(start.model)
+            m.history = list(start.history)
+            m.elapsed_s = start.elapsed_s
+            if start.position.stage >= len(stages):  # diverged while pretraining: no clean phase
                 m.result = run_trial(m.cfg, resume=start)
                 continue
         starts[m.index] = Start(model, init, [torch.zeros_like(p) for p in model.parameters()])
-    return starts, epoch
+    return starts
 
 
-def _pretrain_alone(m: Member, on_epoch, on_pack_epoch) -> dict[str, Any]:
+def _pretrain_alone(m: Member, on_epoch, on_pack_epoch) -> TrialState:
     """A member without a shared snapshot pretrains by itself, reporting as it goes."""
     captured: dict[str, Any] = {}
 
@@ -191,10 +227,10 @@ def _pretrain_alone(m: Member, on_epoch, on_pack_epoch) -> dict[str, Any]:
                              "history": list(now["history"])})
 
     run_trial(m.cfg, on_epoch=keep_last, pretrain_only=True)
-    return captured
+    return TrialState.of(captured)
 
 
-def _pack_state(members: list[Member], active: list[Member], state, epoch: int, started: float) -> dict[str, Any]:
+def _pack_state(members: list[Member], active: list[Member], state, epoch: int, started: float) -> PackState:
     """The whole pack's resumable state after `epoch` pack epochs: the state of each member still
     training (`state(k)` of its position in `active`), the summary of each one done."""
     slot = {m.index: k for k, m in enumerate(active) if m.result is None}
@@ -202,9 +238,7 @@ def _pack_state(members: list[Member], active: list[Member], state, epoch: int, 
     for m in members:
         k = slot.get(m.index)
         own = state(k) if k is not None else {}
-        states.append({
-            "config": m.cfg.to_dict(), "history": list(m.history), "elapsed_s": m.elapsed_s,
-            "summary": m.result.summary if m.result is not None else None,
-            "model": own.get("model"), "momentum": own.get("momentum"), "generator": own.get("generator"),
-        })
-    return {"format": PACK_FORMAT, "epoch": epoch, "members": states, "elapsed_s": time.perf_counter() - started}
+        states.append(MemberState(m.cfg.to_dict(), list(m.history), m.elapsed_s,
+                                  m.result.summary if m.result is not None else None,
+                                  own.get("model"), own.get("momentum"), own.get("generator")))
+    return PackState(epoch, states, time.perf_counter() - started)

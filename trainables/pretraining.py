@@ -219,19 +219,15 @@ def run_owned_pretrainings(groups: list[list[PretrainJob]], store_root: str) -> 
 
 
 def resume_state_from_snapshot(cfg: TrialConfig, store_root: str, device_type: str) -> dict[str, Any] | None:
-    """A `run_trial` resume state at the end of this trial's pretraining, if a snapshot exists."""
-    from .stages import Position
+    """This trial's start at the end of its pretraining, if a snapshot exists: a `TrialState` in
+    its stored form, as `run_trial` and `run_pack` take it."""
+    from .state import Position, TrialState
 
     if cfg.pretrain_epochs == 0:
         return None
     snap = SnapshotStore(store_root).load(pretrain_key(cfg), cfg.pretrain_epochs, device_type)
     if snap is None:
         return None
-    return {
-        "config": cfg.to_dict(),
-        "position": Position.after_pretraining(snap["diverged"]).stored(),
-        "state_stage": 0,  # the clean stage builds its own optimizer and stream
-        "model": snap["model"],
-        "history": snap["history"],
-        "elapsed_s": snap["elapsed_s"],
-    }
+    # state_stage 0, no optimizer: the clean stage builds its own optimizer and stream
+    return TrialState(cfg.to_dict(), Position.after_pretraining(snap["diverged"]), snap["model"], snap["history"],
+                      snap["elapsed_s"]).stored()

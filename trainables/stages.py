@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -81,27 +80,6 @@ def init_model(cfg: TrialConfig, data: TensorData, device: torch.device) -> nn.M
         torch.manual_seed(stream_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, cfg.depth)
     return place_model(cfg, model.to(device))
-
-
-class Position(NamedTuple):
-    """Where a resumable state stands: the index of the stage it runs or resumes next (the number
-    of stages once the trial has ended, by finishing or diverging) and the epochs done in it."""
-
-    stage: int
-    epoch: int
-
-    @classmethod
-    def of(cls, state: dict[str, Any]) -> "Position":
-        return cls(*state["position"])
-
-    def stored(self) -> list[int]:
-        """As a state holds it: a list, since checkpoints hold primitives only."""
-        return [self.stage, self.epoch]
-
-    @classmethod
-    def after_pretraining(cls, diverged: bool) -> "Position":
-        """A pretrained trial's position once pretraining ends: its train stage next, or ended."""
-        return cls(2 if diverged else 1, 0)  # its stages: pretrain, train
 
 
 def plan_stages(cfg: TrialConfig, data: TensorData, device: torch.device) -> list[Stage]:

@@ -1,8 +1,8 @@
 """One trial: optional label-noise pretraining, then clean training; `run_trial(config)`.
 
 A trial is a pure function of its frozen config (and machine/thread count). Each epoch is
-reported through `on_epoch` with a callable that returns the resumable state; a trial given
-that state back finishes exactly as if it had never stopped.
+reported through `on_epoch` with a callable that returns the resumable state (`TrialState`,
+stored form); a trial given that state back finishes exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any, Callable
 from .config import TrialConfig, make_config
 from .loop import Member, TrialResult, finish, measure_local_energy, run_stage
 from .plain_engine import PlainEngine
-from .stages import Position, init_model, plan_stages, prepare
+from .stages import init_model, plan_stages, prepare
+from .state import Position, TrialState
 
 OnEpoch = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -20,16 +21,17 @@ OnEpoch = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 def run_trial(
     config: TrialConfig | dict[str, Any],
     *,
-    resume: dict[str, Any] | None = None,
+    resume: TrialState | dict[str, Any] | None = None,
     on_epoch: OnEpoch | None = None,
     pretrain_only: bool = False,
 ) -> TrialResult:
     """Run one trial to the end and return its summary and per-epoch history.
 
-    `resume` is a state from a checkpoint (see `trainables.checkpoint`) or a shared pretraining
-    snapshot (see `trainables.pretraining`); `on_epoch(record, state)` is called after every
-    epoch, and `state()` returns the resumable state. `pretrain_only` stops after the
-    pretraining stage, with an empty summary: how shared pretraining runs the same code.
+    `resume` is a `TrialState` (or its stored form) from a checkpoint (see `trainables.checkpoint`)
+    or a shared pretraining snapshot (see `trainables.pretraining`); `on_epoch(record, state)`
+    is called after every epoch, and `state()` returns the resumable state's stored form, what
+    a checkpoint holds. `pretrain_only` stops after the pretraining stage, with an empty
+    summary: how shared pretraining runs the same code.
     """
     cfg = config if isinstance(config, TrialConfig) else make_config(config)
     device, data = prepare(cfg)
@@ -38,20 +40,19 @@ def run_trial(
     stages = plan_stages(cfg, data, device)
     member = Member(0, cfg)
     position = Position(0, 0)
-    saved_stage = None
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        member.history = list(resume["history"])
-        position = Position.of(resume)
-        member.elapsed_s = resume["elapsed_s"]
-        saved_stage = resume["state_stage"]
+    start = TrialState.of(resume) if resume is not None else None
+    if start is not None:
+        model.load_state_dict(start.model)
+        member.history = list(start.history)
+        position = start.position
+        member.elapsed_s = start.elapsed_s
 
     for s_index in range(position.stage, len(stages)):
         member.stage = stage = stages[s_index]
-        resumes_here = resume is not None and saved_stage == s_index
-        engine.start_stage(stage, resume["optimizer"] if resumes_here else None)
+        resumes_here = start is not None and s_index == position.stage and start.mid_stage
+        engine.start_stage(stage, start.optimizer if resumes_here else None)
         if resumes_here:
-            stage.gen.set_state(resume["generator"])
+            stage.gen.set_state(start.generator)
 
         def report(epoch, active, finished, state, s_index=s_index):
             if on_epoch is None:
@@ -59,8 +60,8 @@ def run_trial(
             record = member.history[-1]
             next_position = (Position(len(stages) if record["diverged"] else s_index + 1, 0) if finished
                              else Position(s_index, epoch + 1))
-            on_epoch(record, lambda: {"config": cfg.to_dict(), "position": next_position.stored(),
-                                      "state_stage": s_index, **state(0)})
+            on_epoch(record, lambda: TrialState(config=cfg.to_dict(), position=next_position, state_stage=s_index,
+                                                **state(0)).stored())
 
         last = s_index == len(stages) - 1 and not pretrain_only
         run_stage(engine, [member], data, position.epoch if s_index == position.stage else 0, last_stage=last,

@@ -1,6 +1,16 @@
-"""The trial as a Ray Tune function trainable: reports its epochs in batches, checkpoints every k epochs.
+"""The Ray Tune trainable, the one driver above the loop: a Ray trial's members, reported in
+batches, checkpointed every k epochs.
 
-Ray imports stay inside the function so `run_trial` works without Ray on the path. The rows it
+A Ray trial runs a pack of members (its Tune config's `_members`, or itself: one member). A pack
+of one runs on the plain engine as a lone trial, a larger one on the stacked engine, and a
+trial resumed from a pack's checkpoint as the pack it was (`run_pack`'s `engine`). Either way
+one path resumes it from Tune's checkpoint, or runs the pretrainings it owns and starts its
+members from shared snapshots, then batches its rows and keeps its checkpoint cadence. What
+differs with the engine is stored format: a lone trial's rows name no member and its last
+report carries its final row on top, where readers and Tune's searchers look; its checkpoint
+is a `TrialState`, a pack's a `PackState`.
+
+Ray imports stay inside the functions so `run_trial` works without Ray on the path. The rows it
 reports, and the Tune config keys of packs and seeds, are `reports`'s format.
 """
 
@@ -12,10 +22,9 @@ import time
 from typing import Any, Callable
 
 from .config import make_config
-from .reports import MEMBERS_KEY, RECORDS_KEY, epoch_row, final_row, member_values, tune_config_values
+from .reports import RECORDS_KEY, epoch_row, final_row, member_values
 
 CHECKPOINT_EVERY_KEY = "_checkpoint_every"
-PACK_FILE = "pack_state.pt"
 SNAPSHOTS_KEY = "_snapshots"  # where the sweep's shared pretraining snapshots are
 PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before it starts (SnapshotGate)
 # One Tune report may carry many rows. Each report costs driver CPU and stalls the trial for a
@@ -61,57 +70,66 @@ class _BatchedReports:
 
 
 def tune_trainable(config: dict[str, Any]) -> None:
-    """Run one trial (or one pack of trials) under Ray Tune, resuming from Tune's checkpoint
-    when there is one, else starting from a shared pretraining snapshot when there is one."""
-    if MEMBERS_KEY in config:
-        if len(config[MEMBERS_KEY]) > 1 or resumes_a_pack():
-            return _run_packed(config)
-        # a grid's lone trial among its packs (Tune's grid lists both as member lists)
-        config = {**{k: v for k, v in config.items() if k != MEMBERS_KEY}, **config[MEMBERS_KEY][0]}
+    """Run one Ray trial's members under Ray Tune, resuming from Tune's checkpoint when there is
+    one, else starting each member from a shared pretraining snapshot where there is one.
+
+    A checkpoint follows every `_checkpoint_every` epochs of the trial's position (a lone
+    trial's epochs of both stages, a pack's epochs together), and every epoch where a stage
+    ended (`run_pack`'s `ended`), so a resumed trial checkpoints where an unbroken one does.
+    """
     from ray import tune
 
-    from .checkpoint import load_state, save_state  # torch: imported in the worker, not by the CLI
-    from .trial import run_trial
+    from .checkpoint import load_checkpoint, save_pack_state, save_state  # torch: in the worker, not the CLI
+    from .packed import run_pack
+    from .state import PackState
 
-    cfg = make_config(tune_config_values(config))
+    cfgs = [make_config(v) for v in member_values(config)]
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
-    reports = _BatchedReports(latest_on_top=True)
-    resume = None
+    resume, starts = None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = load_state(d, cfg.to_dict())
-    elif config.get(SNAPSHOTS_KEY):
+            resume = load_checkpoint(d, [c.to_dict() for c in cfgs])
+    lone = len(cfgs) == 1 and not isinstance(resume, PackState)
+    member = (lambda i: None) if lone else (lambda i: i)  # a lone trial's rows name no member
+    reports = _BatchedReports(latest_on_top=lone)
+    if checkpoint is None and config.get(SNAPSHOTS_KEY):
         _run_owned_pretrainings(config)
-        resume = _shared_start(cfg, config[SNAPSHOTS_KEY])
-        for record in (resume or {}).get("history", []):  # the pretraining epochs it did not run itself
-            reports.add(epoch_row(record))
+        starts = [_shared_start(c, config[SNAPSHOTS_KEY]) for c in cfgs]
+        for i, start in enumerate(starts):
+            for record in start.history if start is not None else []:  # the pretraining epochs it did not run
+                reports.add(epoch_row(record, member(i)))
+    epochs = [_epochs_done(resume, starts, lone)]
+    save = save_state if lone else save_pack_state
 
-    def report_epoch(record: dict[str, Any], state) -> None:
-        reports.add(epoch_row(record))
-        stage_end = record["epoch"] == (cfg.pretrain_epochs if record["stage"] == "pretrain" else cfg.epochs)
-        if record["step"] % every and not stage_end:
-            reports.send()
+    def on_epoch(i: int, record: dict[str, Any]) -> None:
+        reports.add(epoch_row(record, member(i)))
+
+    def on_done(i: int, result) -> None:
+        reports.add(final_row(result.summary, len(result.history), member(i)))
+
+    def on_pack_epoch(state, ended: bool) -> None:
+        if state is not None:
+            epochs[0] += 1
+        if state is not None and (ended or epochs[0] % every == 0):
+            reports.send_checkpoint(lambda d: save(state(), d))
         else:
-            reports.send_checkpoint(lambda d: save_state(state(), d))
+            reports.send()
 
     with _rows_kept_on_error(reports):
-        result = run_trial(cfg, resume=resume, on_epoch=report_epoch)
-    reports.add(final_row(result.summary, len(result.history)))
-    reports.send(force=True)  # the last report: the final row on top, where Tune's result is read
+        run_pack(cfgs, engine="plain" if lone else "stacked", resume=resume, pretrained=starts, on_epoch=on_epoch,
+                 on_done=on_done, on_pack_epoch=on_pack_epoch)
+    reports.send(force=True)  # the last report; a lone trial's final row on top, where Tune's result is read
 
 
-def resumes_a_pack() -> bool:
-    """Whether Tune restores this trial from a pack's checkpoint (a checkpoint of a pack of one
-    member resumes as a pack, not as a plain trial)."""
-    import pyarrow.fs
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return False
-    info = checkpoint.filesystem.get_file_info(f"{checkpoint.path.rstrip('/')}/{PACK_FILE}")  # no download
-    return info.type == pyarrow.fs.FileType.File
+def _epochs_done(resume, starts, lone: bool) -> int:
+    """Epochs of the trial's position before this run: a lone trial's in both stages, a pack's
+    together (its members' pretrainings are their own)."""
+    if resume is not None:
+        return len(resume.history) if lone else resume.epoch
+    if lone and starts and starts[0] is not None:
+        return len(starts[0].history)
+    return 0
 
 
 @contextlib.contextmanager
@@ -133,57 +151,11 @@ def _run_owned_pretrainings(config: dict[str, Any]) -> None:
         run_owned_pretrainings(groups, config[SNAPSHOTS_KEY])
 
 
-def _shared_start(cfg, store: str) -> dict[str, Any] | None:
+def _shared_start(cfg, store: str):
+    """The member's `TrialState` at the end of its pretraining, from a shared snapshot; or None."""
     from .pretraining import resume_state_from_snapshot
     from .stages import resolve_device
+    from .state import TrialState
 
-    return resume_state_from_snapshot(cfg, store, resolve_device(cfg.device).type)
-
-
-def _run_packed(config: dict[str, Any]) -> None:
-    """A pack: every member's epochs and final summary as rows with its `member` index.
-
-    Rows go out in batches (`_BatchedReports`), each checkpoint with every row made before it,
-    so a restored pack never misses a row it made before its checkpoint.
-    """
-    import torch
-    from ray import tune
-
-    from .packed import PACK_FORMAT, run_pack
-
-    cfgs = [make_config(v) for v in member_values(config)]
-    every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
-    resume, pretrained = None, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(f"{d}/{PACK_FILE}", map_location="cpu", weights_only=True)
-        if resume.get("format") != PACK_FORMAT:
-            raise RuntimeError(f"pack checkpoint has format {resume.get('format')}, expected {PACK_FORMAT}")
-    elif config.get(SNAPSHOTS_KEY):
-        _run_owned_pretrainings(config)
-        pretrained = [_shared_start(c, config[SNAPSHOTS_KEY]) for c in cfgs]
-    reports = _BatchedReports(latest_on_top=False)
-    for i, start in enumerate(pretrained or []):
-        for r in (start or {}).get("history", []):
-            reports.add(epoch_row(r, i))
-    epochs = [0]
-
-    def on_epoch(i: int, record: dict[str, Any]) -> None:
-        reports.add(epoch_row(record, i))
-
-    def on_done(i: int, result) -> None:
-        reports.add(final_row(result.summary, len(result.history), i))
-
-    def on_pack_epoch(state, finished: bool) -> None:
-        if state is not None:
-            epochs[0] += 1
-        if state is not None and (finished or epochs[0] % every == 0):
-            reports.send_checkpoint(lambda d: torch.save(state(), f"{d}/{PACK_FILE}"))
-        else:
-            reports.send()
-
-    with _rows_kept_on_error(reports):
-        run_pack(cfgs, resume=resume, pretrained=pretrained, on_epoch=on_epoch, on_done=on_done,
-                 on_pack_epoch=on_pack_epoch)
-    reports.send(force=True)
+    start = resume_state_from_snapshot(cfg, store, resolve_device(cfg.device).type)
+    return TrialState.of(start) if start is not None else None

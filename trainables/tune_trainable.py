@@ -22,6 +22,7 @@ PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before i
 # round trip to the driver (Tune's function trainables wait for it), so epochs are batched: a
 # report at most every REPORT_EVERY_S, and always with a checkpoint.
 REPORT_EVERY_S = 2.0
+ACCELERATOR_LABEL = "ray.io/accelerator-type"  # the node label Ray sets from the GPU it finds there, e.g. "H100"
 
 
 class _BatchedReports:
@@ -75,6 +76,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
     cfg = make_config(tune_config_values(config))
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
+    accelerator = held_accelerator_type()
     reports = _BatchedReports(latest_on_top=True)
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -97,8 +99,25 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
     with _rows_kept_on_error(reports):
         result = run_trial(cfg, resume=resume, on_epoch=report_epoch)
-    reports.add(final_row(result.summary, len(result.history)))
+    reports.add(final_row({**result.summary, "accelerator_type": accelerator}, len(result.history)))
     reports.send(force=True)  # the last report: the final row on top, where Tune's result is read
+
+
+def held_accelerator_type() -> str | None:
+    """The type of the accelerator this Ray trial holds (its node's, as Ray reports it), recorded
+    in its final rows for the cost columns; None when it holds none, or runs outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if not any(context.get_accelerator_ids().values()):
+        return None
+    kind = context.get_node_labels().get(ACCELERATOR_LABEL)
+    if kind is None:  # a node without the label: its `accelerator_type:<type>` resource says the same
+        node = next((n for n in ray.nodes() if n["NodeID"] == context.get_node_id()), {})
+        kind = next((r.split(":", 1)[1] for r in node.get("Resources", {}) if r.startswith("accelerator_type:")), None)
+    return kind
 
 
 def resumes_a_pack() -> bool:
@@ -153,6 +172,7 @@ def _run_packed(config: dict[str, Any]) -> None:
 
     cfgs = [make_config(v) for v in member_values(config)]
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
+    accelerator = held_accelerator_type()
     resume, pretrained = None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -173,7 +193,7 @@ def _run_packed(config: dict[str, Any]) -> None:
         reports.add(epoch_row(record, i))
 
     def on_done(i: int, result) -> None:
-        reports.add(final_row(result.summary, len(result.history), i))
+        reports.add(final_row({**result.summary, "accelerator_type": accelerator}, len(result.history), i))
 
     def on_pack_epoch(state, finished: bool) -> None:
         if state is not None:

@@ -173,7 +173,8 @@ def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
     if spec.search.kind == "boundary":  # its x values are uneven: the fit must not guess their scale
         meta["minima.axis_scales"] = {n: a.scale for n, a in spec.axes.items() if isinstance(a, RangeAxis)}
-    return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta)
+    return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta,
+                              resources=spec.resources)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -258,6 +258,36 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.design.spec import SweepError
+    from sweeps.run.status import summary, sweep_status
+    from sweeps.run.status_lines import status_lines, table_lines
+    from sweeps.storage.sweep_files import list_sweeps, storage_root
+
+    try:
+        if args.name:
+            status = sweep_status(args.name, args.storage)
+            print(json.dumps(_json_safe(status), indent=2) if args.json else "\n".join(status_lines(status)))
+            return 0
+        statuses = []
+        for name in list_sweeps(args.storage):
+            try:
+                statuses.append(summary(sweep_status(name, args.storage)))
+            except SweepError as err:  # one sweep this version cannot read: the others still list
+                statuses.append({"name": name, "error": str(err)})
+    except OSError as err:  # the storage went away, or refused a read, midway
+        raise SweepError(f"storage: cannot read {storage_root(args.storage)} ({err}); check the path or URI and its "
+                         f"credentials") from None
+    root = storage_root(args.storage)
+    if args.json:
+        print(json.dumps(_json_safe({"storage": root, "sweeps": statuses}), indent=2))
+    elif statuses:
+        print("\n".join(table_lines(root, statuses)))
+    else:
+        print(f"no sweeps under {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minima", description="Minima Atlas: when does SGD reach bad global minima?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -353,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
     sync.add_argument("--tracking-uri", help="default: the sweep's own tracking_uri")
     sync.set_defaults(func=cmd_sync_mlflow)
+
+    status = sub.add_parser("status", help="where every sweep in a storage stands, or one sweep in detail "
+                            "(reads the storage only: no Ray, no tracking server)")
+    status.add_argument("name", nargs="?", help="a sweep: adds its parts, slowest trials, ETA and failures")
+    status.add_argument("--storage", default="minima_results", help="where the sweeps stored their results")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    status.set_defaults(func=cmd_status)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
     ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")

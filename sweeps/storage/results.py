@@ -41,6 +41,11 @@ def list_trial_dirs(experiment_dir: str) -> list[str]:
     return sorted(trials)
 
 
+def list_parts(experiment_dir: str) -> list[str]:
+    """The part folders (`part-*`) of a sweep run in parts, sorted; [] for a sweep run as one experiment."""
+    return sorted(name for name in _folders(experiment_dir) if name.startswith(PART_PREFIX))
+
+
 def _folders(path: str) -> list[str]:
     import pyarrow.fs
 

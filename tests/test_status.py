@@ -135,3 +135,14 @@ def test_a_packs_cost_is_split_over_its_members_by_epochs_and_adds_up(store, cap
     cost = json.loads(out)["cost"]
     assert cost["cpu_hours"] * 3600 == pytest.approx(trials["cpu_s"].sum() / 2)
     assert cost["cell_cpu_hours_mean"] * cost["cells"] == pytest.approx(cost["cpu_hours"])
+
+
+def test_the_eta_goes_by_the_latest_finishes_and_stops_when_they_stop():
+    from sweeps.run.status import eta_s
+
+    ends = list(range(1000, 1200, 2))  # a trial finished every 2 s
+    assert eta_s(ends, 50, now=1200) == pytest.approx(100.0)
+    assert eta_s([0, 0, 0] + ends, 50, now=1200) == pytest.approx(100.0)  # only the latest 100 set the rate
+    assert eta_s(ends, 0, now=1200) is None and eta_s(ends[:1], 50, now=1200) is None
+    assert eta_s(ends, 50, now=1198 + 299) is not None  # 5 minutes without a finish: still a rate
+    assert eta_s(ends, 50, now=1198 + 301) is None  # past that (and 20 intervals): a stopped driver, no ETA

@@ -2,7 +2,7 @@
 outcome, the hours its Ray trials ran and what they held, whether MLflow holds every trial as
 last checked, and per part its own counts, the slowest Ray trials, an ETA and the failures.
 It starts no Ray and asks no tracking server, so it answers from a laptop while the sweep runs
-on a cluster. `minima status` prints it (`status_notes`).
+on a cluster. `minima status` prints it (`status_lines`).
 
 A trial is counted once (a pack's members one by one): ok or diverged by its final row; else
 running or pending as Tune's newest stored experiment state lists its Ray trial; else error
@@ -31,14 +31,15 @@ from ..storage.tune_state import TuneState, read_tune_state
 from .parts import part_done
 
 OUTCOMES = ("ok", "diverged", "error", "running", "pending")  # always shown; "unfinished" when there are any
+_WAITING = {"RUNNING": "running", "ERROR": "error"}  # a Ray trial Tune lists without a started folder: else pending
 SLOWEST = 5  # Ray trials listed as the slowest
 ETA_WINDOW = 100  # the ETA's rate: over at most this many of the latest finished trials
+# no ETA once nothing has finished for this many of those trials' mean intervals (and 5 minutes):
+# a stopped driver, whose Tune state still says running, not a rate
+STALLED_INTERVALS, STALLED_MIN_S = 20, 300.0
 ERROR_TAIL = 5  # last lines of a failed trial's error kept
 OWN = "."  # the experiment in the sweep's own folder, as the per-part breakdown names it
 READERS = 8  # result files read at once: object stores answer each read slowly, local disks do not mind
-
-
-_WAITING = {"RUNNING": "running", "ERROR": "error"}  # a Ray trial Tune lists without a started folder
 
 
 @dataclass
@@ -85,7 +86,7 @@ def sweep_status(name: str, storage: str) -> dict[str, Any]:
         "trial_hours": _hours(t.end.time_total_s for t in trials),
         "cost": _cost(spec, trials),
         "mlflow": _mlflow(spec, settings, path, finished),
-        "eta_s": None if capped else _eta_s(ends, counts["running"] + counts["pending"]),
+        "eta_s": None if capped else eta_s(ends, counts["running"] + counts["pending"], time.time()),
         "parts": [_part(e, spec) for e in experiments] if len(experiments) > 1 else [],
         "not_started": not_started,
         "slowest": [_trial_line(t) for t in sorted(trials, key=lambda t: -(t.end.time_total_s or 0))[:SLOWEST]],
@@ -201,12 +202,16 @@ def _mlflow(spec: SweepSpec, settings: dict, path: str, finished: int) -> dict[s
     return {"state": "complete", "detail": f"every finished trial {at}"}
 
 
-def _eta_s(ends: list[int], remaining: int) -> float | None:
-    """Seconds until the remaining trials end, at the rate of the latest finished ones."""
+def eta_s(ends: list[int], remaining: int, now: float) -> float | None:
+    """Seconds until the `remaining` trials end, at the rate the latest ones finished (`ends`:
+    when each finished, sorted); None when that rate is unknown or has stalled."""
     window = ends[-ETA_WINDOW:]
     if not remaining or len(window) < 2 or window[-1] <= window[0]:
         return None
-    return remaining * (window[-1] - window[0]) / (len(window) - 1)
+    interval = (window[-1] - window[0]) / (len(window) - 1)
+    if now - window[-1] > max(STALLED_MIN_S, STALLED_INTERVALS * interval):
+        return None
+    return remaining * interval
 
 
 def _part(e: Experiment, spec: SweepSpec) -> dict[str, Any]:

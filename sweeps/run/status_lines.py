@@ -21,9 +21,13 @@ def status_lines(s: dict[str, Any]) -> list[str]:
              f"  time      {_h(s['trial_hours'])} trial-hours over {s['ray_trials']} Ray trials (a pack counts once)",
              f"  cost      {cost_text(s['cost'])}",
              f"  MLflow    {s['mlflow']['state']}: {s['mlflow']['detail']}"]
+    left = s["counts"]["running"] + s["counts"]["pending"]
     if s["eta_s"] is not None:
-        lines.append(f"  ETA       {_clock(s['eta_s'])} for the {s['counts']['running'] + s['counts']['pending']} "
-                     f"trials left, at the rate of the latest finished ones")
+        lines.append(f"  ETA       {_clock(s['eta_s'])} for the {left} trials left, at the rate of the latest "
+                     f"finished ones")
+    elif left and s["budget"] is None and s["last_result"]:
+        lines.append(f"  ETA       none: nothing has finished lately; a driver that stopped continues with "
+                     f"`minima resume {s['name']}`")
     if s["parts"]:
         lines.append("  parts")
         for p in s["parts"]:

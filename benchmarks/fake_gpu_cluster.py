@@ -3,7 +3,7 @@
 Ray's fake multi-node provider (`ray.autoscaler._private.fake_multi_node`) starts each "node" the
 autoscaler launches as a raylet on this machine, with the resources its node type declares, so a
 `GPU` worker type exists without a GPU (trials then train on CPU: torch sees no CUDA). The node
-types mirror cluster.yaml: a head without GPUs, GPU worker types with `min_workers: 0`.
+types mirror deploy/aws/cluster.yaml: a head without GPUs, GPU worker types with `min_workers: 0`.
 
 Not `ray.cluster_utils.AutoscalingCluster`: it needs `fake_multi_node/example.yaml` (not in this
 Ray wheel) and runs `ray stop --force`, which kills every Ray process of this user, other
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 
-# Shaped like cluster.yaml's workers: a 1-GPU type and a bigger multi-GPU one, both from 0.
+# Shaped like deploy/aws/cluster.yaml's workers: a 1-GPU type and a bigger multi-GPU one, both from 0.
 # Small CPU counts: every fake node is real processes on this (2-core) machine.
 WORKER_TYPES = {
     "gpu-1": {"min_workers": 0, "max_workers": 4, "resources": {"CPU": 1, "GPU": 1}, "node_config": {}},
@@ -49,7 +49,7 @@ def cluster_config(gcs_address: str, idle_timeout_s: float, worker_types: dict, 
     return {
         "cluster_name": "minima-fake-gpu",
         "max_workers": sum(t["max_workers"] for t in worker_types.values()),
-        "upscaling_speed": 2.0,  # as cluster.yaml
+        "upscaling_speed": 2.0,  # as deploy/aws/cluster.yaml
         "idle_timeout_minutes": idle_timeout_s / 60,
         "provider": {
             "type": "fake_multinode",

@@ -11,8 +11,7 @@ import sys
 from typing import Any
 
 from sweeps.design.assignments import parse_assignments
-from .cluster_cli import (UI_START, cmd_aws_security_group, cmd_fetch_token, cmd_head_secrets, cmd_mlflow_user,
-                          cmd_submit, cmd_ui)
+from .cluster_cli import UI_START, add_cluster_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -73,10 +72,13 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The file alone, offline (a cluster sweep is validated away from its cluster); with
+    --online also what `minima run` checks before any trial: storage and the tracking server."""
     spec = _load(args)
-    from sweeps.cluster.ray_cluster import local_slots, preflight
+    from sweeps.cluster.ray_cluster import check_reach, local_slots, placeholder_fields, target_lines
 
-    preflight(spec, args.file)
+    if args.online:
+        check_reach(spec, args.file)
     notice = None
     if os.environ.get("RAY_ADDRESS") and spec.resources.gpu > 0:
         notice = "on the cluster, GPU trials wait for GPU worker nodes, which the autoscaler adds on demand"
@@ -101,8 +103,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in plan_lines(plan):  # as `minima run` says it
         print(f"  {line}")
     print(f"  storage   {info['storage']}   tracking {info['tracking_uri']}")
+    for line in target_lines(spec):
+        print(f"  target    {line}")
+    if fields := placeholder_fields(spec):
+        print(f"  note      {', '.join(fields)}: shipped placeholders; set yours with "
+              + " ".join(f"--set {f}=..." for f in fields))
     if notice:
         print(f"  note      {notice}")
+    print("  checked   " + ("the file, a write to the storage, the tracking server's answer" if args.online else
+                            "the file only (offline); --online also tries the storage and the tracking server, "
+                            "as `minima run` does before any trial"))
     return 0
 
 
@@ -141,9 +151,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     advertise_loopback()
     spec = _load(args)
-    from sweeps.run.runner import resume_sweep, run_sweep
+    from sweeps.run.runner import extend_sweep, resume_sweep, run_sweep
     from sweeps.run.tuner import has_results
 
+    if has_results(spec):  # the file may add trials to the stored sweep: only those run
+        outcome = extend_sweep(spec, log_to_mlflow=not args.no_mlflow, on_notice=lambda m: print(m, file=sys.stderr),
+                               source=args.file)
+        if outcome is not None:
+            return _report(outcome)
     if args.resume and has_results(spec):
         print(f"sweep {spec.name} has results: resuming it (finished trials are kept)", file=sys.stderr)
         return _report(resume_sweep(spec.name, spec.storage, on_notice=lambda m: print(m, file=sys.stderr)))
@@ -250,8 +265,11 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     from sweeps.tracking.mlflow_writer import MLflowWriter
     from sweeps.storage.sweep_files import experiment_path, read_spec
 
+    from sweeps.run.runner import claim_tracking
+
     spec = read_spec(args.name, args.storage)
     uri = args.tracking_uri or spec.tracking_uri
+    claim_tracking(spec.model_copy(update={"tracking_uri": uri}), args.name)
     counts = sync_from_storage(MLflowWriter(uri, spec.name, list(spec.axes)), experiment_path(spec))
     print(f"sweep {spec.name}: {counts['trials']} trials synced to {uri} ({counts['finished']} finished, "
           f"{counts['failed']} failed, {counts['unfinished']} unfinished)")
@@ -305,8 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field of the file, e.g. --set base.epochs=5 --set resources.gpu=0")
         p.add_argument("--name", help="sweep name (default: the file's name:)")
 
-    validate = sub.add_parser("validate", help="check a sweep file; print trial count, axes, resources")
+    validate = sub.add_parser("validate", help="check a sweep file offline; print trial count, axes, resources "
+                              "and where it can run")
     sweep_file_args(validate)
+    validate.add_argument("--online", action="store_true",
+                          help="also write to the storage and ask the tracking server, as `minima run` does first")
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="run a sweep on local Ray, or on the cluster at RAY_ADDRESS")
@@ -320,35 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
     resume.set_defaults(func=cmd_resume)
 
-    group = sub.add_parser("aws-security-group", help="before `ray up`: make (or check) the cluster's AWS security "
-                           "group with SSH from the config's range only, never from 0.0.0.0/0")
-    group.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
-    group.set_defaults(func=cmd_aws_security_group)
-
-    submit = sub.add_parser("submit", help="submit `minima run FILE` to a Ray cluster as a Ray Job")
-    sweep_file_args(submit)
-    submit.add_argument("--address", required=True, help="Ray Jobs address, e.g. http://127.0.0.1:8265 (SSH port-forward)")
-    submit.add_argument("--working-dir", default=".", help="folder uploaded as the job's working dir")
-    submit.add_argument("--cluster-config", help="read the cluster's Ray token from its head (`ray exec`) when "
-                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are not set, e.g. cluster.yaml")
-    submit.set_defaults(func=cmd_submit)
-
-    fetch = sub.add_parser("fetch-token", help="save a cluster's Ray token from its head, readable by you only")
-    fetch.add_argument("cluster_config", help="the cluster launcher config, e.g. cluster.yaml")
-    fetch.add_argument("--out", help="where to save it (default: ~/.ray/CLUSTER_NAME.token)")
-    fetch.set_defaults(func=cmd_fetch_token)
-
-    head = sub.add_parser("head-secrets", help="on a cluster head: make the Ray token and the MLflow admin "
-                          "password and secret key once (files readable by this user only)")
-    head.add_argument("--dir", help="folder for the MLflow secrets (default: ~/.minima)")
-    head.add_argument("--ray-token", help="the Ray token file (default: ~/.ray/auth_token)")
-    head.set_defaults(func=cmd_head_secrets)
-
-    account = sub.add_parser("mlflow-user", help="make a read-only account on an MLflow server with accounts "
-                             "(run with the admin's MLFLOW_TRACKING_USERNAME/PASSWORD)")
-    account.add_argument("username")
-    account.add_argument("--tracking-uri", required=True, help="the server, e.g. http://HEAD_PRIVATE_IP:5000")
-    account.set_defaults(func=cmd_mlflow_user)
+    add_cluster_commands(sub, sweep_file_args)
 
     def stored_sweep_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", help="the sweep's name")
@@ -391,11 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(func=cmd_status)
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on a tracking store, bound to 127.0.0.1")
-    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    ui.add_argument("--host", default="127.0.0.1", help="keep 127.0.0.1 unless you mean to expose it")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -1,10 +1,10 @@
-"""The security group `ray up` gives cluster.yaml's nodes, with Ray's own AWS bootstrap
+"""The security group `ray up` gives deploy/aws/cluster.yaml's nodes, with Ray's own AWS bootstrap
 (`bootstrap_aws`, the step of `ray up` that makes the IAM profile, key pair, subnets and security
 group) run against a mocked EC2 and IAM (moto): nothing is sent to AWS.
 
 Without `minima aws-security-group`, Ray opens SSH to 0.0.0.0/0 (shown below, so these tests can
 fail). After it, every rule of every group the bootstrapped config names is listed: the
-intra-cluster rule and SSH from cluster.yaml's range, nothing from 0.0.0.0/0 or ::/0.
+intra-cluster rule and SSH from deploy/aws/cluster.yaml's range, nothing from 0.0.0.0/0 or ::/0.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ray.autoscaler._private.aws.utils import client_cache, resource_cache
 from ray.autoscaler._private.util import prepare_config
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER_YAML = ROOT / "cluster.yaml"
+CLUSTER_YAML = ROOT / "deploy" / "aws" / "cluster.yaml"
 RAW = yaml.safe_load(CLUSTER_YAML.read_text())
 REGION = RAW["provider"]["region"]
 GROUP_NAME = RAW["provider"]["security_group"]["GroupName"]
@@ -40,7 +40,7 @@ def no_network(offline):
 
 @pytest.fixture
 def ec2(monkeypatch, tmp_path):
-    """A fresh mocked AWS account in cluster.yaml's region, as after one earlier `ray up` there:
+    """A fresh mocked AWS account in deploy/aws/cluster.yaml's region, as after one earlier `ray up` there:
     Ray's IAM instance profile exists (so its bootstrap skips making one, and the 30 s it waits
     for IAM), nothing else does."""
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -108,7 +108,7 @@ def test_ray_bootstrap_alone_opens_ssh_to_the_world(ec2):
     assert rules == {
         (sg, "-1", None, None, sg),                 # Ray's intra-cluster rule
         (sg, "tcp", 22, 22, "0.0.0.0/0"),           # Ray's default SSH rule
-        (sg, "tcp", 22, 22, SSH_RANGE),             # cluster.yaml's
+        (sg, "tcp", 22, 22, SSH_RANGE),             # deploy/aws/cluster.yaml's
     }
 
 

@@ -1,4 +1,4 @@
-"""cluster.yaml, checked offline: Ray's own validation plus the security rules of this project.
+"""deploy/aws/cluster.yaml, checked offline: Ray's own validation plus the security rules of this project.
 
 `ray up` first runs `prepare_config` (merges Ray's AWS defaults.yaml, a file read, and fills the
 per-type min/max workers) and `validate_config` (ray-schema.json plus a few checks). Both are
@@ -31,7 +31,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from sweeps.cluster.aws_security_group import GroupError, intended_rules
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER_YAML = ROOT / "cluster.yaml"
+CLUSTER_YAML = ROOT / "deploy" / "aws" / "cluster.yaml"
 
 # Ports that must never face the internet: dashboard + Jobs API, MLflow, GCS, Ray Client.
 PROTECTED_PORTS = (8265, 5000, 6379, 10001)

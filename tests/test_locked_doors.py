@@ -187,8 +187,56 @@ def test_mlflow_with_accounts_refuses_anonymous_writes_and_read_accounts_write_n
         assert MlflowClient(uri).get_run(run.info.run_id).info.lifecycle_stage == "active"
 
 
+def test_a_read_account_cannot_take_over_a_sweeps_experiment(accounts_server, tmp_path, monkeypatch):
+    """basic-auth lets any account create an experiment and manage it. A reader who makes the
+    experiment of a sweep it read in a sweep file is refused before Ray starts; an experiment the
+    sweep made takes no run, tag or deletion from a reader."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.cluster.mlflow_auth import claim_experiment
+
+    uri = accounts_server.uri
+    with accounts_server.credentials():
+        account = subprocess.run([sys.executable, "-m", "minima.cli", "mlflow-user", "eve", "--tracking-uri", uri],
+                                 capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert account.returncode == 0, account.stderr[-2000:]
+    eve = {"MLFLOW_TRACKING_USERNAME": "eve", "MLFLOW_TRACKING_PASSWORD": account.stdout.strip().splitlines()[-1]}
+    with monkeypatch.context() as as_eve:
+        for key, value in eve.items():
+            as_eve.setenv(key, value)
+        reader = MlflowClient(uri)
+        trap = reader.create_experiment("claimed")  # MLflow lets a read account do this
+        planted = reader.create_run(trap, tags={"minima.trial_key": "planted"})
+        reader.set_terminated(planted.info.run_id, "FINISHED")
+
+    with accounts_server.credentials():
+        refused = subprocess.run([sys.executable, "-m", "minima.cli", "run", SMOKE, "--name", "claimed",
+                                  "--set", f"storage={tmp_path / 'r'}", "--set", f"tracking_uri={uri}"],
+                                 capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ})
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "'claimed'" in refused.stderr and "eve" in refused.stderr and "--name" in refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "r" / "claimed").exists()
+
+        assert claim_experiment(uri, "fresh", {"mlflow.experimentKind": "custom_model_development"}) is None
+        fresh = MlflowClient(uri).get_experiment_by_name("fresh")
+        assert fresh is not None  # made before any trial, by the sweep's own account
+        assert claim_experiment(uri, "fresh", {}) is None  # found again: still only the admin's
+    with monkeypatch.context() as as_eve:
+        for key, value in eve.items():
+            as_eve.setenv(key, value)
+        reader = MlflowClient(uri)
+        assert reader.get_experiment(fresh.experiment_id).name == "fresh"  # reads
+        for write in (lambda: reader.create_run(fresh.experiment_id),
+                      lambda: reader.set_experiment_tag(fresh.experiment_id, "owner", "eve"),
+                      lambda: reader.delete_experiment(fresh.experiment_id)):
+            with pytest.raises(MlflowException) as denied:
+                write()
+            assert denied.value.get_http_status_code() == 403
+
+
 def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_credentials(accounts_server, tmp_path):
-    """A real Ray head with token auth and the Jobs API on 127.0.0.1, started as cluster.yaml starts
+    """A real Ray head with token auth and the Jobs API on 127.0.0.1, started as deploy/aws/cluster.yaml starts
     it (the MLflow client credentials in its environment); `minima submit` must run the sweep there."""
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -225,7 +273,7 @@ def test_submit_needs_the_clusters_token_and_the_sweep_logs_with_the_heads_crede
                     {**user_env, "RAY_AUTH_TOKEN": "f" * 64}):
             refused = submit(env)
             assert refused.returncode == 2 and "refused the job" in refused.stderr, refused.stderr[-2000:]
-            assert "minima fetch-token cluster.yaml" in refused.stderr and "Traceback" not in refused.stderr
+            assert "minima fetch-token deploy/aws/cluster.yaml" in refused.stderr and "Traceback" not in refused.stderr
             assert token not in refused.stderr + refused.stdout
         anonymous = requests.get(f"{address}/api/jobs/", timeout=30)
         assert anonymous.status_code == 401
@@ -330,15 +378,15 @@ def command_lines() -> list[str]:
 
 
 def test_the_heads_mlflow_server_takes_its_database_uri_from_the_environment_not_argv(tmp_path):
-    """cluster.yaml's command that starts MLflow on the head, run here with the head's home in a
-    temp dir: the database URI (a Postgres one holds a password) is on no process's command line,
+    """deploy/aws/cluster.yaml's command that starts MLflow on the head, run here with the head's
+    home in a temp dir: the database URI (a Postgres one holds a password) is on no process's command line,
     which every user of the head can read with `ps`."""
     import secrets
 
     import yaml
 
-    command = next(c for c in yaml.safe_load((REPO / "cluster.yaml").read_text())["head_start_ray_commands"]
-                   if "mlflow server" in c)
+    head = yaml.safe_load((REPO / "deploy" / "aws" / "cluster.yaml").read_text())["head_start_ray_commands"]
+    command = next(c for c in head if "mlflow server" in c)
     port = free_port()
     assert "--port 5000" in command
     command = command.replace("--port 5000", f"--port {port}")

@@ -1,5 +1,5 @@
 """The AWS security group of a Ray cluster, made before `ray up` with only the rules the cluster
-config asks for: `minima aws-security-group cluster.yaml`.
+config asks for: `minima aws-security-group deploy/aws/cluster.yaml`.
 
 Ray's AWS launcher (ray/autoscaler/_private/aws/config.py) gives every node type without
 `SecurityGroupIds` the group named `provider.security_group.GroupName` (default

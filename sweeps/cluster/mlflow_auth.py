@@ -79,7 +79,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def create_read_account(tracking_uri: str, username: str) -> str:
-    """A new account that can read every sweep and write none; returns its password. Needs the
+    """A new account that can read every sweep and change none; returns its password. Needs the
     admin's credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
     from mlflow.server import get_app_client
 
@@ -88,9 +88,10 @@ def create_read_account(tracking_uri: str, username: str) -> str:
     return password
 
 
-def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+def access_problem(tracking_uri: str, timeout_s: float = 5.0, require_answer: bool = False) -> str | None:
     """Why a tracking server refuses this client's credentials, or None. A server that does not
-    answer is no problem here: the sweep runs without it and replays later."""
+    answer is no problem for a sweep, which runs without it and replays later; it is one when
+    `require_answer` (`minima validate --online` asks whether the server can be reached)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
     import requests
@@ -100,8 +101,11 @@ def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
     try:
         r = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
                          params={"max_results": 1}, auth=auth, timeout=timeout_s)
-    except requests.RequestException:
-        return None
+    except requests.RequestException as err:
+        if not require_answer:
+            return None
+        return (f"no answer from the MLflow server at {tracking_uri} ({type(err).__name__}); check the address "
+                f"(a cluster's server answers only inside the cluster or through a port-forward)")
     if r.status_code == 401:
         who = f"user {user!r} and its password" if user else "no credentials"
         return (f"the MLflow server at {tracking_uri} refused {who} (401): set {USERNAME_ENV} and "
@@ -110,3 +114,68 @@ def access_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
         return (f"the MLflow server at {tracking_uri} lets {user!r} in but not read experiments (403): "
                 f"use an account that may write, or run with --no-mlflow")
     return None
+
+
+WRITES = ("EDIT", "MANAGE")  # MLflow permissions that change or delete an experiment's runs
+
+
+def claim_experiment(tracking_uri: str, name: str, tags: dict[str, str], timeout_s: float = 15.0) -> str | None:
+    """Before a sweep logs into experiment `name` on a server with accounts: make it (as this
+    client, which then manages it) if it does not exist, and say why not to log into it when an
+    account other than this one and the admins may change its runs. With basic-auth any account,
+    a read account too, may create an experiment and manages what it creates: a reader who made
+    the experiment of a sweep it saw in a sweep file could delete its runs or plant finished
+    ones the writer would take as logged. Returns the problem, or None (also for a server without
+    accounts, where anyone may write anyway, and for a client that is not an admin, which cannot
+    list the accounts)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    base = tracking_uri.rstrip("/")
+    user = os.environ.get(USERNAME_ENV)
+    if not user:
+        return None
+    session = requests.Session()
+    session.auth = (user, os.environ.get(PASSWORD_ENV, ""))
+
+    def get(path: str, **params):
+        return session.get(f"{base}{path}", params=params, timeout=timeout_s)
+
+    try:
+        me = get("/api/2.0/mlflow/users/current")
+        if me.status_code == 404:  # no accounts on this server
+            return None
+        if me.status_code != 200 or not me.json().get("user", {}).get("is_admin"):
+            return None
+        found = get("/api/2.0/mlflow/experiments/get-by-name", experiment_name=name)
+        if found.status_code == 404:
+            made = session.post(f"{base}/api/2.0/mlflow/experiments/create", timeout=timeout_s, json={
+                "name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+            if made.status_code != 200 and "RESOURCE_ALREADY_EXISTS" not in made.text:
+                made.raise_for_status()
+            found = get("/api/2.0/mlflow/experiments/get-by-name", experiment_name=name)
+        found.raise_for_status()
+        experiment = found.json()["experiment"]
+        users = get("/api/2.0/mlflow/users/list")
+        users.raise_for_status()
+        writers = []
+        for account in users.json().get("users", []):
+            if account.get("is_admin") or account.get("username") == user:
+                continue
+            held = get("/api/3.0/mlflow/users/permissions/get", username=account["username"],
+                       resource_type="experiment", resource_id=experiment["experiment_id"])
+            held.raise_for_status()
+            if held.json().get("permission") in WRITES:
+                writers.append(account["username"])
+    except (requests.ConnectionError, requests.Timeout):
+        return None  # a server that does not answer: the writer checks again when it connects
+    except requests.HTTPError as err:
+        return (f"could not check who may change MLflow experiment {name!r} at {tracking_uri}: {err}; "
+                f"fix the server, or run with --no-mlflow and `minima sync-mlflow` later")
+    if not writers:
+        return None
+    return (f"MLflow experiment {name!r} at {tracking_uri} (id {experiment['experiment_id']}) can be changed by "
+            f"account(s) {', '.join(sorted(writers))}, which did not start this sweep: its runs could be deleted "
+            f"or planted. Run the sweep under another name (--name NEW_NAME), or, as the admin, delete that "
+            f"experiment and remove it for good (`mlflow gc`) first")

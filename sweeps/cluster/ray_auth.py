@@ -20,8 +20,9 @@ TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 TOKEN_MARK = "minima-ray-token:"  # brackets the token in `ray exec` output, which also carries Ray's own lines
 
-FETCH_HINT = ("Fetch the cluster's token once with `minima fetch-token cluster.yaml` (it saves it readable by you "
-              "only and prints the `export RAY_AUTH_TOKEN_PATH=...` line to use), or pass --cluster-config cluster.yaml")
+FETCH_HINT = ("Fetch the cluster's token once with `minima fetch-token deploy/aws/cluster.yaml` (it saves it "
+              "readable by you only and prints the `export RAY_AUTH_TOKEN_PATH=...` line to use), or pass "
+              "--cluster-config deploy/aws/cluster.yaml")
 
 
 class TokenError(RuntimeError):
@@ -154,13 +155,13 @@ def is_loopback_address(address: str) -> bool:
 
 def send_problem(address: str, token: Token | None) -> str | None:
     """Why `token` must not go to the Ray Jobs `address`; None when it may. Over plain HTTP only
-    to this machine (an SSH tunnel to the head, as `ray dashboard cluster.yaml` makes): anyone on
+    to this machine (an SSH tunnel to the head, as `ray dashboard deploy/aws/cluster.yaml` makes): anyone on
     the path reads a bearer token. This machine's own local token never leaves it."""
     if token is None or is_loopback_address(address):
         return None
     if not address.startswith("https://"):
         return (f"--address {address}: the Ray token would cross the network unencrypted; forward the "
-                f"dashboard with `ray dashboard cluster.yaml` and use --address http://127.0.0.1:8265, "
+                f"dashboard with `ray dashboard deploy/aws/cluster.yaml` and use --address http://127.0.0.1:8265, "
                 f"or give an https:// address")
     if token.source == str(default_token_path()):
         return (f"--address {address}: the only token found is this machine's own local Ray token "

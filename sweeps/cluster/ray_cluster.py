@@ -91,13 +91,61 @@ def preflight(spec: SweepSpec, source: str = "sweep", tracking: bool = True) -> 
         if not _on_cluster():
             check_resources(spec, local_resources(), on_cluster=False)
         if tracking:
-            from .mlflow_auth import access_problem
-
-            problem = access_problem(spec.tracking_uri)
-            if problem:
-                raise SweepError(f"tracking_uri: {problem}")
+            _check_tracking(spec.tracking_uri)
     except SweepError as err:
         raise SweepError(f"{source}: {err}") from None
+
+
+def check_reach(spec: SweepSpec, source: str = "sweep") -> None:
+    """`minima validate --online`: the storage takes a write and the tracking server answers and
+    takes this client's credentials, as seen from this machine. No resource check: a cluster
+    sweep is validated away from its cluster."""
+    try:
+        check_storage_writable(spec.storage)
+        _check_tracking(spec.tracking_uri, require_answer=True)
+    except SweepError as err:
+        raise SweepError(f"{source}: {err}") from None
+
+
+def _check_tracking(uri: str, require_answer: bool = False) -> None:
+    from .mlflow_auth import access_problem
+
+    problem = access_problem(uri, require_answer=require_answer)
+    if problem:
+        raise SweepError(f"tracking_uri: {problem}")
+
+
+PLACEHOLDERS = ("CHANGE-ME", "HEAD_PRIVATE_IP")  # what the shipped cluster sweeps ask the user to replace
+
+
+def target_lines(spec: SweepSpec) -> list[str]:
+    """Where the sweep can run as its file stands, from the file and this machine alone: no
+    storage or tracking server is contacted (`check_reach` does that)."""
+    from trainables.uri import is_uri
+
+    lines = []
+    gpus = f" with GPU workers ({spec.resources.gpu:g} GPU per trial)" if spec.resources.gpu > 0 else ""
+    if is_uri(spec.storage):
+        lines.append(f"a Ray cluster{gpus}: storage is an object store (deploy/aws, deploy/gcp, deploy/kuberay)")
+    elif os.path.isabs(os.path.expanduser(spec.storage)):
+        lines.append(f"this machine, or a cluster{gpus} whose nodes all mount {spec.storage}")
+    else:
+        lines.append("this machine: storage is a folder relative to where `minima run` starts "
+                     "(a cluster needs an s3:// or gs:// URI, or an absolute shared path)")
+    if not _on_cluster():
+        have = local_resources()
+        if spec.resources.gpu > have.get("GPU", 0):
+            lines.append(f"not this machine as it is: {spec.resources.gpu:g} GPU per trial, {have.get('GPU', 0):g} here "
+                         f"(`minima run` here refuses it; --set resources.gpu=0 runs it on CPUs)")
+        elif spec.resources.cpu > have.get("CPU", 0):
+            lines.append(f"not this machine as it is: {spec.resources.cpu:g} CPUs per trial, {have.get('CPU', 0):g} here")
+    return lines
+
+
+def placeholder_fields(spec: SweepSpec) -> list[str]:
+    """The fields still holding a shipped placeholder (an address or bucket to replace)."""
+    return [field for field, value in (("storage", spec.storage), ("tracking_uri", spec.tracking_uri))
+            if any(mark in value for mark in PLACEHOLDERS)]
 
 
 def cluster_cpus() -> float:

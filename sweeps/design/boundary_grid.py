@@ -16,6 +16,7 @@ import numpy as np
 from trainables.config import INT_FIELDS
 
 from ..fit.phase_fit import BASELINE_AXIS, fmt
+from .keys import keys_of
 
 REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
 MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span
@@ -73,3 +74,16 @@ def coarse_cells(spec) -> list[dict[str, Any]]:
 
 def coarse_trials(spec) -> int:
     return len(coarse_cells(spec)) * len(spec.seeds)
+
+
+def search_cell(spec, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell of the search that a stored trial with config `values` is (the search would run
+    exactly that config there), or None: a grid's trials that a refining search takes as its own."""
+    x = spec.search.x
+    cell = {name: values.get(name) for name in spec.axes}
+    if values.get("seed") not in spec.seeds or cell[x] not in candidate_values(spec):
+        return None
+    if {n: v for n, v in cell.items() if n != x} not in slices(spec):
+        return None
+    own = {**spec.base, **cell, "seed": values["seed"]}
+    return cell if keys_of(own).trial == keys_of(values).trial else None

@@ -70,12 +70,14 @@ class SweepPlan:
         return max(self.pack_plan.values(), default=1)
 
 
-def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
+def sweep_plan(spec: SweepSpec, slots: int | None = None, stored: frozenset[str] = frozenset()) -> SweepPlan:
     """The sweep's plan. `slots` (trials that run at once; None on a cluster) sizes `pack: auto`
-    where the spec has no `pack_plan` yet."""
+    where the spec has no `pack_plan` yet. `stored`: keys of trials an extended sweep holds
+    already, left out (the plan is the extension's)."""
     if spec.search.kind != "grid":
         return SweepPlan(spec.search.kind, spec.num_trials(), (), (), (), (), {}, {}, {})
-    trials = tuple(_planned_trial(values, spec.share_pretraining) for values in spec.trial_values())
+    trials = tuple(t for t in (_planned_trial(values, spec.share_pretraining) for values in spec.trial_values())
+                   if t.keys.trial not in stored)
     groups: dict[str, list[PlannedTrial]] = defaultdict(list)
     for trial in trials:
         groups[architecture(trial.config)].append(trial)
@@ -95,10 +97,10 @@ def sweep_plan(spec: SweepSpec, slots: int | None = None) -> SweepPlan:
         jobs=jobs, packed_jobs={name: tuple(keys) for name, keys in packed.items()}, pack_plan=sizes, alone=alone)
 
 
-def planned(spec: SweepSpec, slots: int | None) -> tuple[SweepSpec, SweepPlan]:
-    """The sweep's plan for `slots`, and the spec with `pack: auto` resolved per architecture as
-    its `pack_plan` (a spec that has one keeps it)."""
-    plan = sweep_plan(spec, slots)
+def planned(spec: SweepSpec, slots: int | None, stored: frozenset[str] = frozenset()) -> tuple[SweepSpec, SweepPlan]:
+    """The sweep's plan for `slots` (without the `stored` trials), and the spec with `pack: auto`
+    resolved per architecture as its `pack_plan` (a spec that has one keeps it)."""
+    plan = sweep_plan(spec, slots, stored)
     if spec.pack != "auto" or spec.search.kind != "grid" or spec.pack_plan is not None:
         return spec, plan
     return spec.model_copy(update={"pack_plan": plan.pack_plan}), plan

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 from trainables.provenance import git_commit, package_version
 from trainables.tune_trainable import CHECKPOINT_EVERY_KEY, SNAPSHOTS_KEY, tune_trainable  # light: torch loads in workers
@@ -107,17 +108,19 @@ def pending_trials(plan: SweepPlan, cluster_cpus: float):
 
 
 def build_tuner(spec: SweepSpec, plan: SweepPlan, log_to_mlflow: bool = True, part: int | None = None,
-                before: dict[str, int] | None = None, writer=None, known: KnownKeys | None = None):
+                before: dict[str, int] | None = None, writer=None, known: KnownKeys | None = None,
+                stored: list[tuple[dict[str, Any], dict[str, Any]]] = ()):
     """The sweep's Tuner; with `part`, that part's (its `plan` is the part's slice), whose
     experiment lives in the sweep's folder. `writer`: the run's MLflow writer process; `known`:
-    the whole sweep's planned keys (else the plan's)."""
+    the whole sweep's planned keys (else the plan's); `stored`: the trials a boundary search
+    refining a grid starts from."""
     from ray import tune
 
     from ..search.search_space import build_search
 
     sharing = spec.share_pretraining and plan.search == "grid"
     snapshots = snapshot_store(spec) if sharing else None
-    space, num_samples, search_alg = build_search(spec, plan, snapshots)
+    space, num_samples, search_alg = build_search(spec, plan, snapshots, stored)
     space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
     if snapshots:
         space[SNAPSHOTS_KEY] = snapshots

@@ -42,7 +42,11 @@ def _plain(v):
 
 
 class BoundarySearcher(Searcher):
-    def __init__(self, spec: SweepSpec, on_notice=None, slots: int | None = None):
+    def __init__(self, spec: SweepSpec, on_notice=None, slots: int | None = None,
+                 stored: list[tuple[dict[str, Any], dict[str, Any]]] = ()):
+        """`stored`: (config values, final report) of the trials a grid of the same sweep ran that
+        this search could run itself (`boundary_grid.search_cell`); refining the grid, it takes
+        them as its first round instead of the coarse grid, and runs none of their cells again."""
         super().__init__()
         self.spec_data = spec.model_dump()
         self.slots = slots or len(spec.seeds)  # trials that run at once: a round fills them
@@ -54,6 +58,13 @@ class BoundarySearcher(Searcher):
         self.rounds: list[dict[str, Any]] = []
         self.issued = 0
         self.finished = False
+        if stored:
+            axes = list(spec.axes)
+            self.rows = [{**spec.base, **{n: values[n] for n in axes}, "seed": values["seed"],
+                          **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "ok"}
+                         for values, final in stored]
+            self.cells = {cell_id({n: values[n] for n in axes}) for values, _ in stored}
+            self.rounds.append({"round": 0, "trials_done": 0, "fits": [], "queued": 0, "stored": len(stored)})
 
     @functools.cached_property
     def spec(self) -> SweepSpec:

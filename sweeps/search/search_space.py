@@ -20,8 +20,10 @@ def _distribution(name: str, axis: RangeAxis):
     return tune.loguniform(axis.low, axis.high) if axis.scale == "log" else tune.uniform(axis.low, axis.high)
 
 
-def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None) -> tuple[dict[str, Any], int, Any]:
-    """(param_space, num_samples, search_alg or None) for `tune.Tuner`.
+def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None,
+                 stored: list[tuple[dict[str, Any], dict[str, Any]]] = ()) -> tuple[dict[str, Any], int, Any]:
+    """(param_space, num_samples, search_alg or None) for `tune.Tuner`. `stored`: a boundary
+    search's first round, from the grid it refines (`BoundarySearcher`).
 
     A grid whose plan packs some architectures runs each pack as one Ray trial whose config
     lists its members. A grid whose trials start from shared snapshots (in `snapshots`) gets
@@ -48,7 +50,7 @@ def build_search(spec: SweepSpec, plan: SweepPlan, snapshots: str | None = None)
         from .boundary_searcher import BoundarySearcher
         from ..cluster.ray_cluster import trial_slots
 
-        return space, spec.search.max_trials, BoundarySearcher(spec, slots=trial_slots(spec))
+        return space, spec.search.max_trials, BoundarySearcher(spec, slots=trial_slots(spec), stored=stored)
     if kind == "grid":
         for name in spec.axes:
             space[name] = tune.grid_search(spec.axis_values(name))

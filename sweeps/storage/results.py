@@ -177,3 +177,16 @@ def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
         out += [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
                 for m, v in enumerate(members)]
     return out
+
+
+def stored_finals(experiment_dir: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every trial of a sweep whose final report is stored: its config values and that report."""
+    out = []
+    for trial_dir in list_trial_dirs(experiment_dir):
+        params = read_trial_params(trial_dir)
+        if params is None:
+            continue
+        members = member_values(params)
+        out += [(members[m], row) for m, row in final_rows(read_result_rows(trial_dir)).items()]
+    return out
+

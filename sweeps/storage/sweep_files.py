@@ -128,6 +128,24 @@ def list_sweeps(storage: str) -> list[str]:
     return sorted(name for name, info in zip(folders, specs) if info.type == pyarrow.fs.FileType.File)
 
 
+def add_extension(spec: SweepSpec, record: dict) -> None:
+    """Record an extension of a stored sweep (`record`: what it extends and where its parts are),
+    then store `spec`, the extended sweep. The record holds the spec too: a driver killed between
+    the two writes leaves a record that `extended_spec` finds again."""
+    fs, root = filesystem(experiment_path(spec))
+    settings = run_settings(spec)
+    settings["extensions"] = [*settings.get("extensions", []), {**record, "spec": spec.model_dump()}]
+    with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
+        f.write(json.dumps(settings).encode())
+    with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
+        f.write(json.dumps(spec.model_dump(), indent=2).encode())
+
+
+def extensions(spec: SweepSpec) -> list[dict]:
+    """The stored sweep's extensions, oldest first (see `add_extension`)."""
+    return run_settings(spec).get("extensions", [])
+
+
 def read_spec(name: str, storage: str) -> SweepSpec:
     path = f"{storage_root(storage).rstrip('/')}/{name}/{SPEC_FILE}"
     text = read_text(path)
@@ -136,7 +154,10 @@ def read_spec(name: str, storage: str) -> SweepSpec:
                          f"pass --storage where it ran")
     # where it was found is its storage now: a storage moved or reached from another folder
     # resumes and exports from where it is, not from the path it was started with
-    return parse_sweep({**json.loads(text), "storage": storage}, path)
+    stored = json.loads(text)
+    runs = read_text(f"{storage_root(storage).rstrip('/')}/{name}/{RUN_FILE}")
+    latest = json.loads(runs).get("extensions", [{}])[-1].get("spec") if runs else None
+    return parse_sweep({**(latest or stored), "storage": storage}, path)
 
 
 def run_settings(spec: SweepSpec) -> dict:

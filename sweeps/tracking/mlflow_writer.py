@@ -25,12 +25,17 @@ from trainables.metrics import FINAL_METRICS
 from . import mlflow_batches
 from .mlflow_events import RunEvents, RunIdentities, earliest, result_events
 from .mlflow_runs import PART_TAG, is_complete, parent_run, quick_client, trial_runs
+from ..cluster.mlflow_auth import claim_experiment
 from ..storage.results import read_result_rows
 
 LOGGED_STEP_TAG = "minima.logged_step"
 FINAL_LOGGED_TAG = "minima.final_logged"
 # The MLflow UI opens an experiment without this tag in its GenAI view (traces, prompts).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+class ExperimentNotOurs(RuntimeError):
+    """The sweep's experiment exists and an account that did not start the sweep may change it."""
 
 
 class MLflowWriter:
@@ -57,9 +62,12 @@ class MLflowWriter:
     def connect(self) -> None:
         if self.client is not None:
             return
+        kind, value = EXPERIMENT_KIND
+        problem = claim_experiment(self.tracking_uri, self.sweep, {kind: value})
+        if problem:  # kept pending: nothing goes into an experiment that others may change
+            raise ExperimentNotOurs(problem)
         client = quick_client(self.tracking_uri, max_retries=1, timeout_s=15)  # the caller retries instead
         experiment = client.get_experiment_by_name(self.sweep)
-        kind, value = EXPERIMENT_KIND
         if experiment is None:
             self.experiment_id = client.create_experiment(self.sweep, tags={kind: value})
         else:  # a resumed or synced sweep: its trials' runs are read as its parts are reached

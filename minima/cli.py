@@ -277,32 +277,12 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.design.spec import SweepError
-    from sweeps.run.status import summary, sweep_status
+    from sweeps.run.status import storage_status, sweep_status
     from sweeps.run.status_lines import status_lines, table_lines
-    from sweeps.storage.sweep_files import list_sweeps, storage_root
 
-    try:
-        if args.name:
-            status = sweep_status(args.name, args.storage)
-            print(json.dumps(_json_safe(status), indent=2) if args.json else "\n".join(status_lines(status)))
-            return 0
-        statuses = []
-        for name in list_sweeps(args.storage):
-            try:
-                statuses.append(summary(sweep_status(name, args.storage)))
-            except SweepError as err:  # one sweep this version cannot read: the others still list
-                statuses.append({"name": name, "error": str(err)})
-    except OSError as err:  # the storage went away, or refused a read, midway
-        raise SweepError(f"storage: cannot read {storage_root(args.storage)} ({err}); check the path or URI and its "
-                         f"credentials") from None
-    root = storage_root(args.storage)
-    if args.json:
-        print(json.dumps(_json_safe({"storage": root, "sweeps": statuses}), indent=2))
-    elif statuses:
-        print("\n".join(table_lines(root, statuses)))
-    else:
-        print(f"no sweeps under {root}")
+    status = sweep_status(args.name, args.storage) if args.name else storage_status(args.storage)
+    lines = status_lines(status) if args.name else table_lines(status)
+    print(json.dumps(_json_safe(status), indent=2) if args.json else "\n".join(lines))
     return 0
 
 

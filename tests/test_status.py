@@ -73,6 +73,8 @@ def test_every_sweep_of_a_storage_in_one_table(store, capsys):
     listed = json.loads(out)
     assert [s["name"] for s in listed["sweeps"]] == ["fx_grid", "fx_search"]
     assert all("slowest" not in s and "counts" in s and "mlflow" in s for s in listed["sweeps"])
+    (store.parent / "empty").mkdir()
+    assert status(capsys, "--storage", "empty")[:2] == (0, f"no sweeps under {store.parent / 'empty'}\n")
 
 
 def test_a_trial_tune_marked_errored_is_listed_with_the_end_of_its_error(store, capsys):

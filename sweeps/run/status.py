@@ -13,6 +13,7 @@ them so until `minima resume`, hence the state's age beside them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections import Counter, defaultdict
@@ -22,10 +23,11 @@ from typing import Any
 
 from trainables.uri import filesystem
 
-from ..design.spec import SweepSpec
+from ..design.spec import SweepError, SweepSpec
 from ..storage.costs import held_s, shares
 from ..storage.results import list_parts, list_trial_dirs, read_trial_error
-from ..storage.sweep_files import RUN_FILE, experiment_path, read_mlflow_check, read_spec, run_settings
+from ..storage.sweep_files import (RUN_FILE, experiment_path, list_sweeps, read_mlflow_check, read_spec, run_settings,
+                                   storage_root)
 from ..storage.trial_end import TrialEnd, read_trial_end
 from ..storage.tune_state import TuneState, read_tune_state
 from .parts import part_done
@@ -60,8 +62,36 @@ class Experiment:
     waiting: Counter = field(default_factory=Counter)  # trials of Ray trials Tune lists but that have no folder yet
 
 
+def storage_status(storage: str) -> dict[str, Any]:
+    """Every sweep under `storage`, each as `summary` gives it; one this version cannot read
+    says why, and the others are still listed."""
+    sweeps = []
+    with _reading(storage):
+        for name in list_sweeps(storage):
+            try:
+                sweeps.append(summary(sweep_status(name, storage)))
+            except SweepError as err:
+                sweeps.append({"name": name, "error": str(err)})
+    return {"storage": storage_root(storage), "sweeps": sweeps}
+
+
 def sweep_status(name: str, storage: str) -> dict[str, Any]:
     """The sweep's status as a JSON-ready dict (see the module's docstring)."""
+    with _reading(storage):
+        return _sweep_status(name, storage)
+
+
+@contextlib.contextmanager
+def _reading(storage: str):
+    """A storage that goes away, or refuses a read, midway: bad input in one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise SweepError(f"storage: cannot read {storage_root(storage)} ({err}); check the path or URI and its "
+                         f"credentials") from None
+
+
+def _sweep_status(name: str, storage: str) -> dict[str, Any]:
     spec = read_spec(name, storage)
     path = experiment_path(spec)
     settings = run_settings(spec)

@@ -59,11 +59,13 @@ def cost_text(cost: dict[str, Any]) -> str:
     return text
 
 
-def table_lines(root: str, statuses: list[dict[str, Any]]) -> list[str]:
-    """Every sweep of a storage, a row each (a sweep that could not be read: its reason)."""
+def table_lines(listed: dict[str, Any]) -> list[str]:
+    """Every sweep of a storage (`status.storage_status`), a row each (one that could not be read: why)."""
+    if not listed["sweeps"]:
+        return [f"no sweeps under {listed['storage']}"]
     head = ["sweep", "trials", *OUTCOMES, "started", "last result", "trial-h", "CPU-h", "GPU-h", "MLflow"]
     rows = []
-    for s in statuses:
+    for s in listed["sweeps"]:
         if "error" in s:
             rows.append([s["name"], f"unreadable: {s['error']}"])
             continue
@@ -71,7 +73,7 @@ def table_lines(root: str, statuses: list[dict[str, Any]]) -> list[str]:
                      _time(s["last_result"]), _h(s["trial_hours"]), _h(s["cost"]["cpu_hours"]),
                      _h(s["cost"]["gpu_hours"]), s["mlflow"]["state"]])
     widths = [max(len(r[i]) for r in [head] + rows if i < len(r) and len(r) > 2) for i in range(len(head))]
-    lines = [f"storage {root}"]
+    lines = [f"storage {listed['storage']}"]
     for r in [head] + rows:
         lines.append("  ".join(c.ljust(w) if i == 0 or len(r) == 2 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())

@@ -20,10 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sweeps.design.keys import config_keys, member_trial_id
+from sweeps.design.spec import ResourcesSpec
 from sweeps.tracking.mlflow_runs import quick_client, trial_runs
-from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_result_table, read_trial_error,
-                            read_trial_params)
+from sweeps.storage.costs import epochs_run, held_s, shares
+from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_trial_error, read_trial_params,
+                                    result_table)
+from sweeps.storage.trial_end import last_report
 from trainables.config import TrialConfig, make_config
+from trainables.uri import read_bytes
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
 from trainables.reports import FINAL_KEY, member_values
 
@@ -47,7 +51,10 @@ TRIALS_SCHEMA = pa.schema(
      ("trial_key", pa.string()), ("mlflow_run_id", pa.string()),
      ("status", pa.string()), ("cell", pa.string()), ("seed", pa.int64())]
     + list(CONFIG_COLUMNS.items()) + list(FINAL_COLUMNS.items())
-    + [("error", pa.string()), ("git_commit", pa.string()), ("package_version", pa.string())]
+    + [("error", pa.string())]
+    + [("ray_trial_time_s", pa.float64()), ("cost_share", pa.float64()), ("cpu_s", pa.float64()), ("gpu_s", pa.float64()),
+       ("accelerator_type", pa.string())]  # sweeps/storage/costs.py
+    + [("git_commit", pa.string()), ("package_version", pa.string())]
 )
 CURVES_SCHEMA = pa.schema(
     [("sweep", pa.string()), ("trial_id", pa.string()), ("stage", pa.string()), ("epoch", pa.int64()),
@@ -64,13 +71,15 @@ class ExportResult:
     status_counts: dict[str, int]
 
 
-def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.Table]]:
+def _trial_records(sweep: str, trial_dir: str, resources: ResourcesSpec | None) -> list[tuple[dict[str, Any], pa.Table]]:
     """One (trials row, curves table) per trial run in this Ray trial's folder (its pack members)."""
     params = read_trial_params(trial_dir)
     if params is None:  # created but never started
         return []
     members = member_values(params)
-    table = read_result_table(trial_dir)
+    data = read_bytes(f"{trial_dir.rstrip('/')}/result.json")
+    table = result_table(data)
+    seconds = (last_report(data) or {}).get("time_total_s") if data else None
     ray_trial_id = trial_dir.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
     error_text: list[str | None] = []  # read once, only if some member has no final report
 
@@ -80,6 +89,7 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
         return error_text[0]
 
     out = []
+    epochs: list[int] = []  # per member, the epochs its share of the Ray trial's cost goes by
     for member, values in enumerate(members):
         results = member_table(table, member) if len(members) > 1 else table
         trial_id = member_trial_id(ray_trial_id, member, len(members))
@@ -103,14 +113,21 @@ def _trial_records(sweep: str, trial_dir: str) -> list[tuple[dict[str, Any], pa.
             **{k: config[k] for k in CONFIG_COLUMNS},
             **{k: last.get(k) for k in FINAL_COLUMNS},
             "error": failure.strip()[-2000:] if failure else None,
+            "ray_trial_time_s": seconds, "accelerator_type": (final or {}).get("accelerator_type"),
             "git_commit": (final or {}).get("git_commit"), "package_version": (final or {}).get("package_version"),
         }
         if final is None:
             record["reached_global_min"] = False
+        epochs.append(epochs_run(final, curves.num_rows))
         curves = curves.select(["stage", "epoch", "step", *EPOCH_METRICS])
         curves = curves.add_column(0, "trial_id", pa.array([trial_id] * curves.num_rows, pa.string()))
         curves = curves.add_column(0, "sweep", pa.array([sweep] * curves.num_rows, pa.string()))
         out.append((record, curves))
+    for (record, _), share in zip(out, shares(epochs)):
+        record["cost_share"] = share
+        if resources is not None:
+            record["cpu_s"] = held_s(seconds, resources.cpu, share)
+            record["gpu_s"] = held_s(seconds, resources.gpu, share)
     return out
 
 
@@ -127,12 +144,14 @@ def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
 
 
 def export_sweep(experiment_dir: str, out_dir: str | Path, sweep: str, tracking_uri: str | None = None,
-                 metadata: dict[str, Any] | None = None, workers: int = 8) -> ExportResult:
+                 metadata: dict[str, Any] | None = None, workers: int = 8,
+                 resources: ResourcesSpec | None = None) -> ExportResult:
+    """`resources`: what each Ray trial asked of Ray (the spec's), for `cpu_s` and `gpu_s` (null without)."""
     trial_dirs = list_trial_dirs(experiment_dir)
     if not trial_dirs:
         raise FileNotFoundError(f"no trials under {experiment_dir}: is this the sweep's storage folder?")
     with ThreadPoolExecutor(workers) as pool:  # file reads and pyarrow parsing release the GIL
-        parts = [p for trial in pool.map(lambda d: _trial_records(sweep, d), trial_dirs) for p in trial]
+        parts = [p for trial in pool.map(lambda d: _trial_records(sweep, d, resources), trial_dirs) for p in trial]
     run_ids = mlflow_run_ids(tracking_uri, sweep) if tracking_uri else {}
     records = [r for r, _ in parts]
     for r in records:

@@ -151,14 +151,17 @@ def fit_surface(group: pd.DataFrame, x: str, y: str, x_values: list, y_labels: l
 
 
 def cell_table(labelled: pd.DataFrame, x: str, y: str, by: list[str]) -> pd.DataFrame:
-    """Per (by, y, x) cell: n, mean and std of test accuracy and of the drop, and phase counts."""
+    """Per (by, y, x) cell: n, mean and std of test accuracy and of the drop, phase counts, and
+    the CPU- and GPU-hours its trials held (when trials.parquet has the cost columns)."""
     keys = [*by, y, x]
     n = labelled.groupby(keys, dropna=False)["phase"].size().rename("n")
     finished = labelled[labelled["status"] == "ok"]  # a diverged run's accuracy is no minimum's
     table = finished.groupby(keys, dropna=False).agg(
         n_ok=("test_acc", "size"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
         drop_mean=("acc_drop", "mean"), drop_std=("acc_drop", "std"))
-    table = pd.concat([n, table], axis=1)
+    held = [labelled.groupby(keys, dropna=False)[col].sum(min_count=1).rename(name) / 3600
+            for col, name in (("cpu_s", "cpu_hours"), ("gpu_s", "gpu_hours")) if col in labelled]
+    table = pd.concat([n, table, *held], axis=1)
     counts = labelled.groupby(keys, dropna=False)["phase"].value_counts().unstack(fill_value=0)
     table = table.join(counts.reindex(columns=list(PHASES), fill_value=0))
     table["phase"] = table[list(PHASES)].idxmax(axis=1)

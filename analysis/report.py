@@ -71,8 +71,11 @@ def write_report(spec, export, out_dir, x: str = BASELINE_AXIS, y: str | None = 
                                         for m, s in zip(cells["test_acc_mean"], cells["test_acc_std"])]
     cells["drop, points"] = [f"{100 * m:.1f} ± {100 * s:.1f}" if pd.notna(s) else ("" if pd.isna(m) else f"{100 * m:.1f}")
                              for m, s in zip(cells["drop_mean"], cells["drop_std"])]
+    for col, name in (("gpu_hours", "GPU-h"), ("cpu_hours", "CPU-h")):
+        if col in cells:
+            cells[name] = cells[col].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     shown = [*by, y, x, "n", "test acc % (mean ± std)", "drop, points", "phase",
-             *[p for p in ("good", "bad", "not_fit", "diverged", "error") if p in cells]]
+             *[p for p in ("good", "bad", "not_fit", "diverged", "error") if p in cells], "GPU-h", "CPU-h"]
     curves = pd.read_parquet(export.curves_path, columns=["trial_id", "step", "mu_linear"])
     final_mu = curves.dropna(subset=["mu_linear"]).sort_values("step").groupby("trial_id")["mu_linear"].last()
     labelled = labelled.assign(final_mu=labelled["trial_id"].map(final_mu))
@@ -110,6 +113,7 @@ report written {dt.datetime.now().isoformat(timespec='seconds')}. Data: <code>{e
 <b>not fit</b> if it never reached 100% train accuracy. Each cell: majority phase and bad/n; colour: mean drop.</p>
 {phase_html}
 {link_note}
+<p>{cost_sentence(labelled)}</p>
 <h2>Critical {html.escape(x)}</h2>
 <p>Per slice: where P(bad) crosses 0.5 along {html.escape(x)}, from the boundary model fitted to that slice's trials
 alone, with its 90% posterior interval ('..': open past the swept range). <i>Joint model</i>: the same crossing from the
@@ -140,6 +144,18 @@ phase. Left: flatness per trial; right: mu over training, mean ± std per phase.
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def cost_sentence(trials: pd.DataFrame) -> str:
+    """What the diagram's trials held, from trials.parquet's cost columns (docs/outputs.md)."""
+    if not {"cpu_s", "gpu_s"} <= set(trials) or trials["cpu_s"].isna().all():
+        return "Its cost is not known: this trials.parquet has no CPU- and GPU-seconds (export the sweep again)."
+    gpu, cpu = trials["gpu_s"].sum() / 3600, trials["cpu_s"].sum() / 3600
+    kinds = sorted(trials["accelerator_type"].dropna().unique()) if "accelerator_type" in trials else []
+    on = f" on {', '.join(kinds)}" if kinds else ""
+    return (f"This diagram cost {gpu:.3g} GPU-hours ({cpu:.3g} CPU-hours){on}: the CPUs and GPUs each Ray trial asked "
+            f"of Ray, for as long as Tune ran it, a pack's split over its trials by their epochs; per cell in the table "
+            f"below.")
 
 
 def _joint_text(joint: dict | None) -> str:

@@ -195,7 +195,8 @@ def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
     if spec.search.kind == "boundary":  # its x values are uneven: the fit must not guess their scale
         meta["minima.axis_scales"] = {n: a.scale for n, a in spec.axes.items() if isinstance(a, RangeAxis)}
-    return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta)
+    return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta,
+                              resources=spec.resources)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -282,6 +283,16 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.run.status import storage_status, sweep_status
+    from sweeps.run.status_lines import status_lines, table_lines
+
+    status = sweep_status(args.name, args.storage) if args.name else storage_status(args.storage)
+    lines = status_lines(status) if args.name else table_lines(status)
+    print(json.dumps(_json_safe(status), indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minima", description="Minima Atlas: when does SGD reach bad global minima?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--storage", default="minima_results", help="where the sweep stored its results")
     sync.add_argument("--tracking-uri", help="default: the sweep's own tracking_uri")
     sync.set_defaults(func=cmd_sync_mlflow)
+
+    status = sub.add_parser("status", help="where every sweep in a storage stands, or one sweep in detail "
+                            "(reads the storage only: no Ray, no tracking server)")
+    status.add_argument("name", nargs="?", help="a sweep: adds its parts, slowest trials, ETA and failures")
+    status.add_argument("--storage", default="minima_results", help="where the sweeps stored their results")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    status.set_defaults(func=cmd_status)
 
     return parser
 

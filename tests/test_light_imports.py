@@ -39,3 +39,13 @@ def test_validate_imports_no_torch_ray_or_mlflow(tmp_path):
     # On a machine with an NVIDIA driver, the local resource check asks torch how many GPUs there are.
     allowed = {"torch"} if os.path.exists("/dev/nvidiactl") or os.environ.get("CUDA_VISIBLE_DEVICES") else set()
     assert got["code"] == 0 and set(got["heavy"]) <= allowed, got
+
+
+def test_status_imports_no_torch_ray_or_mlflow(tmp_path):
+    """`minima status` reads the storage only: from a laptop, nothing heavy to import."""
+    import tarfile
+
+    with tarfile.open(Path(__file__).parent / "fixtures" / "stored_sweeps.tar.gz") as archive:
+        archive.extractall(tmp_path / "store", filter="data")  # two stored sweeps (and files beside them)
+    assert imported_by("status", "--storage", "store", cwd=tmp_path) == {"code": 0, "heavy": []}
+    assert imported_by("status", "fx_grid", "--storage", "store", cwd=tmp_path) == {"code": 0, "heavy": []}

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import mlflow_batches
+from sweeps.storage.sweep_files import read_mlflow_check
 from sweeps.tracking.mlflow_audit import audit_mlflow
 from sweeps.tracking.mlflow_events import RunEvents, merge, result_events
 from sweeps.tracking.mlflow_logger import MLflowSweepLogger, writer_factory
@@ -367,6 +368,10 @@ def test_the_writer_hands_back_the_runs_the_store_took_complete_and_the_audit_re
     assert (unseen.trials, unseen.missing, unseen.error) == (4, 1, None)  # read back: no final metrics
     unreachable = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", set(keys), writer.complete)
     assert unreachable.missing == 1 and unreachable.error
+    # each audit leaves what it found beside the sweep, where `minima status` reads it offline
+    check = read_mlflow_check(str(tmp_path))
+    assert (check["tracking_uri"], check["finished"], check["missing"]) == ("http://127.0.0.1:9", 4, 1)
+    assert check["error"] == unreachable.error
 
 
 def test_a_run_sent_whole_needs_no_marks_and_is_not_sent_again(tmp_path):

@@ -74,6 +74,20 @@ def test_phases_are_labelled_against_the_baseline_of_their_slice(tmp_path):
     assert (far["acc_drop"][far["phase"] == "bad"] > 0.1).all()
 
 
+def test_each_cell_and_the_whole_diagram_say_what_their_trials_held(tmp_path):
+    from analysis.phase import cell_table
+    from analysis.report import cost_sentence
+
+    labelled = label_phases(pd.read_parquet(synthetic_trials(tmp_path / "trials.parquet")), 0.05)
+    assert cost_sentence(labelled).startswith("Its cost is not known")  # exported without resources: null costs
+    labelled = labelled.assign(cpu_s=7200.0, gpu_s=1800.0, accelerator_type="H100")  # 2 CPU-h, 0.5 GPU-h a trial
+    cells = cell_table(labelled, "pretrain_epochs", "weight_decay", [])
+    assert (cells["cpu_hours"] == 2.0 * cells["n"]).all() and (cells["gpu_hours"] == 0.5 * cells["n"]).all()
+    n = len(labelled)
+    assert cost_sentence(labelled).startswith(f"This diagram cost {0.5 * n:.3g} GPU-hours ({2.0 * n:.3g} CPU-hours) "
+                                              f"on H100:")
+
+
 def minima(*args):
     return subprocess.run([sys.executable, "-m", "minima.cli", *args], capture_output=True, text=True, timeout=120)
 

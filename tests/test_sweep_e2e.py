@@ -110,6 +110,13 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
     assert trials["model"].eq("mlp").all() and trials["git_commit"].notna().all()
     expected_rows = int((trials["pretrain_epochs"] + trials["train_epochs"]).sum())
     assert len(curves) == expected_rows  # one row per trial, stage and epoch
+    packs = trials.groupby("ray_trial_id")  # 2 packs of 4 on 1 CPU each: the members' shares add up to the pack
+    assert packs.size().tolist() == [4, 4] and (packs["cost_share"].sum().round(9) == 1).all()
+    assert (packs["cpu_s"].sum() - packs["ray_trial_time_s"].first()).abs().max() < 1e-9
+    assert (trials["gpu_s"] == 0).all() and trials["accelerator_type"].isna().all()  # CPU only
+    epochs = trials["pretrain_epochs"] + trials["train_epochs"]
+    assert (trials["cost_share"] - epochs / trials["ray_trial_id"].map(epochs.groupby(trials["ray_trial_id"]).sum())
+            ).abs().max() < 1e-12
     assert set(curves["stage"]) == {"pretrain", "train"} and curves.groupby("trial_id")["step"].is_monotonic_increasing.all()
     phase = minima("phase", str(tmp_path / "export" / "trials.parquet"), "--y", "weight_decay",
                    "--out", str(tmp_path / "phase"), cwd=tmp_path)
@@ -127,8 +134,32 @@ def test_smoke_sweep_exports_to_parquet_and_fits_phases(smoke_run):
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Phase diagram" in page and "data:image/png;base64," in page and "(n=" in page
     assert "mu_Y(F; L)" in page and 'alt="measures"' in page  # mu and flatness by phase
+    cpu_hours = trials["cpu_s"].sum() / 3600
+    assert f"This diagram cost 0 GPU-hours ({cpu_hours:.3g} CPU-hours)" in page
     curves = pd.read_parquet(tmp_path / "export" / "curves.parquet")
     assert curves["l1_path_norm"].notna().all() and curves.loc[curves["stage"] == "train", "mu_linear"].notna().any()
+
+
+def test_status_of_the_finished_smoke_sweep(smoke_run):
+    tmp_path, out = smoke_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    storage = str(tmp_path / "results")
+    status = minima("status", "smoke", "--storage", storage, "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-3000:]
+    s = json.loads(status.stdout)
+    assert s["counts"] == {"ok": 8, "diverged": 0, "error": 0, "running": 0, "pending": 0}
+    assert (s["trials"], s["ray_trials"], s["not_started"], s["eta_s"], s["failed"]) == (8, 2, 0, None, [])
+    assert s["mlflow"]["state"] == "complete", s["mlflow"]  # as the sweep's own end-of-run check found it
+    assert s["started"] <= s["last_result"] and 0 < s["trial_hours"] == s["cost"]["cpu_hours"]
+    assert s["cost"]["gpu_hours"] == 0 and s["cost"]["cells"] == 4
+    assert [t["members"] for t in s["slowest"]] == [4, 4] and s["parts"] == []
+
+    listed = minima("status", "--storage", storage, cwd=tmp_path)
+    rows = [line.split() for line in listed.stdout.splitlines()[2:]]
+    assert listed.returncode == 0 and ["smoke", "8", "8", "0", "0", "0", "0"] in [r[:7] for r in rows]
+    assert any(r[0] == "smoke" and r[-1] == "complete" for r in rows)
+    missing = minima("status", "nope", "--storage", storage, cwd=tmp_path)
+    assert missing.returncode == 2 and "no sweep named 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_shared_and_packed_sweep_equals_the_trial_by_trial_sweep(smoke_run):
@@ -198,6 +229,10 @@ def test_raising_and_diverging_trials_do_not_stop_the_sweep(tmp_path):
     assert by_status == {("FINISHED", "ok"): 1, ("FINISHED", "diverged"): 1, ("FAILED", "error"): 2}
     failed = [r for r in children if r.data.tags.get("status") == "error"]
     assert all("cuda" in r.data.tags["error"] for r in failed)
+    status = minima("status", "faults", "--storage", str(tmp_path / "results"), "--json", cwd=tmp_path)
+    s = json.loads(status.stdout)
+    assert s["counts"] == {"ok": 1, "diverged": 1, "error": 2, "running": 0, "pending": 0}
+    assert sum(t["members"] for t in s["failed"]) == 2 and all("cuda" in t["error"] for t in s["failed"])
 
 
 def wait_for(predicate, timeout_s, what):
@@ -224,6 +259,11 @@ def test_killed_driver_resumes_with_one_run_per_trial(tmp_path):
         driver.wait()
     finished_before = sum(final_rows(tmp_path, "killed").values())
     assert finished_before < 8, "the sweep finished before it could be killed; lengthen the trials"
+    status = minima("status", "killed", "--storage", str(tmp_path / "results"), "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-3000:]
+    counts = json.loads(status.stdout)["counts"]  # the packs Tune last stored as running, members that finished
+    assert counts["ok"] == finished_before
+    assert counts["running"] + counts["pending"] + counts.get("unfinished", 0) == 8 - finished_before
 
     out = minima("resume", "killed", "--storage", str(tmp_path / "results"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

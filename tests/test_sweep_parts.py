@@ -177,6 +177,19 @@ def test_a_killed_sweep_in_parts_resumes_with_each_trial_once(tmp_path):
     assert (folder / "part-000" / "minima_part_done.json").exists()  # skipped by the resume
     assert not (folder / "part-001" / "minima_part_done.json").exists()  # restored or started again
 
+    # where the killed sweep stands, from its storage alone: the first part done, the rest as Tune left them
+    status = minima("status", "killed", "--storage", str(tmp_path / "results"), "--json", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+    s = json.loads(status.stdout)
+    counts = s["counts"]
+    assert s["trials"] == 12 and sum(counts.values()) == 12
+    assert counts["ok"] == sum(1 for n in final_counts(folder).values() if n) and counts["error"] == 0
+    assert counts["running"] + counts["pending"] + counts.get("unfinished", 0) == 12 - counts["ok"] > 0
+    assert s["parts"][0]["part"] == "part-000" and s["parts"][0]["done"] and s["parts"][0]["counts"] == {"ok": 4}
+    assert not s["parts"][1]["done"] and s["parts"][1]["state_saved"]
+    assert s["not_started"] >= 4 * (3 - len(s["parts"]))  # a part not begun has no folder: its trials are pending
+    assert s["mlflow"]["state"] == "unknown"  # the killed run never reached its end-of-sweep check
+
     out = minima("resume", "killed", "--storage", str(tmp_path / "results"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "12 ok" in out.stdout and "not fully logged" not in out.stdout, out.stdout + out.stderr[-3000:]

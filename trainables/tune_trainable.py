@@ -31,6 +31,7 @@ PRETRAIN_KEY = "_pretrain"  # an owner trial's shared pretrainings, run before i
 # round trip to the driver (Tune's function trainables wait for it), so epochs are batched: a
 # report at most every REPORT_EVERY_S, and always with a checkpoint.
 REPORT_EVERY_S = 2.0
+ACCELERATOR_LABEL = "ray.io/accelerator-type"  # the node label Ray sets from the GPU it finds there, e.g. "H100"
 
 
 class _BatchedReports:
@@ -85,6 +86,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
     cfgs = [make_config(v) for v in member_values(config)]
     every = int(config.get(CHECKPOINT_EVERY_KEY, 1))
+    accelerator = held_accelerator_type()
     resume, starts = None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -106,7 +108,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
         reports.add(epoch_row(record, member(i)))
 
     def on_done(i: int, result) -> None:
-        reports.add(final_row(result.summary, len(result.history), member(i)))
+        reports.add(final_row({**result.summary, "accelerator_type": accelerator}, len(result.history), member(i)))
 
     def on_pack_epoch(state, ended: bool) -> None:
         if state is not None:
@@ -130,6 +132,23 @@ def _epochs_done(resume, starts, lone: bool) -> int:
     if lone and starts and starts[0] is not None:
         return len(starts[0].history)
     return 0
+
+
+def held_accelerator_type() -> str | None:
+    """The type of the accelerator this Ray trial holds (its node's, as Ray reports it), recorded
+    in its final rows for the cost columns; None when it holds none, or runs outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if not any(context.get_accelerator_ids().values()):
+        return None
+    kind = context.get_node_labels().get(ACCELERATOR_LABEL)
+    if kind is None:  # a node without the label: its `accelerator_type:<type>` resource says the same
+        node = next((n for n in ray.nodes() if n["NodeID"] == context.get_node_id()), {})
+        kind = next((r.split(":", 1)[1] for r in node.get("Resources", {}) if r.startswith("accelerator_type:")), None)
+    return kind
 
 
 @contextlib.contextmanager

@@ -25,8 +25,10 @@ RESULT_SCHEMA = pa.schema(
     + [("reached_global_min", pa.bool_()), ("epochs_to_fit", pa.int64()), ("train_epochs", pa.int64())]
     + [(m, pa.float64()) for m in FINAL_METRICS if m not in ("reached_global_min", "epochs_to_fit", "train_epochs")]
     + [("git_commit", pa.string()), ("package_version", pa.string()), ("device", pa.string()),
-       ("timestamp", pa.int64())]
+       ("accelerator_type", pa.string())]
+    + [("timestamp", pa.int64()), ("time_total_s", pa.float64())]  # the report's: Ray's clock and Tune's trial time
 )
+REPORT_FIELDS = ("timestamp", "time_total_s")
 
 
 def list_trial_dirs(experiment_dir: str) -> list[str]:
@@ -37,6 +39,11 @@ def list_trial_dirs(experiment_dir: str) -> list[str]:
     for part in (name for name in folders if name.startswith(PART_PREFIX)):
         trials += [f"{base}/{part}/{name}" for name in _folders(f"{base}/{part}") if name.startswith("trial_")]
     return sorted(trials)
+
+
+def list_parts(experiment_dir: str) -> list[str]:
+    """The part folders (`part-*`) of a sweep run in parts, sorted; [] for a sweep run as one experiment."""
+    return sorted(name for name in _folders(experiment_dir) if name.startswith(PART_PREFIX))
 
 
 def _folders(path: str) -> list[str]:
@@ -73,8 +80,8 @@ def _python_rows(text: str) -> list[dict[str, Any]]:
 
 
 # A report may batch rows under `records` (packs: one report per epoch); each row takes the
-# report's timestamp.
-_ROW_SCHEMA = pa.schema([f for f in RESULT_SCHEMA if f.name != "timestamp"])
+# report's timestamp and Tune's time_total_s.
+_ROW_SCHEMA = pa.schema([f for f in RESULT_SCHEMA if f.name not in REPORT_FIELDS])
 _FILE_SCHEMA = RESULT_SCHEMA.append(pa.field("records", pa.list_(pa.struct(list(_ROW_SCHEMA)))))
 
 
@@ -89,13 +96,20 @@ def _explode(table: pa.Table) -> pa.Table:
     plain = table.filter(pc.invert(batched)).select(RESULT_SCHEMA.names)
     lists = records.combine_chunks()
     rows = pa.Table.from_struct_array(pc.list_flatten(lists))
-    stamps = pc.take(table.column("timestamp"), pc.list_parent_indices(lists))
-    rows = rows.append_column("timestamp", stamps).select(RESULT_SCHEMA.names)
+    parents = pc.list_parent_indices(lists)
+    for name in REPORT_FIELDS:
+        rows = rows.append_column(name, pc.take(table.column(name), parents))
+    rows = rows.select(RESULT_SCHEMA.names)
     return pa.concat_tables([plain, rows.cast(RESULT_SCHEMA)])
 
 
 def read_result_table(trial_dir: str) -> pa.Table:
-    """The trial's rows as a table in RESULT_SCHEMA, de-duplicated by (member, step, final).
+    """The trial's rows as a table in RESULT_SCHEMA, de-duplicated by (member, step, final)."""
+    return result_table(read_bytes(f"{trial_dir.rstrip('/')}/result.json"))
+
+
+def result_table(data: bytes | None) -> pa.Table:
+    """The rows of a result.json's contents (see read_result_table).
 
     After a restore Ray appends the replayed reports, so the last row of each step wins.
     pyarrow's JSON reader does the common case fast; files with NaN or a torn last line go
@@ -103,7 +117,6 @@ def read_result_table(trial_dir: str) -> pa.Table:
     """
     import pyarrow.json as pj
 
-    data = read_bytes(f"{trial_dir.rstrip('/')}/result.json")
     if not data:
         return RESULT_SCHEMA.empty_table()
     try:
@@ -120,8 +133,8 @@ def read_result_table(trial_dir: str) -> pa.Table:
 
         rows = []
         for r in _python_rows(data.decode()):
-            rows += [clean({"timestamp": r.get("timestamp"), **row}) for row in r["records"]] if r.get("records") \
-                else [clean(r)]
+            report = {name: r.get(name) for name in REPORT_FIELDS}
+            rows += [clean({**report, **row}) for row in r["records"]] if r.get("records") else [clean(r)]
         table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     return _dedupe(table)
 

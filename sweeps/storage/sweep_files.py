@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import stat
+import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from trainables.uri import filesystem, is_uri, read_text
 from ..design.spec import SweepError, SweepSpec, parse_sweep
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
-RUN_FILE = "minima_run.json"  # how it was started (logged to MLflow or not, cut into parts or not)
+RUN_FILE = "minima_run.json"  # how it was started (when, logged to MLflow or not, cut into parts or not)
+MLFLOW_CHECK_FILE = "minima_mlflow.json"  # the last check of MLflow against this storage, and what it found
 PART_PREFIX = "part-"  # a sweep in parts: part k's Tune experiment is the folder part-<k, 3 digits>
 
 
@@ -103,10 +105,27 @@ def write_spec(spec: SweepSpec, log_to_mlflow: bool, parts: int = 1, ray_trials_
     with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
         f.write(json.dumps(spec.model_dump(), indent=2).encode())
     with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
-        settings = {"log_to_mlflow": log_to_mlflow, "json_logger_only": True}
+        settings = {"log_to_mlflow": log_to_mlflow, "json_logger_only": True, "started": time.time()}
         if ray_trials_per_part:
             settings.update(parts=parts, ray_trials_per_part=ray_trials_per_part)
         f.write(json.dumps(settings).encode())
+
+
+def list_sweeps(storage: str) -> list[str]:
+    """The names of the sweeps stored under `storage` (folders holding a stored spec), sorted."""
+    import pyarrow.fs
+
+    root = storage_root(storage).rstrip("/")
+    fs, inner = filesystem(root)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
+        folders = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
+        specs = fs.get_file_info([f"{inner}/{name}/{SPEC_FILE}" for name in folders])
+    except FileNotFoundError:
+        raise SweepError(f"storage: {root} does not exist; pass --storage where the sweeps ran") from None
+    except OSError as err:
+        raise SweepError(f"storage: cannot read {root} ({err}); check the path or URI and its credentials") from None
+    return sorted(name for name, info in zip(folders, specs) if info.type == pyarrow.fs.FileType.File)
 
 
 def add_extension(spec: SweepSpec, record: dict) -> None:
@@ -148,3 +167,19 @@ def run_settings(spec: SweepSpec) -> dict:
 
 def logs_to_mlflow(spec: SweepSpec) -> bool:
     return bool(run_settings(spec).get("log_to_mlflow"))
+
+
+def write_mlflow_check(experiment_dir: str, check: dict) -> None:
+    """What the last check of MLflow against this storage found (`tracking.mlflow_audit`), kept
+    beside the sweep so `minima status` can say it without the tracking server."""
+    fs, path = filesystem(f"{experiment_dir.rstrip('/')}/{MLFLOW_CHECK_FILE}")
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(check).encode())
+
+
+def read_mlflow_check(experiment_dir: str) -> dict | None:
+    text = read_text(f"{experiment_dir.rstrip('/')}/{MLFLOW_CHECK_FILE}")
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:  # cut short by a kill: as if never checked
+        return None

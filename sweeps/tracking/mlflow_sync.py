@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trainables.reports import final_rows
 
+from .mlflow_audit import MlflowAudit, record_check
 from .mlflow_events import RunEvents, merge
 from .mlflow_writer import MLflowWriter
 from ..storage.results import list_trial_dirs, read_result_rows, read_trial_error, read_trial_params
@@ -39,6 +40,8 @@ def sync_from_storage(writer: MLflowWriter, experiment_dir: str) -> dict[str, in
                 counts["unfinished"] += 1
             merge(pending, order, key, events)
     writer.flush(pending, order)  # back-fills each run from its result.json on first touch
+    # flush returns only once the store took every run: each finished one FINISHED with its finals
+    record_check(experiment_dir, writer.tracking_uri, MlflowAudit(counts["finished"], 0))
     if counts["unfinished"] == 0:
         writer.finish_parent()
     return counts

@@ -46,8 +46,8 @@ def test_trial_runs_under_ray_tune_and_reports_every_epoch(tmp_path, tiny):
         assert state["position"] == [2, 0] and len(state["history"]) == 5
 
 
-FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
-# The configs of the checkpoints in FIXTURES, written by an earlier version's trainables as stored
+ARCHIVE = Path(__file__).parent / "fixtures" / "checkpoints.tar.gz"  # packed: the repo keeps no loose weights
+# The configs of the checkpoints in ARCHIVE, written by an earlier version's trainables as stored
 # sweeps hold them (checkpoint format 1): a lone trial's `trial_state.pt` mid-pretraining, at the
 # end of its pretraining and mid-training, and a pack's `pack_state.pt` after 3 pack epochs,
 # member 1 done.
@@ -57,8 +57,24 @@ PACK = [dict(LONE, seed=s, epochs=e, pretrain_epochs=p) for s, e, p in ((0, 4, 0
 TIMING = ("epoch_time_s", "wall_time_s")
 
 
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """ARCHIVE unpacked: one folder per checkpoint, as Tune hands it to a restored trial."""
+    import tarfile
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    with tarfile.open(ARCHIVE) as archive:
+        archive.extractall(root, filter="data")
+    return root / "checkpoints"
+
+
 def untimed(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in TIMING}
+
+
+def held(summary: dict) -> dict:
+    """A trial's summary as its final row carries it: with the accelerator it held (none off Ray)."""
+    return {**summary, "accelerator_type": None}
 
 
 @pytest.fixture
@@ -103,7 +119,7 @@ def test_a_lone_trial_reports_its_rows_as_a_lone_trial(fake_tune):
     rows = [r for report, _ in reports for r in report["records"]]
     assert not any("member" in r for r in rows)
     assert [untimed(r) for r in rows[:-1]] == [untimed({**r, "final": False}) for r in alone.history]
-    assert untimed(rows[-1]) == untimed(final_row(alone.summary, len(alone.history)))
+    assert untimed(rows[-1]) == untimed(final_row(held(alone.summary), len(alone.history)))
     for report, _ in reports:
         assert untimed(report) == untimed({**report["records"][-1], "records": report["records"]})  # latest on top
     assert [load_state(kept, make_config(LONE).to_dict())["position"] for _, kept in reports[:2]] == [[1, 0], [2, 0]]
@@ -111,27 +127,27 @@ def test_a_lone_trial_reports_its_rows_as_a_lone_trial(fake_tune):
 
 
 @pytest.mark.parametrize("name", ["lone_mid_pretrain", "lone_stage_end", "lone_mid_train"])
-def test_a_lone_trials_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path, name):
+def test_a_lone_trials_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path, name, fixtures):
     import shutil
 
     from trainables.tune_trainable import tune_trainable
 
-    shutil.copytree(FIXTURES / name, tmp_path / name)
+    shutil.copytree(fixtures / name, tmp_path / name)
     fake_tune.restore = str(tmp_path / name)
-    done = len(torch.load(FIXTURES / name / "trial_state.pt", weights_only=True)["history"])
+    done = len(torch.load(fixtures / name / "trial_state.pt", weights_only=True)["history"])
     tune_trainable({"_members": [LONE], "_checkpoint_every": 10})  # a grid's lone trial: a list of one
     alone = run_trial(LONE)
     rows = [r for report, _ in fake_tune.reports for r in report["records"]]
     assert [untimed(r) for r in rows] == [untimed({**r, "final": False}) for r in alone.history[done:]] + [
-        untimed(final_row(alone.summary, len(alone.history)))]
+        untimed(final_row(held(alone.summary), len(alone.history)))]
 
 
-def test_a_packs_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path):
+def test_a_packs_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path, fixtures):
     import shutil
 
     from trainables.tune_trainable import tune_trainable
 
-    shutil.copytree(FIXTURES / "pack_mid_train", tmp_path / "pack")
+    shutil.copytree(fixtures / "pack_mid_train", tmp_path / "pack")
     fake_tune.restore = str(tmp_path / "pack")
     tune_trainable({"_members": PACK, "_checkpoint_every": 10})
     rows = [r for report, _ in fake_tune.reports for r in report["records"]]
@@ -139,12 +155,12 @@ def test_a_packs_checkpoint_of_an_earlier_version_resumes(fake_tune, tmp_path):
         alone = run_trial(PACK[i])
         mine = [untimed(r) for r in rows if r["member"] == i]
         assert mine == [untimed({**r, "member": i, "final": False}) for r in alone.history[-1:]] + [
-            untimed(final_row(alone.summary, len(alone.history), i))]
+            untimed(final_row(held(alone.summary), len(alone.history), i))]
     assert {r["member"] for r in rows} == {0, 2}
     assert "final" not in fake_tune.reports[-1][0]  # a pack's report carries no row on top
 
 
-def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(fake_tune, tmp_path):
+def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(fake_tune, tmp_path, fixtures):
     """Tune's grid of member lists gives a lone trial as a list of one, run on the plain engine;
     a one-member pack checkpointed on the stacked engine resumes from its pack checkpoint as the
     pack it was (its file says which)."""
@@ -158,7 +174,7 @@ def test_a_lone_trial_listed_as_one_member_resumes_a_pack_checkpoint_as_a_pack(f
     run_pack([member], on_pack_epoch=lambda state, ended: states.append(state() if state else None))
     save_pack_state([s for s in states if s is not None][0], tmp_path / "pack")
     assert isinstance(load_checkpoint(tmp_path / "pack", [make_config(member).to_dict()]), PackState)
-    assert isinstance(load_checkpoint(FIXTURES / "lone_mid_train", [make_config(LONE).to_dict()]), TrialState)
+    assert isinstance(load_checkpoint(fixtures / "lone_mid_train", [make_config(LONE).to_dict()]), TrialState)
     fake_tune.restore = str(tmp_path / "pack")
     tune_trainable({"_members": [member], "_checkpoint_every": 10})
     rows = [r for report, _ in fake_tune.reports for r in report["records"]]

@@ -2,6 +2,7 @@
 trials a file adds run, the sweep stays one (one MLflow parent, one export), a file that would
 change stored trials is refused before Ray starts, and a killed extension resumes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,12 @@ def test_extending_a_sweep_runs_only_the_new_trials_and_keeps_the_rest(tmp_path)
     pd.testing.assert_frame_equal(curves.loc[kept, before_curves.columns].drop(columns="trial_id"),
                                   before_curves.drop(columns="trial_id"), check_dtype=False)
 
+    status = minima("status", "smoke", "--storage", str(tmp_path / "results"), "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-3000:]
+    parts = {p["part"]: p for p in json.loads(status.stdout)["parts"]}
+    assert parts["."]["extension"] == 0 and parts["."]["counts"] == {"ok": 8}
+    assert parts["part-001"]["extension"] == 1 and parts["part-001"]["counts"] == {"ok": 10}
+
     again = minima("run", SMOKE, *places(tmp_path), *wider, cwd=tmp_path)  # adds nothing: refused as before
     assert again.returncode == 2 and "already has results" in again.stderr
 
@@ -115,8 +122,6 @@ DEMO = SMOKE.replace("smoke.yaml", "demo.yaml")
 def test_a_boundary_search_refines_a_finished_grid_without_running_its_trials_again(tmp_path):
     """Two commands: a coarse grid, then a boundary search over the same sweep whose first round
     is the grid's trials (its first fit counts them) and whose new trials are all new cells."""
-    import json
-
     one_slice = ["--name", "refine", "--set", "axes.weight_decay=[0.0]", "--set", "axes.augmentation=[none]",
                  "--set", "seeds=2", "--set", "base.flatness_samples=1"]
     grid = minima("run", DEMO, *places(tmp_path), *one_slice, "--set", "axes.pretrain_epochs=[0, 40]", cwd=tmp_path)

@@ -26,8 +26,8 @@ from trainables.uri import filesystem
 from ..design.spec import SweepError, SweepSpec
 from ..storage.costs import held_s, shares
 from ..storage.results import list_parts, list_trial_dirs, read_trial_error
-from ..storage.sweep_files import (RUN_FILE, experiment_path, list_sweeps, read_mlflow_check, read_spec, run_settings,
-                                   storage_root)
+from ..storage.sweep_files import (RUN_FILE, experiment_path, list_sweeps, part_name, read_mlflow_check, read_spec,
+                                   run_settings, storage_root)
 from ..storage.trial_end import TrialEnd, read_trial_end
 from ..storage.tune_state import TuneState, read_tune_state
 from .parts import part_done
@@ -60,6 +60,22 @@ class Experiment:
     state_saved: float | None  # when Tune last stored its state (None: done, or none stored)
     ray_trials: list[RayTrial] = field(default_factory=list)
     waiting: Counter = field(default_factory=Counter)  # trials of Ray trials Tune lists but that have no folder yet
+    extension: int = 0  # which run of the sweep made it: 0 the first, k its k-th extension
+    held: tuple[float, float] = (0.0, 0.0)  # CPUs and GPUs each of its Ray trials held (its run's resources)
+
+
+def _runs_of_parts(spec: SweepSpec, settings: dict) -> dict[str, tuple[int, tuple[float, float]]]:
+    """Per part folder an extension made: (which extension, the resources its trials held); the
+    rest are the first run's, with the resources of the sweep the first extension extended."""
+    def held(data: dict) -> tuple[float, float]:
+        return float(data["resources"]["cpu"]), float(data["resources"]["gpu"])
+
+    records = settings.get("extensions", [])
+    out = {"": (0, held(records[0]["extends"]) if records else (spec.resources.cpu, spec.resources.gpu))}
+    for k, record in enumerate(records, start=1):
+        for index in range(record["first_part"], record["first_part"] + record["parts"]):
+            out[part_name(index)] = (k, held(record["spec"]))
+    return out
 
 
 def storage_status(storage: str) -> dict[str, Any]:
@@ -96,6 +112,9 @@ def _sweep_status(name: str, storage: str) -> dict[str, Any]:
     path = experiment_path(spec)
     settings = run_settings(spec)
     experiments = _experiments(path)
+    runs = _runs_of_parts(spec, settings)
+    for e in experiments:
+        e.extension, e.held = runs.get(e.name, runs[""])
     trials = [t for e in experiments for t in e.ray_trials]
     counts = Counter(o for t in trials for o in t.outcomes)
     for e in experiments:
@@ -114,7 +133,7 @@ def _sweep_status(name: str, storage: str) -> dict[str, Any]:
         "last_result": _when(max((t.end.timestamp for t in trials if t.end.timestamp), default=None)),
         "ray_trials": len(trials),
         "trial_hours": _hours(t.end.time_total_s for t in trials),
-        "cost": _cost(spec, trials),
+        "cost": _cost(spec, experiments),
         "mlflow": _mlflow(spec, settings, path, finished),
         "eta_s": None if capped else eta_s(ends, counts["running"] + counts["pending"], time.time()),
         "parts": [_part(e, spec) for e in experiments] if len(experiments) > 1 else [],
@@ -184,13 +203,13 @@ def _error_tail(text: str | None) -> str:
     return "\n".join(lines[-ERROR_TAIL:])[-1000:]
 
 
-def _cost(spec: SweepSpec, trials: list[RayTrial]) -> dict[str, Any]:
-    """What the Ray trials held (the spec's resources for Tune's time of each), in all and per
+def _cost(spec: SweepSpec, experiments: list[Experiment]) -> dict[str, Any]:
+    """What the Ray trials held (their run's resources for Tune's time of each), in all and per
     cell: the trials that differ only by seed, a phase diagram's cell over every axis."""
-    cpu, gpu = spec.resources.cpu, spec.resources.gpu
     cells: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     accelerators: Counter = Counter()
-    for t in trials:
+    held = [(t, *e.held) for e in experiments for t in e.ray_trials]
+    for t, cpu, gpu in held:
         seconds = t.end.time_total_s or 0.0
         for values, share in zip(t.end.members, shares(t.end.epochs)):
             cell = cells[tuple((axis, repr(values.get(axis))) for axis in spec.axes)]
@@ -200,9 +219,9 @@ def _cost(spec: SweepSpec, trials: list[RayTrial]) -> dict[str, Any]:
         accelerators.update({kind: held_s(seconds, gpu) / 3600 for kind in types})
     per_cell = [(c / 3600, g / 3600) for c, g in cells.values()]
     return {
-        "cpu_per_ray_trial": cpu, "gpu_per_ray_trial": gpu,
-        "cpu_hours": _hours(held_s(t.end.time_total_s, cpu) for t in trials),
-        "gpu_hours": _hours(held_s(t.end.time_total_s, gpu) for t in trials),
+        "cpu_per_ray_trial": spec.resources.cpu, "gpu_per_ray_trial": spec.resources.gpu,
+        "cpu_hours": _hours(held_s(t.end.time_total_s, cpu) for t, cpu, _ in held),
+        "gpu_hours": _hours(held_s(t.end.time_total_s, gpu) for t, _, gpu in held),
         "gpu_hours_by_accelerator": dict(accelerators),
         "cells": len(per_cell),
         "cell_cpu_hours_mean": sum(c for c, _ in per_cell) / len(per_cell) if per_cell else None,
@@ -246,10 +265,10 @@ def eta_s(ends: list[int], remaining: int, now: float) -> float | None:
 
 def _part(e: Experiment, spec: SweepSpec) -> dict[str, Any]:
     counts = Counter(o for t in e.ray_trials for o in t.outcomes) + e.waiting
-    return {"part": e.name, "done": e.done, "counts": dict(counts), "ray_trials": len(e.ray_trials),
-            "trial_hours": _hours(t.end.time_total_s for t in e.ray_trials),
-            "cpu_hours": _hours(held_s(t.end.time_total_s, spec.resources.cpu) for t in e.ray_trials),
-            "gpu_hours": _hours(held_s(t.end.time_total_s, spec.resources.gpu) for t in e.ray_trials),
+    return {"part": e.name, "extension": e.extension, "done": e.done, "counts": dict(counts),
+            "ray_trials": len(e.ray_trials), "trial_hours": _hours(t.end.time_total_s for t in e.ray_trials),
+            "cpu_hours": _hours(held_s(t.end.time_total_s, e.held[0]) for t in e.ray_trials),
+            "gpu_hours": _hours(held_s(t.end.time_total_s, e.held[1]) for t in e.ray_trials),
             "state_saved": _when(e.state_saved)}
 
 

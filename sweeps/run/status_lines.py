@@ -34,7 +34,8 @@ def status_lines(s: dict[str, Any]) -> list[str]:
             state = "done" if p["done"] else (f"Tune's state saved {_time(p['state_saved'])}{_ago(p['state_saved'])}"
                                               if p["state_saved"] else "no Tune state stored")
             part_counts = ", ".join(f"{v} {k}" for k, v in sorted(p["counts"].items()))
-            lines.append(f"    {p['part']:<9} {sum(p['counts'].values())} trials ({part_counts or 'none'}); "
+            run = f" (extension {p['extension']})" if p["extension"] else ""
+            lines.append(f"    {p['part']:<9} {sum(p['counts'].values())} trials ({part_counts or 'none'}){run}; "
                          f"{_h(p['trial_hours'])} trial-hours; {state}")
         if s["not_started"]:
             lines.append(f"    not started: {s['not_started']} trials")

@@ -20,9 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sweeps.design.keys import config_keys, member_trial_id
-from sweeps.design.spec import ResourcesSpec
 from sweeps.tracking.mlflow_runs import quick_client, trial_runs
-from sweeps.storage.costs import epochs_run, held_s, shares
+from sweeps.storage.costs import HeldResources, epochs_run, held_s, shares
 from sweeps.storage.results import (RESULT_SCHEMA, list_trial_dirs, member_table, read_trial_error, read_trial_params,
                                     result_table)
 from sweeps.storage.trial_end import last_report
@@ -71,7 +70,7 @@ class ExportResult:
     status_counts: dict[str, int]
 
 
-def _trial_records(sweep: str, trial_dir: str, resources: ResourcesSpec | None) -> list[tuple[dict[str, Any], pa.Table]]:
+def _trial_records(sweep: str, trial_dir: str, held: HeldResources | None) -> list[tuple[dict[str, Any], pa.Table]]:
     """One (trials row, curves table) per trial run in this Ray trial's folder (its pack members)."""
     params = read_trial_params(trial_dir)
     if params is None:  # created but never started
@@ -125,9 +124,10 @@ def _trial_records(sweep: str, trial_dir: str, resources: ResourcesSpec | None) 
         out.append((record, curves))
     for (record, _), share in zip(out, shares(epochs)):
         record["cost_share"] = share
-        if resources is not None:
-            record["cpu_s"] = held_s(seconds, resources.cpu, share)
-            record["gpu_s"] = held_s(seconds, resources.gpu, share)
+        if held is not None:
+            cpu, gpu = held.of_trial(trial_dir)
+            record["cpu_s"] = held_s(seconds, cpu, share)
+            record["gpu_s"] = held_s(seconds, gpu, share)
     return out
 
 
@@ -145,13 +145,14 @@ def mlflow_run_ids(tracking_uri: str, sweep: str) -> dict[str, str]:
 
 def export_sweep(experiment_dir: str, out_dir: str | Path, sweep: str, tracking_uri: str | None = None,
                  metadata: dict[str, Any] | None = None, workers: int = 8,
-                 resources: ResourcesSpec | None = None) -> ExportResult:
-    """`resources`: what each Ray trial asked of Ray (the spec's), for `cpu_s` and `gpu_s` (null without)."""
+                 held: HeldResources | None = None) -> ExportResult:
+    """`held`: what each Ray trial asked of Ray (`sweep_files.held_resources`), for `cpu_s` and
+    `gpu_s` (null without)."""
     trial_dirs = list_trial_dirs(experiment_dir)
     if not trial_dirs:
         raise FileNotFoundError(f"no trials under {experiment_dir}: is this the sweep's storage folder?")
     with ThreadPoolExecutor(workers) as pool:  # file reads and pyarrow parsing release the GIL
-        parts = [p for trial in pool.map(lambda d: _trial_records(sweep, d, resources), trial_dirs) for p in trial]
+        parts = [p for trial in pool.map(lambda d: _trial_records(sweep, d, held), trial_dirs) for p in trial]
     run_ids = mlflow_run_ids(tracking_uri, sweep) if tracking_uri else {}
     records = [r for r, _ in parts]
     for r in records:

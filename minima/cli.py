@@ -189,14 +189,14 @@ def _export(name: str, storage: str, out: str, use_mlflow: bool = True):
     from analysis.export import export_sweep
 
     from sweeps.design.spec import RangeAxis
-    from sweeps.storage.sweep_files import experiment_path, read_spec
+    from sweeps.storage.sweep_files import experiment_path, held_resources, read_spec
 
     spec = read_spec(name, storage)
     meta = {"minima.tracking_uri": spec.tracking_uri, "minima.axes": list(spec.axes)}
     if spec.search.kind == "boundary":  # its x values are uneven: the fit must not guess their scale
         meta["minima.axis_scales"] = {n: a.scale for n, a in spec.axes.items() if isinstance(a, RangeAxis)}
     return spec, export_sweep(experiment_path(spec), out, spec.name, spec.tracking_uri if use_mlflow else None, meta,
-                              resources=spec.resources)
+                              held=held_resources(spec))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

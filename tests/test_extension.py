@@ -69,3 +69,12 @@ def test_a_boundary_search_over_the_same_sweep_refines_the_grid_and_takes_only_t
         assert search_cell(search, {**grid_trial, **other}) is None, other
     with pytest.raises(SweepError, match="only a grid sweep is extended"):
         extension_of(search, stored, "f.yaml")
+
+
+def test_each_part_is_costed_with_the_resources_of_the_run_that_made_it():
+    from sweeps.storage.costs import HeldResources
+
+    held = HeldResources((1.0, 0.0), {"part-001": (1, (2.0, 0.5))})
+    assert held.of_trial("/s/sweep/trial_ab") == (1.0, 0.0)  # the first run's own experiment
+    assert held.of_trial("/s/sweep/part-000/trial_ab") == (1.0, 0.0)  # a first run in parts
+    assert held.of_trial("s3://b/sweep/part-001/trial_ab") == (2.0, 0.5) and held.of_part("part-001")[0] == 1

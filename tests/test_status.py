@@ -113,11 +113,11 @@ def test_a_name_or_storage_that_is_not_there_exits_2_with_one_line(store, capsys
 
 def test_a_packs_cost_is_split_over_its_members_by_epochs_and_adds_up(store, capsys):
     from analysis.export import export_sweep
-    from sweeps.design.spec import ResourcesSpec
+    from sweeps.storage.costs import HeldResources
     from sweeps.storage.trial_end import read_trial_end
 
-    held = ResourcesSpec(cpu=2, gpu=0.5)
-    result = export_sweep(str(store / "fx_grid"), store.parent / "out", "fx_grid", resources=held)
+    held = HeldResources((2.0, 0.5))
+    result = export_sweep(str(store / "fx_grid"), store.parent / "out", "fx_grid", held=held)
     trials = pd.read_parquet(result.trials_path)
     epoch_rows = pd.read_parquet(result.curves_path).groupby("trial_id").size()  # each member's, finished or not
     assert {"ray_trial_time_s", "cost_share", "cpu_s", "gpu_s", "accelerator_type"} <= set(trials)

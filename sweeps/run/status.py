@@ -26,8 +26,8 @@ from trainables.uri import filesystem
 from ..design.spec import SweepError, SweepSpec
 from ..storage.costs import held_s, shares
 from ..storage.results import list_parts, list_trial_dirs, read_trial_error
-from ..storage.sweep_files import (RUN_FILE, experiment_path, list_sweeps, part_name, read_mlflow_check, read_spec,
-                                   run_settings, storage_root)
+from ..storage.sweep_files import (RUN_FILE, experiment_path, held_resources, list_sweeps, read_mlflow_check,
+                                   read_spec, run_settings, storage_root)
 from ..storage.trial_end import TrialEnd, read_trial_end
 from ..storage.tune_state import TuneState, read_tune_state
 from .parts import part_done
@@ -64,19 +64,6 @@ class Experiment:
     held: tuple[float, float] = (0.0, 0.0)  # CPUs and GPUs each of its Ray trials held (its run's resources)
 
 
-def _runs_of_parts(spec: SweepSpec, settings: dict) -> dict[str, tuple[int, tuple[float, float]]]:
-    """Per part folder an extension made: (which extension, the resources its trials held); the
-    rest are the first run's, with the resources of the sweep the first extension extended."""
-    def held(data: dict) -> tuple[float, float]:
-        return float(data["resources"]["cpu"]), float(data["resources"]["gpu"])
-
-    records = settings.get("extensions", [])
-    out = {"": (0, held(records[0]["extends"]) if records else (spec.resources.cpu, spec.resources.gpu))}
-    for k, record in enumerate(records, start=1):
-        for index in range(record["first_part"], record["first_part"] + record["parts"]):
-            out[part_name(index)] = (k, held(record["spec"]))
-    return out
-
 
 def storage_status(storage: str) -> dict[str, Any]:
     """Every sweep under `storage`, each as `summary` gives it; one this version cannot read
@@ -112,9 +99,9 @@ def _sweep_status(name: str, storage: str) -> dict[str, Any]:
     path = experiment_path(spec)
     settings = run_settings(spec)
     experiments = _experiments(path)
-    runs = _runs_of_parts(spec, settings)
+    held = held_resources(spec)
     for e in experiments:
-        e.extension, e.held = runs.get(e.name, runs[""])
+        e.extension, e.held = held.of_part("" if e.name == OWN else e.name)
     trials = [t for e in experiments for t in e.ray_trials]
     counts = Counter(o for t in trials for o in t.outcomes)
     for e in experiments:
@@ -208,8 +195,8 @@ def _cost(spec: SweepSpec, experiments: list[Experiment]) -> dict[str, Any]:
     cell: the trials that differ only by seed, a phase diagram's cell over every axis."""
     cells: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     accelerators: Counter = Counter()
-    held = [(t, *e.held) for e in experiments for t in e.ray_trials]
-    for t, cpu, gpu in held:
+    ray_trials = [(t, *e.held) for e in experiments for t in e.ray_trials]
+    for t, cpu, gpu in ray_trials:
         seconds = t.end.time_total_s or 0.0
         for values, share in zip(t.end.members, shares(t.end.epochs)):
             cell = cells[tuple((axis, repr(values.get(axis))) for axis in spec.axes)]
@@ -220,8 +207,8 @@ def _cost(spec: SweepSpec, experiments: list[Experiment]) -> dict[str, Any]:
     per_cell = [(c / 3600, g / 3600) for c, g in cells.values()]
     return {
         "cpu_per_ray_trial": spec.resources.cpu, "gpu_per_ray_trial": spec.resources.gpu,
-        "cpu_hours": _hours(held_s(t.end.time_total_s, cpu) for t, cpu, _ in held),
-        "gpu_hours": _hours(held_s(t.end.time_total_s, gpu) for t, _, gpu in held),
+        "cpu_hours": _hours(held_s(t.end.time_total_s, cpu) for t, cpu, _ in ray_trials),
+        "gpu_hours": _hours(held_s(t.end.time_total_s, gpu) for t, _, gpu in ray_trials),
         "gpu_hours_by_accelerator": dict(accelerators),
         "cells": len(per_cell),
         "cell_cpu_hours_mean": sum(c for c, _ in per_cell) / len(per_cell) if per_cell else None,

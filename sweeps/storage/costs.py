@@ -5,7 +5,27 @@ rules; nothing is counted in the epoch loop."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class HeldResources:
+    """The CPUs and GPUs each Ray trial of a sweep held, by the run that made its Tune experiment:
+    the sweep's first run (`first`), or an extension (per part folder, `part-<k>`, which
+    extension made it and what its Ray trials held). See `sweep_files.held_resources`."""
+
+    first: tuple[float, float]
+    parts: dict[str, tuple[int, tuple[float, float]]] = field(default_factory=dict)
+
+    def of_part(self, part: str) -> tuple[int, tuple[float, float]]:
+        """(which extension made the part: 0 for the first run, the CPUs and GPUs it held)."""
+        return self.parts.get(part, (0, self.first))
+
+    def of_trial(self, trial_dir: str) -> tuple[float, float]:
+        """What the Ray trial in `trial_dir` held (`<sweep>/trial_*` or `<sweep>/part-<k>/trial_*`)."""
+        folders = trial_dir.rstrip("/").split("/")
+        return self.of_part(folders[-2] if len(folders) > 1 else "")[1]
 
 
 def epochs_run(final: dict[str, Any] | None, epoch_rows: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from trainables.uri import filesystem, is_uri, read_text
 
 from ..design.spec import SweepError, SweepSpec, parse_sweep
+from .costs import HeldResources
 
 SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's experiment state
 RUN_FILE = "minima_run.json"  # how it was started (when, logged to MLflow or not, cut into parts or not)
@@ -144,6 +145,19 @@ def add_extension(spec: SweepSpec, record: dict) -> None:
 def extensions(spec: SweepSpec) -> list[dict]:
     """The stored sweep's extensions, oldest first (see `add_extension`)."""
     return run_settings(spec).get("extensions", [])
+
+
+def held_resources(spec: SweepSpec) -> HeldResources:
+    """What each Ray trial of the stored sweep held: its first run's resources, and each
+    extension's for the parts it made."""
+    def held(data: dict) -> tuple[float, float]:
+        return float(data["resources"]["cpu"]), float(data["resources"]["gpu"])
+
+    records = extensions(spec)
+    first = held(records[0]["extends"]) if records else (spec.resources.cpu, spec.resources.gpu)
+    parts = {part_name(index): (k, held(record["spec"])) for k, record in enumerate(records, start=1)
+             for index in range(record["first_part"], record["first_part"] + record["parts"])}
+    return HeldResources(first, parts)
 
 
 def read_spec(name: str, storage: str) -> SweepSpec:

@@ -164,29 +164,21 @@ def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str
     return (table if member is None else member_table(table, member)).to_pylist()
 
 
+def _started(experiment_dir: str):
+    """(folder, member values, final rows by member) of every started Ray trial of a sweep."""
+    for trial_dir in list_trial_dirs(experiment_dir):
+        params = read_trial_params(trial_dir)
+        if params is not None:
+            yield trial_dir, member_values(params), final_rows(read_result_rows(trial_dir))
+
+
 def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
     """Every started trial of a sweep (pack members one by one): its folder, member index,
     config values and whether its final report is stored."""
-    out = []
-    for trial_dir in list_trial_dirs(experiment_dir):
-        params = read_trial_params(trial_dir)
-        if params is None:
-            continue
-        members = member_values(params)
-        finals = final_rows(read_result_rows(trial_dir))
-        out += [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
-                for m, v in enumerate(members)]
-    return out
+    return [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
+            for trial_dir, members, finals in _started(experiment_dir) for m, v in enumerate(members)]
 
 
 def stored_finals(experiment_dir: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every trial of a sweep whose final report is stored: its config values and that report."""
-    out = []
-    for trial_dir in list_trial_dirs(experiment_dir):
-        params = read_trial_params(trial_dir)
-        if params is None:
-            continue
-        members = member_values(params)
-        out += [(members[m], row) for m, row in final_rows(read_result_rows(trial_dir)).items()]
-    return out
-
+    return [(members[m], row) for _, members, finals in _started(experiment_dir) for m, row in finals.items()]

@@ -20,7 +20,7 @@ from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_
 from ..storage.safe_storage import prune_unreferenced_checkpoints
 from ..design.spec import SweepError, SweepSpec, parse_sweep
 from ..storage.results import stored_finals
-from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, extensions, logs_to_mlflow,
+from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, logs_to_mlflow,
                                    part_path, read_spec, run_settings, snapshot_store, write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
@@ -183,8 +183,9 @@ def extend_sweep(wanted: SweepSpec, log_to_mlflow: bool = True, on_notice=print,
     for line in plan_lines(plan):
         on_notice(line)
     per_part = None if extension.refines else (ray_trials_per_part(plan) or len(plan.ray_trials))
-    earlier = extensions(stored)
-    first = (earlier[-1]["first_part"] + earlier[-1]["parts"]) if earlier else (run_settings(stored).get("parts") or 1)
+    settings = run_settings(stored)
+    earlier = settings.get("extensions", [])
+    first = (earlier[-1]["first_part"] + earlier[-1]["parts"]) if earlier else (settings.get("parts") or 1)
     kept = dict(Counter(statuses))
     add_extension(spec, {"extends": stored.model_dump(), "first_part": first,
                          "parts": part_count(plan, per_part) if per_part else 1, "ray_trials_per_part": per_part,
@@ -232,7 +233,7 @@ def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) ->
 
     slots = local_slots(spec)
     settings = run_settings(spec)
-    latest = extensions(spec)[-1] if extensions(spec) else None
+    latest = (settings.get("extensions") or [None])[-1]
     # the stored spec: its pack_plan as the sweep (or its latest extension) started
     spec, plan = planned(spec, slots, trial_keys(parse_sweep(latest["extends"])) if latest else frozenset())
     run_missing_pretrainings(spec, plan, snapshot_store(spec), slots, on_notice)  # what a killed driver never finished

@@ -26,6 +26,7 @@ def test_added_seeds_values_and_axes_are_new_and_the_stored_trials_are_kept():
     wider = sweep(seeds=3, axes={"pretrain_epochs": [0, 5, 8], "width": [64, 128]})
     ext = extension_of(stored, wider, "f.yaml")
     assert ext.kept == trial_keys(stored) and len(ext.kept) == 8
+    assert {ext.known.of(values).trial for values in stored.trial_values()} == ext.kept  # found, not rebuilt
     assert ext.new == 3 * 3 * 2 * 2 - 8
     plan = sweep_plan(wider, 2, ext.kept)
     assert plan.num_trials == ext.new and not {t.keys.trial for t in plan.trials} & ext.kept

@@ -6,9 +6,9 @@ sweep instead. Trials are compared by their keys (the resolved config), so a fie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .keys import keys_of
+from .keys import KnownKeys, keys_of
 from .spec import SweepError, SweepSpec
 
 # Fields that are not part of any trial's config but that one sweep must keep: its MLflow
@@ -21,6 +21,7 @@ class Extension:
     kept: frozenset[str]  # trial keys the stored sweep holds
     new: int  # trials the file adds (a boundary search refining the grid: at most)
     refines: bool = False  # a boundary search that takes the stored grid's trials as its first round
+    known: KnownKeys = field(default_factory=KnownKeys)  # the stored trials' keys, found by their values
 
 
 def trial_keys(spec: SweepSpec) -> frozenset[str]:
@@ -44,16 +45,17 @@ def extension_of(stored: SweepSpec, wanted: SweepSpec, source: str) -> Extension
         if getattr(stored, field) != getattr(wanted, field):
             raise SweepError(f"{field}: {getattr(wanted, field)!r} differs from the stored sweep's "
                              f"{getattr(stored, field)!r}; set it back, or {rename}")
-    kept = trial_keys(stored)
+    known = [(values, keys_of(values)) for values in stored.trial_values()]
+    kept = frozenset(keys.trial for _, keys in known)
     if wanted.search.kind == "boundary":
-        return Extension(kept, wanted.search.max_trials, refines=True)
+        return Extension(kept, wanted.search.max_trials, refines=True, known=KnownKeys(known))
     keys = trial_keys(wanted)
     lost = kept - keys
     if lost:
         raise SweepError(f"{', '.join(_changes(stored, wanted)) or 'the trial configs'}: this file would change "
                          f"or drop {len(lost)} of the {len(kept)} trials sweep {stored.name!r} holds; "
                          f"an extension may only add seeds, axis values or axes; {rename}")
-    return Extension(kept, len(keys - kept))
+    return Extension(kept, len(keys - kept), known=KnownKeys(known))
 
 
 def _as_run(spec: SweepSpec) -> dict:

@@ -14,7 +14,6 @@ from .outcome import SweepOutcome, sweep_outcome, tally
 from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
 from ..design.extension import extension_of, trial_keys
 from ..design.boundary_grid import search_cell
-from ..design.keys import keys_of
 from ..design.plan import SweepPlan, planned
 from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_slots, preflight
 from ..storage.safe_storage import prune_unreferenced_checkpoints
@@ -161,7 +160,7 @@ def extend_sweep(wanted: SweepSpec, log_to_mlflow: bool = True, on_notice=print,
     if not extension.new:
         return None
     finals = [(values, row) for values, row in stored_finals(experiment_path(stored))
-              if keys_of(values).trial in extension.kept]
+              if extension.known.of(values).trial in extension.kept]
     statuses = [row.get("status") or "ok" for _, row in finals]
     if len(finals) < len(extension.kept) or "error" in statuses:
         raise SweepError(f"sweep {stored.name!r}: {len(extension.kept) - len(finals)} of its {len(extension.kept)} "

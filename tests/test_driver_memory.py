@@ -47,6 +47,18 @@ def test_progress_counts_trials_that_ended_before_this_driver():
     assert progress.outcomes == {"diverged": 1, "error": 2}
 
 
+def test_a_sweep_stopped_under_its_trials_counts_their_unreported_members_unfinished():
+    """Tune's cleanup marks the trials it stops TERMINATED without on_trial_complete."""
+    progress = SweepProgress(total=4, stream=io.StringIO())
+    pack = _trial("p", members=3)
+    progress.on_trial_start(0, [], pack)
+    progress.on_trial_result(0, [], pack, _final_report("ok", member=0))
+    pack.status = "TERMINATED"
+    progress._print([pack, _trial("q", status="PENDING")], final=True)
+    assert progress.outcomes == {"ok": 1}
+    assert "1/4 done | 0 running | 3 pending" in progress.stream.getvalue()
+
+
 def test_lean_results_keeps_only_what_is_read_after_the_callbacks():
     result = _final_report("diverged")
     LeanResults(rows_on_top=False).on_trial_result(0, [], _trial("a"), result)

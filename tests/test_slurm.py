@@ -288,7 +288,10 @@ def test_a_cancelled_then_requeued_sweep_finishes_every_trial_once(slurm, tmp_pa
     wait_for(lambda: slurm.job(again)["Restarts"] == "1", 300, "the job to requeue itself")
     assert sum(final_rows(results, "cut").values()) < 8
     slurm.wait(again, {"PENDING"}, 120)
-    slurm.run("scontrol", "update", f"JobId={again}", "StartTime=now")  # SLURM holds a requeued job for 2 minutes
+    # SLURM holds a requeued job for 2 minutes; it also refuses ("Job credential revoked") a start
+    # in the same second as the revocation of the last run's credential
+    time.sleep(2)
+    slurm.run("scontrol", "update", f"JobId={again}", "StartTime=now")
     info = slurm.wait(again, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 600)
     log = slurm.output(again)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]

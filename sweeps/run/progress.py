@@ -34,6 +34,9 @@ class SweepProgress(Callback):
         self._finals: dict[str, dict[int, str]] = {}  # running Ray trial id -> member -> status (packs)
         # trials that ended here, folded into counts: nothing kept per trial but its id
         self._ended_ids: set[str] = set()
+        # started by this driver and not yet ended: if Tune then calls one TERMINATED without
+        # on_trial_complete, the sweep was stopped under it and its unreported members are unfinished
+        self._live: set[str] = set()
         self._ended_outcomes: Counter = Counter(self.before)
         self.outcomes: Counter = Counter()
 
@@ -45,6 +48,9 @@ class SweepProgress(Callback):
 
     def setup(self, **info):
         self._started = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._live.add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         for row in report_rows(result):
@@ -64,6 +70,7 @@ class SweepProgress(Callback):
     def _end(self, trial, status: str) -> None:
         self._ended_outcomes.update(self._tally(trial, status, self._finals.pop(trial.trial_id, {})))
         self._ended_ids.add(trial.trial_id)
+        self._live.discard(trial.trial_id)
 
     def _tally(self, t, status: str, seen: dict[int, str]) -> Counter:
         """Outcomes of an ended trial: its members' own final statuses, the rest from how it ended."""
@@ -98,7 +105,9 @@ class SweepProgress(Callback):
             if t.trial_id in self._ended_ids:
                 continue
             seen = self._finals.get(t.trial_id, {})
-            if t.status in ("TERMINATED", "ERROR"):  # ended before this driver started
+            if t.status == "TERMINATED" and t.trial_id in self._live:  # stopped with the sweep: unfinished
+                outcomes.update(seen.values())
+            elif t.status in ("TERMINATED", "ERROR"):  # ended before this driver started
                 outcomes.update(self._tally(t, t.status, seen))
             elif t.status == "RUNNING":
                 outcomes.update(seen.values())

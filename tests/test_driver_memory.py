@@ -49,14 +49,14 @@ def test_progress_counts_trials_that_ended_before_this_driver():
 
 def test_a_sweep_stopped_under_its_trials_counts_their_unreported_members_unfinished():
     """Tune's cleanup marks the trials it stops TERMINATED without on_trial_complete."""
-    progress = SweepProgress(total=4, stream=io.StringIO())
-    pack = _trial("p", members=3)
-    progress.on_trial_start(0, [], pack)
+    progress = SweepProgress(total=6, stream=io.StringIO())
+    pack, before = _trial("p", members=3, status="PENDING"), _trial("b", members=2, status="TERMINATED")
+    progress.on_step_begin(0, [pack, before])
     progress.on_trial_result(0, [], pack, _final_report("ok", member=0))
     pack.status = "TERMINATED"
-    progress._print([pack, _trial("q", status="PENDING")], final=True)
-    assert progress.outcomes == {"ok": 1}
-    assert "1/4 done | 0 running | 3 pending" in progress.stream.getvalue()
+    progress._print([pack, before, _trial("q", status="PENDING")], final=True)
+    assert progress.outcomes == {"ok": 3}  # the pack's reported member and the two that ended before
+    assert "3/6 done | 0 running | 3 pending" in progress.stream.getvalue()
 
 
 def test_lean_results_keeps_only_what_is_read_after_the_callbacks():

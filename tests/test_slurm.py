@@ -296,6 +296,8 @@ def test_a_cancelled_then_requeued_sweep_finishes_every_trial_once(slurm, tmp_pa
     log = slurm.output(again)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
     assert "time limit near" in log and f"requeueing job {again}" in log
+    stopped = log[log.index("time limit near"):log.index(f"requeueing job {again}")]
+    assert "8/8 done" not in stopped, stopped  # the trials Tune stopped are not counted done
     assert log.count("has results: resuming it") == 2 and "sweep cut: 8 trials: 8 ok" in log
     assert sorted(final_rows(results, "cut").values()) == [1] * 8  # every trial finished exactly once
     assert_one_mlflow_run_per_trial(tmp_path, "cut", 8)

@@ -34,9 +34,9 @@ class SweepProgress(Callback):
         self._finals: dict[str, dict[int, str]] = {}  # running Ray trial id -> member -> status (packs)
         # trials that ended here, folded into counts: nothing kept per trial but its id
         self._ended_ids: set[str] = set()
-        # started by this driver and not yet ended: if Tune then calls one TERMINATED without
-        # on_trial_complete, the sweep was stopped under it and its unreported members are unfinished
-        self._live: set[str] = set()
+        # trials that had ended when this driver started (a resumed sweep's): what Tune marks
+        # TERMINATED later without on_trial_complete it stopped with the sweep, unfinished
+        self._ended_before: set[str] | None = None
         self._ended_outcomes: Counter = Counter(self.before)
         self.outcomes: Counter = Counter()
 
@@ -49,8 +49,9 @@ class SweepProgress(Callback):
     def setup(self, **info):
         self._started = time.monotonic()
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._live.add(trial.trial_id)
+    def on_step_begin(self, iteration, trials, **info):
+        if self._ended_before is None:
+            self._ended_before = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         for row in report_rows(result):
@@ -70,7 +71,6 @@ class SweepProgress(Callback):
     def _end(self, trial, status: str) -> None:
         self._ended_outcomes.update(self._tally(trial, status, self._finals.pop(trial.trial_id, {})))
         self._ended_ids.add(trial.trial_id)
-        self._live.discard(trial.trial_id)
 
     def _tally(self, t, status: str, seen: dict[int, str]) -> Counter:
         """Outcomes of an ended trial: its members' own final statuses, the rest from how it ended."""
@@ -105,16 +105,14 @@ class SweepProgress(Callback):
             if t.trial_id in self._ended_ids:
                 continue
             seen = self._finals.get(t.trial_id, {})
-            if t.status == "TERMINATED" and t.trial_id in self._live:  # stopped with the sweep: unfinished
-                outcomes.update(seen.values())
-            elif t.status in ("TERMINATED", "ERROR"):  # ended before this driver started
+            if t.status in ("TERMINATED", "ERROR") and (self._ended_before is None or t.trial_id in self._ended_before):
                 outcomes.update(self._tally(t, t.status, seen))
             elif t.status == "RUNNING":
                 outcomes.update(seen.values())
                 running += self._size(t) - len(seen)
-            else:
+            else:  # pending, or stopped with the sweep
                 outcomes.update(seen.values())
-                pending_known += self._size(t)
+                pending_known += self._size(t) - len(seen)
         self.outcomes = outcomes
         done = sum(outcomes.values())
         pending = pending_known if self.capped else max(self.total - done - running, pending_known)

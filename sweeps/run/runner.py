@@ -11,7 +11,7 @@ from collections import Counter
 
 from .notices import plan_lines, report_sharing
 from .outcome import SweepOutcome, sweep_outcome, tally
-from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
+from .parts import clear_unsaved_part, part_count, ray_trials_per_part, split_plan
 from ..design.extension import extension_of, trial_keys
 from ..design.boundary_grid import search_cell
 from ..design.plan import SweepPlan, planned
@@ -19,8 +19,8 @@ from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_
 from ..storage.safe_storage import prune_unreferenced_checkpoints
 from ..design.spec import SweepError, SweepSpec, parse_sweep
 from ..storage.results import stored_finals
-from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, logs_to_mlflow,
-                                   part_path, read_spec, run_settings, snapshot_store, write_spec)
+from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, logs_to_mlflow, mark_part_done,
+                                   part_done, part_path, read_spec, run_settings, snapshot_store, write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
 from .tuner import trial_dirname  # noqa: F401 - some stored sweeps pickled it as sweeps.runner.trial_dirname

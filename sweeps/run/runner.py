@@ -63,10 +63,11 @@ def _mlflow_writer(spec: SweepSpec, log_to_mlflow: bool):
             writer.close(end_parent=False)
 
 
-def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | None, writer) -> SweepOutcome:
+def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: dict[int | None, set[str]], writer) -> SweepOutcome:
     """The sweep's outcome. With MLflow: the run's writer sends what is left and stops (ending
     the parent run once every trial has ended), then the audit reads back what it did not see
-    the store take (`finished`: the finished trials' keys, None if this run did not see them all)."""
+    the store take (`finished`: the finished trials' keys of each Tune experiment this run
+    tallied, part k or None for the sweep's own folder; the audit finds the others')."""
     outcome = sweep_outcome(spec, counts, seen)
     if writer is not None:
         writer.close(end_parent=outcome.all_finished)
@@ -80,7 +81,8 @@ def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | 
 
 def _finish(spec: SweepSpec, plan: SweepPlan, grid, writer=None) -> SweepOutcome:
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
-    return _conclude(spec, *tally(grid, experiment_path(spec), plan.known_keys()), writer)
+    counts, seen, finished = tally(grid, experiment_path(spec), plan.known_keys())
+    return _conclude(spec, counts, seen, {None: finished}, writer)
 
 
 def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer, first: int = 0,
@@ -91,7 +93,7 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
     parts are numbered from `first`, after the stored sweep's, whose trials' counts are `kept`."""
     counts: Counter = Counter(kept or {})
     seen = sum(counts.values())
-    finished: set[str] | None = set() if not kept else None  # None: some trials were not seen by this run
+    finished: dict[int, set[str]] = {}  # per part this run tallied; a part skipped as done is not
     known = plan.known_keys()
     for index, part in enumerate(split_plan(plan, per_part), start=first):
         path = part_path(spec, index)
@@ -99,7 +101,6 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
         if done is not None:
             counts.update(done)
             seen += part.num_trials
-            finished = None
             continue
         before = {k: v for k, v in counts.items() if k != "unfinished"}
         if can_restore(spec, path):
@@ -113,8 +114,7 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
         del grid  # the next part runs without this part's results
         counts.update(part_counts)
         seen += part_seen
-        if finished is not None:
-            finished |= part_finished
+        finished[index] = part_finished
         if part_counts["unfinished"] or part_seen < part.num_trials:
             break
         if not part_counts["error"]:
@@ -211,9 +211,9 @@ def _run_search_part(spec: SweepSpec, plan: SweepPlan, index: int, kept: dict[st
         grid = _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow, part=index, before=kept, writer=writer,
                                               stored=list(first_round)))
     prune_unreferenced_checkpoints(path, grid)
-    counts, seen, _ = tally(grid, path, plan.known_keys())
+    counts, seen, finished = tally(grid, path, plan.known_keys())
     counts.update(kept)
-    return _conclude(spec, counts, seen + sum(kept.values()), None, writer)
+    return _conclude(spec, counts, seen + sum(kept.values()), {index: finished}, writer)
 
 
 def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) -> SweepOutcome:

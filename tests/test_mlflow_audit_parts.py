@@ -193,3 +193,17 @@ def test_an_extended_sweeps_own_trials_are_confirmed_and_one_experiment_alone_is
     assert read_mlflow_check(str(sweep))["confirmed"] == {".": 4, "part-001": 2}
     searched.clear()
     assert audit_mlflow(str(sweep), uri, SWEEP).trials == 6 and searched == []
+
+
+def test_a_sweep_run_as_one_experiment_that_ended_well_is_confirmed_once(tmp_path, monkeypatch):
+    """Its runner saw every trial end well (`ended`): nothing will run there again, so the next
+    audit (an extension's, a resume's) reads none of its runs back."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = tmp_path / SWEEP
+    own = {_trial(sweep, seed) for seed in range(4)}
+    _sync(uri, str(sweep))
+    searched = _searches(monkeypatch)
+    audit = audit_mlflow(str(sweep), uri, SWEEP, {None: own}, ended=frozenset({None}))
+    assert audit.complete and audit.confirmed == {None: 4} and len(searched) == 1
+    searched.clear()
+    assert audit_mlflow(str(sweep), uri, SWEEP).trials == 4 and searched == []

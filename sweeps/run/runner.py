@@ -63,11 +63,13 @@ def _mlflow_writer(spec: SweepSpec, log_to_mlflow: bool):
             writer.close(end_parent=False)
 
 
-def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: dict[int | None, set[str]], writer) -> SweepOutcome:
+def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: dict[int | None, set[str]], writer,
+              ended: frozenset = frozenset()) -> SweepOutcome:
     """The sweep's outcome. With MLflow: the run's writer sends what is left and stops (ending
     the parent run once every trial has ended), then the audit reads back what it did not see
     the store take (`finished`: the finished trials' keys of each Tune experiment this run
-    tallied, part k or None for the sweep's own folder; the audit finds the others')."""
+    tallied, part k or None for the sweep's own folder; the audit finds the others'; `ended`:
+    those of them whose every trial ended well, so that nothing will run in them again)."""
     outcome = sweep_outcome(spec, counts, seen)
     if writer is not None:
         writer.close(end_parent=outcome.all_finished)
@@ -75,14 +77,15 @@ def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: dict[int | 
         from ..tracking.mlflow_audit import audit_mlflow
 
         outcome.mlflow = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name, finished,
-                                      writer.complete if writer is not None else frozenset())
+                                      writer.complete if writer is not None else frozenset(), ended)
     return outcome
 
 
 def _finish(spec: SweepSpec, plan: SweepPlan, grid, writer=None) -> SweepOutcome:
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
     counts, seen, finished = tally(grid, experiment_path(spec), plan.known_keys())
-    return _conclude(spec, counts, seen, {None: finished}, writer)
+    ended = not counts["error"] and not counts["unfinished"] and seen == plan.num_trials
+    return _conclude(spec, counts, seen, {None: finished}, writer, frozenset({None}) if ended else frozenset())
 
 
 def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer, first: int = 0,

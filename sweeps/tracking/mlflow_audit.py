@@ -39,11 +39,12 @@ class MlflowAudit:
 
 def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str,
                  finished: dict[int | None, set[str]] | None = None,
-                 logged: set[str] | frozenset = frozenset()) -> MlflowAudit:
+                 logged: set[str] | frozenset = frozenset(), ended: frozenset = frozenset()) -> MlflowAudit:
     """`finished`: the keys of the finished trials of each of the sweep's Tune experiments the
     caller tallied (part k; None: the sweep's own folder); the others' are read from storage,
     but for those an earlier check confirmed at this tracking URI, which are counted from its
-    record. `logged`: keys of runs the writer saw the store take complete."""
+    record. `logged`: keys of runs the writer saw the store take complete; `ended`: experiments
+    the caller saw end with every trial ended well, settled as a part marked done is."""
     finished = dict(finished or {})
     experiments = set(stored_experiments(experiment_dir)) | set(finished)
     earlier = {part: count for part, count in confirmed_at(experiment_dir, tracking_uri).items()
@@ -53,7 +54,7 @@ def audit_mlflow(experiment_dir: str, tracking_uri: str, sweep: str,
     unconfirmed = {part: keys - logged for part, keys in finished.items()}
     complete, error = _read_back(tracking_uri, sweep, [part for part, keys in unconfirmed.items() if keys])
     missing = {part: keys - complete for part, keys in unconfirmed.items()}
-    whole = settled(experiment_dir, [part for part in finished if not missing[part]], experiments)
+    whole = settled(experiment_dir, [part for part in finished if not missing[part]], experiments, ended)
     audit = MlflowAudit(sum(earlier.values()) + sum(map(len, finished.values())), sum(map(len, missing.values())),
                         error, {**earlier, **{part: len(finished[part]) for part in whole}})
     record_check(experiment_dir, tracking_uri, audit)
@@ -81,13 +82,15 @@ def _read_back(tracking_uri: str, sweep: str, parts: list[int | None]) -> tuple[
     return complete, None
 
 
-def settled(experiment_dir: str, parts, experiments) -> set[int | None]:
+def settled(experiment_dir: str, parts, experiments, ended: frozenset = frozenset()) -> set[int | None]:
     """Those of `parts`, of the sweep's Tune experiments `experiments`, whose trials can no
-    longer change: a part marked done (every resume skips it), and the sweep's own folder once
-    an extension put parts beside it (an extension starts only when every trial there ended well)."""
+    longer change: one whose every trial ended well (`ended`), a part marked done (every resume
+    skips it), and the sweep's own folder once an extension put parts beside it (an extension
+    starts only when every trial there ended well)."""
     extended = any(part is not None for part in experiments)
     return {part for part in parts
-            if (extended if part is None else part_done(experiment_folder(experiment_dir, part)) is not None)}
+            if part in ended
+            or (extended if part is None else part_done(experiment_folder(experiment_dir, part)) is not None)}
 
 
 def confirmed_at(experiment_dir: str, tracking_uri: str) -> dict[int | None, int]:

@@ -57,6 +57,9 @@ def test_extending_a_sweep_runs_only_the_new_trials_and_keeps_the_rest(tmp_path)
     assert len(children) == 18 and len({r.data.tags["trial_key"] for r in children}) == 18
     assert {r.info.status for r in children} == {"FINISHED"}
     assert_complete_histories(client, children)
+    # the sweep's own trials, read back once, and the new part: neither changes again, so neither is read back again
+    confirmed = json.loads((tmp_path / "results" / "smoke" / "minima_mlflow.json").read_text())["confirmed"]
+    assert confirmed == {".": 8, "part-001": 10}
 
     trials, curves = exported(tmp_path, "smoke")
     assert len(trials) == 18 and trials.index.is_unique

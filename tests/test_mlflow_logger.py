@@ -362,11 +362,11 @@ def test_the_writer_hands_back_the_runs_the_store_took_complete_and_the_audit_re
     writer.close(end_parent=True)
     assert writer.complete == set(keys[:3]) and writer.unlogged == 0 and writer.process.exitcode == 0
 
-    all_logged = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", set(keys[:3]), writer.complete)
+    all_logged = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", {None: set(keys[:3])}, writer.complete)
     assert all_logged.complete and all_logged.trials == 3  # the unreachable store was never asked
-    unseen = audit_mlflow(str(tmp_path), uri, "sweep", set(keys), writer.complete)
+    unseen = audit_mlflow(str(tmp_path), uri, "sweep", {None: set(keys)}, writer.complete)
     assert (unseen.trials, unseen.missing, unseen.error) == (4, 1, None)  # read back: no final metrics
-    unreachable = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", set(keys), writer.complete)
+    unreachable = audit_mlflow(str(tmp_path), "http://127.0.0.1:9", "sweep", {None: set(keys)}, writer.complete)
     assert unreachable.missing == 1 and unreachable.error
     # each audit leaves what it found beside the sweep, where `minima status` reads it offline
     check = read_mlflow_check(str(tmp_path))
@@ -404,7 +404,7 @@ def test_a_run_sent_whole_needs_no_marks_and_is_not_sent_again(tmp_path):
     assert len(batches) == 1 and batches[0]["tags"] == []  # no marks
     assert run.info.status == "FINISHED" and LOGGED_STEP_TAG not in run.data.tags
     assert first.complete == {key}
-    assert audit_mlflow(str(tmp_path), uri, "sweep", {key}).complete  # read back: FINISHED with its finals
+    assert audit_mlflow(str(tmp_path), uri, "sweep", {None: {key}}).complete  # read back: FINISHED with its finals
 
     replay = MLflowWriter(uri, "sweep", axes=[])
     send(replay)

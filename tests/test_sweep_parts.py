@@ -132,6 +132,9 @@ def test_a_sweep_in_parts_is_one_sweep_to_its_user(tmp_path):
     assert sorted(final_counts(folder).values()) == [1] * 12
     assert all(len(list(p.glob("trial_*"))) == 4 for p in folder.glob("part-*"))
     assert json.loads((folder / "minima_run.json").read_text())["ray_trials_per_part"] == 4
+    # every part done and its runs seen taken whole by the writer: the resume below reads none back
+    confirmed = json.loads((folder / "minima_mlflow.json").read_text())["confirmed"]
+    assert confirmed == {"part-000": 4, "part-001": 4, "part-002": 4}
     parents, children = mlflow_runs(tmp_path, "parts")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 12 and len({r.data.tags["trial_key"] for r in children}) == 12

@@ -12,11 +12,10 @@ in the sweep's folder itself. No torch, no Ray here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
-from trainables.uri import filesystem, read_text
+from trainables.uri import filesystem
 
 from ..design.plan import SweepPlan
 from ..design.spec import SweepError
@@ -26,7 +25,6 @@ from ..design.spec import SweepError
 # and one actor start per slot (docs/performance.md, "Large sweeps").
 PART_RAY_TRIALS = 1_000
 PART_ENV = "MINIMA_PART_RAY_TRIALS"  # overrides PART_RAY_TRIALS for sweeps started with it set
-PART_DONE_FILE = "minima_part_done.json"  # in a part whose every trial ended without an error: its counts
 
 
 def part_limit() -> int:
@@ -74,16 +72,3 @@ def clear_unsaved_part(part_dir: str) -> None:
     fs, path = filesystem(part_dir)
     if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
         fs.delete_dir(path)
-
-
-def mark_part_done(part_dir: str, counts: dict[str, int]) -> None:
-    """Written once a part's every trial ended without an error: a resume skips it."""
-    fs, path = filesystem(f"{part_dir.rstrip('/')}/{PART_DONE_FILE}")
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps({"counts": counts}).encode())
-
-
-def part_done(part_dir: str) -> dict[str, int] | None:
-    """A finished part's counts per status, or None when it has not finished."""
-    text = read_text(f"{part_dir.rstrip('/')}/{PART_DONE_FILE}")
-    return json.loads(text)["counts"] if text else None

@@ -11,7 +11,7 @@ from collections import Counter
 
 from .notices import plan_lines, report_sharing
 from .outcome import SweepOutcome, sweep_outcome, tally
-from .parts import clear_unsaved_part, mark_part_done, part_count, part_done, ray_trials_per_part, split_plan
+from .parts import clear_unsaved_part, part_count, ray_trials_per_part, split_plan
 from ..design.extension import extension_of, trial_keys
 from ..design.boundary_grid import search_cell
 from ..design.plan import SweepPlan, planned
@@ -19,8 +19,8 @@ from ..cluster.ray_cluster import cluster_cpus, cluster_notice, init_ray, local_
 from ..storage.safe_storage import prune_unreferenced_checkpoints
 from ..design.spec import SweepError, SweepSpec, parse_sweep
 from ..storage.results import stored_finals
-from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, logs_to_mlflow,
-                                   part_path, read_spec, run_settings, snapshot_store, write_spec)
+from ..storage.sweep_files import (add_extension, check_only_yours, experiment_path, logs_to_mlflow, mark_part_done,
+                                   part_done, part_path, read_spec, run_settings, snapshot_store, write_spec)
 from .tuner import (build_tuner, can_restore, has_results, mlflow_writer, only_json_results, pending_trials,
                     restore_tuner)
 from .tuner import trial_dirname  # noqa: F401 - some stored sweeps pickled it as sweeps.runner.trial_dirname
@@ -63,10 +63,13 @@ def _mlflow_writer(spec: SweepSpec, log_to_mlflow: bool):
             writer.close(end_parent=False)
 
 
-def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | None, writer) -> SweepOutcome:
+def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: dict[int | None, set[str]], writer,
+              ended: frozenset = frozenset()) -> SweepOutcome:
     """The sweep's outcome. With MLflow: the run's writer sends what is left and stops (ending
     the parent run once every trial has ended), then the audit reads back what it did not see
-    the store take (`finished`: the finished trials' keys, None if this run did not see them all)."""
+    the store take (`finished`: the finished trials' keys of each Tune experiment this run
+    tallied, part k or None for the sweep's own folder; the audit finds the others'; `ended`:
+    those of them whose every trial ended well, so that nothing will run in them again)."""
     outcome = sweep_outcome(spec, counts, seen)
     if writer is not None:
         writer.close(end_parent=outcome.all_finished)
@@ -74,13 +77,15 @@ def _conclude(spec: SweepSpec, counts: Counter, seen: int, finished: set[str] | 
         from ..tracking.mlflow_audit import audit_mlflow
 
         outcome.mlflow = audit_mlflow(experiment_path(spec), spec.tracking_uri, spec.name, finished,
-                                      writer.complete if writer is not None else frozenset())
+                                      writer.complete if writer is not None else frozenset(), ended)
     return outcome
 
 
 def _finish(spec: SweepSpec, plan: SweepPlan, grid, writer=None) -> SweepOutcome:
     prune_unreferenced_checkpoints(experiment_path(spec), grid)
-    return _conclude(spec, *tally(grid, experiment_path(spec), plan.known_keys()), writer)
+    counts, seen, finished = tally(grid, experiment_path(spec), plan.known_keys())
+    ended = not counts["error"] and not counts["unfinished"] and seen == plan.num_trials
+    return _conclude(spec, counts, seen, {None: finished}, writer, frozenset({None}) if ended else frozenset())
 
 
 def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: bool, writer, first: int = 0,
@@ -91,7 +96,7 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
     parts are numbered from `first`, after the stored sweep's, whose trials' counts are `kept`."""
     counts: Counter = Counter(kept or {})
     seen = sum(counts.values())
-    finished: set[str] | None = set() if not kept else None  # None: some trials were not seen by this run
+    finished: dict[int, set[str]] = {}  # per part this run tallied; a part skipped as done is not
     known = plan.known_keys()
     for index, part in enumerate(split_plan(plan, per_part), start=first):
         path = part_path(spec, index)
@@ -99,7 +104,6 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
         if done is not None:
             counts.update(done)
             seen += part.num_trials
-            finished = None
             continue
         before = {k: v for k, v in counts.items() if k != "unfinished"}
         if can_restore(spec, path):
@@ -113,8 +117,7 @@ def _run_parts(spec: SweepSpec, plan: SweepPlan, per_part: int, log_to_mlflow: b
         del grid  # the next part runs without this part's results
         counts.update(part_counts)
         seen += part_seen
-        if finished is not None:
-            finished |= part_finished
+        finished[index] = part_finished
         if part_counts["unfinished"] or part_seen < part.num_trials:
             break
         if not part_counts["error"]:
@@ -211,9 +214,9 @@ def _run_search_part(spec: SweepSpec, plan: SweepPlan, index: int, kept: dict[st
         grid = _fit(plan, lambda: build_tuner(spec, plan, log_to_mlflow, part=index, before=kept, writer=writer,
                                               stored=list(first_round)))
     prune_unreferenced_checkpoints(path, grid)
-    counts, seen, _ = tally(grid, path, plan.known_keys())
+    counts, seen, finished = tally(grid, path, plan.known_keys())
     counts.update(kept)
-    return _conclude(spec, counts, seen + sum(kept.values()), None, writer)
+    return _conclude(spec, counts, seen + sum(kept.values()), {index: finished}, writer)
 
 
 def resume_sweep(name: str, storage: str = "minima_results", on_notice=print) -> SweepOutcome:

@@ -26,11 +26,10 @@ from trainables.uri import filesystem
 from ..design.spec import SweepError, SweepSpec
 from ..storage.costs import held_s, shares
 from ..storage.results import list_parts, list_trial_dirs, read_trial_error
-from ..storage.sweep_files import (RUN_FILE, experiment_path, held_resources, list_sweeps, read_mlflow_check,
-                                   read_spec, run_settings, storage_root)
+from ..storage.sweep_files import (OWN, RUN_FILE, experiment_path, held_resources, list_sweeps, part_done,
+                                   read_mlflow_check, read_spec, run_settings, storage_root)
 from ..storage.trial_end import TrialEnd, read_trial_end
 from ..storage.tune_state import TuneState, read_tune_state
-from .parts import part_done
 
 OUTCOMES = ("ok", "diverged", "error", "running", "pending")  # always shown; "unfinished" when there are any
 _WAITING = {"RUNNING": "running", "ERROR": "error"}  # a Ray trial Tune lists without a started folder: else pending
@@ -40,7 +39,6 @@ ETA_WINDOW = 100  # the ETA's rate: over at most this many of the latest finishe
 # a stopped driver, whose Tune state still says running, not a rate
 STALLED_INTERVALS, STALLED_MIN_S = 20, 300.0
 ERROR_TAIL = 5  # last lines of a failed trial's error kept
-OWN = "."  # the experiment in the sweep's own folder, as the per-part breakdown names it
 READERS = 8  # result files read at once: object stores answer each read slowly, local disks do not mind
 
 

@@ -31,12 +31,13 @@ RESULT_SCHEMA = pa.schema(
 REPORT_FIELDS = ("timestamp", "time_total_s")
 
 
-def list_trial_dirs(experiment_dir: str) -> list[str]:
-    """The trial folders of a sweep (`trial_*`, and `part-*/trial_*` for a sweep run in parts), sorted."""
+def list_trial_dirs(experiment_dir: str, parts: bool = True) -> list[str]:
+    """The trial folders of a sweep (`trial_*`, and `part-*/trial_*` for a sweep run in parts
+    unless `parts` is False), sorted."""
     folders = _folders(experiment_dir)
     base = experiment_dir.rstrip("/")
     trials = [f"{base}/{name}" for name in folders if name.startswith("trial_")]
-    for part in (name for name in folders if name.startswith(PART_PREFIX)):
+    for part in (name for name in folders if parts and name.startswith(PART_PREFIX)):
         trials += [f"{base}/{part}/{name}" for name in _folders(f"{base}/{part}") if name.startswith("trial_")]
     return sorted(trials)
 
@@ -44,6 +45,15 @@ def list_trial_dirs(experiment_dir: str) -> list[str]:
 def list_parts(experiment_dir: str) -> list[str]:
     """The part folders (`part-*`) of a sweep run in parts, sorted; [] for a sweep run as one experiment."""
     return sorted(name for name in _folders(experiment_dir) if name.startswith(PART_PREFIX))
+
+
+def stored_experiments(experiment_dir: str) -> list[int | None]:
+    """The sweep's Tune experiments in its storage: None for its own folder when it holds trial
+    folders (a sweep run as one experiment), then k for each part folder `part-<k>`."""
+    folders = _folders(experiment_dir)
+    own = [None] if any(name.startswith("trial_") for name in folders) else []
+    digits = (name.removeprefix(PART_PREFIX) for name in folders if name.startswith(PART_PREFIX))
+    return own + sorted(int(d) for d in digits if d.isdigit())
 
 
 def _folders(path: str) -> list[str]:
@@ -164,19 +174,19 @@ def read_result_rows(trial_dir: str, member: int | None = None) -> list[dict[str
     return (table if member is None else member_table(table, member)).to_pylist()
 
 
-def _started(experiment_dir: str):
+def _started(experiment_dir: str, parts: bool = True):
     """(folder, member values, final rows by member) of every started Ray trial of a sweep."""
-    for trial_dir in list_trial_dirs(experiment_dir):
+    for trial_dir in list_trial_dirs(experiment_dir, parts):
         params = read_trial_params(trial_dir)
         if params is not None:
             yield trial_dir, member_values(params), final_rows(read_result_rows(trial_dir))
 
 
-def stored_trials(experiment_dir: str) -> list[dict[str, Any]]:
-    """Every started trial of a sweep (pack members one by one): its folder, member index,
-    config values and whether its final report is stored."""
+def stored_trials(experiment_dir: str, parts: bool = True) -> list[dict[str, Any]]:
+    """Every started trial of a sweep (pack members one by one; its parts' too unless `parts` is
+    False): its folder, member index, config values and whether its final report is stored."""
     return [{"trial_dir": trial_dir, "member": m, "values": v, "finished": m in finals}
-            for trial_dir, members, finals in _started(experiment_dir) for m, v in enumerate(members)]
+            for trial_dir, members, finals in _started(experiment_dir, parts) for m, v in enumerate(members)]
 
 
 def stored_finals(experiment_dir: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -1,5 +1,5 @@
 """A sweep's folder in its storage: where it is, and the files we keep beside Ray's experiment
-state (the resolved sweep, how it was started)."""
+state (the resolved sweep, how it was started, which parts are done, the last MLflow check)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ SPEC_FILE = "minima_sweep.json"  # the resolved sweep, stored beside Ray's exper
 RUN_FILE = "minima_run.json"  # how it was started (when, logged to MLflow or not, cut into parts or not)
 MLFLOW_CHECK_FILE = "minima_mlflow.json"  # the last check of MLflow against this storage, and what it found
 PART_PREFIX = "part-"  # a sweep in parts: part k's Tune experiment is the folder part-<k, 3 digits>
+PART_DONE_FILE = "minima_part_done.json"  # in a part whose every trial ended without an error: its counts
+OWN = "."  # the Tune experiment in the sweep's own folder (a sweep run as one experiment), among its parts
 
 
 def storage_root(storage: str) -> str:
@@ -47,7 +49,26 @@ def part_of(trial_dir: str) -> int | None:
 
 def part_path(spec: SweepSpec, index: int) -> str:
     """Part `index`'s Tune experiment, inside the sweep's folder (beside its spec and snapshots)."""
-    return f"{experiment_path(spec)}/{part_name(index)}"
+    return experiment_folder(experiment_path(spec), index)
+
+
+def experiment_folder(experiment_dir: str, part: int | None) -> str:
+    """The folder of a sweep's Tune experiment: part `part`'s, or (None) the sweep's own."""
+    base = experiment_dir.rstrip("/")
+    return base if part is None else f"{base}/{part_name(part)}"
+
+
+def mark_part_done(part_dir: str, counts: dict[str, int]) -> None:
+    """Written once a part's every trial ended without an error: a resume skips it."""
+    fs, path = filesystem(f"{part_dir.rstrip('/')}/{PART_DONE_FILE}")
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps({"counts": counts}).encode())
+
+
+def part_done(part_dir: str) -> dict[str, int] | None:
+    """A finished part's counts per status, or None when it has not finished."""
+    text = read_text(f"{part_dir.rstrip('/')}/{PART_DONE_FILE}")
+    return json.loads(text)["counts"] if text else None
 
 
 def snapshot_store(spec: SweepSpec) -> str:

@@ -10,6 +10,8 @@ from trainables.metrics import FINAL_METRICS
 
 SEARCH_PAGE = 1_000  # runs per page when a sweep's trial runs are looked up: MLflow loads a page whole
 PART_TAG = "minima.part"  # a trial's run in a sweep run in parts: the part (its Tune experiment) it is in
+TRIAL_RUN = "tags.trial_key != ''"  # the search for a sweep's trial runs (not its parent)
+UNTAGGED = f"{TRIAL_RUN} and tags.`{PART_TAG}` IS NULL"  # the sweep's own folder's, or logged before parts were tagged
 
 
 def quick_client(tracking_uri: str, max_retries: int, timeout_s: int):
@@ -29,11 +31,23 @@ def trial_runs(client, experiment_id: str, part: int | None = None) -> dict[str,
     return {run.data.tags["trial_key"]: run for page in trial_run_pages(client, experiment_id, part) for run in page}
 
 
+def _tagged(part: int) -> str:
+    return f"{TRIAL_RUN} and tags.`{PART_TAG}` = '{part}'"
+
+
 def trial_run_pages(client, experiment_id: str, part: int | None = None):
     """`trial_runs` a page at a time (a caller that keeps a little of each run never holds them all)."""
-    found = "tags.trial_key != ''"
-    searches = [found] if part is None else [f"{found} and tags.`{PART_TAG}` = '{part}'",
-                                             f"{found} and tags.`{PART_TAG}` IS NULL"]
+    return _pages(client, experiment_id, [TRIAL_RUN] if part is None else [_tagged(part), UNTAGGED])
+
+
+def part_run_pages(client, experiment_id: str, parts):
+    """The trial runs of some of a sweep's Tune experiments (`parts`: part numbers, None for the
+    sweep's own folder), a page at a time: one search a part, and one for every run without a
+    part tag, whichever experiments ask for those."""
+    return _pages(client, experiment_id, [_tagged(p) for p in sorted(p for p in parts if p is not None)] + [UNTAGGED])
+
+
+def _pages(client, experiment_id: str, searches: list[str]):
     for search in searches:
         token = None
         while True:

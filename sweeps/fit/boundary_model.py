@@ -120,6 +120,9 @@ class BoundaryModel:
     slices: list[tuple[str, ...]] = field(default_factory=list)  # slices with trials, as slice_key
     departures: np.ndarray | None = None  # (draws, slices): each slice's departure from the additive crossing
     tau: np.ndarray | None = None  # (draws,): the spread of departures the data support
+    k: np.ndarray | None = None  # (draws,): the transition's steepness on u
+    seed_values: list = field(default_factory=list)  # the seeds with trials, in order
+    seed_offsets: np.ndarray | None = None  # (draws, seeds): each seed's move of the crossing (e units)
 
     def threshold_draws(self, combo: dict[str, Any]) -> np.ndarray:
         """Draws of the crossing (e units) with each axis at combo's level, others at reference:
@@ -145,6 +148,16 @@ class BoundaryModel:
             return False
         low, high = np.percentile(self.departures[:, self.slices.index(key)], INTERVAL)
         return bool(low > 0 or high < 0)
+
+    def p_bad(self, thresholds: np.ndarray, x, seed, draws: np.ndarray) -> np.ndarray:
+        """P(bad) of a trial of `seed` at each x, per draw (len(draws), len(x)), given `thresholds`,
+        its slice's crossing (e units) at those draws; a seed with no trials sits at the median."""
+        e = thresholds
+        if seed in self.seed_values:
+            e = e + self.seed_offsets[draws, self.seed_values.index(seed)]
+        threshold = self.coords.to_u(self.coords.to_x(np.clip(e, -10.0, 10.0)))
+        logit = self.k[draws, None] * (self.coords.to_u(np.asarray(x, dtype=float))[None, :] - threshold[:, None])
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
 
     def to_x(self, e) -> np.ndarray:
         return self.coords.to_x(e)
@@ -297,12 +310,13 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
     sampler.run_mcmc(start, BURN + KEEP)
     chain = sampler.get_chain(discard=BURN, flat=True)
-    _, _, _, _, w, log_tau = post.split(chain)
+    _, log_k, z, log_sigma, w, log_tau = post.split(chain)
     departures = np.exp(log_tau) * w if post.n_slices else np.zeros((len(chain), 0))
     return BoundaryModel(x, coords, levels, chain[:, : post.n_c], len(rows), n_seeds,
                          float(np.mean(sampler.acceptance_fraction)), columns,
                          slice_keys if post.n_slices else [], departures,
-                         np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)))
+                         np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)),
+                         np.exp(log_k), np.unique(rows["seed"].to_numpy()).tolist(), np.exp(log_sigma)[:, None] * z)
 
 
 def _bound(v) -> float | None:

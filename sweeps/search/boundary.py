@@ -179,3 +179,146 @@ def next_cells(spec: SweepSpec, model: BoundaryModel | None, fits: list[SliceFit
         return []
     cells = cells_per_round(slots, len(spec.seeds))
     return with_baselines(spec, propose(spec, model, fits, known, cells, rng), known)
+
+
+# --- trial points: (cell, seed) ------------------------------------------------------------
+def point_id(values: dict[str, Any]) -> str:
+    """A trial's identity in the search: its cell and its seed."""
+    return cell_id(values)
+
+
+def _slice_counts(rows_or_points: list[dict[str, Any]], spec: SweepSpec, s: dict[str, Any]) -> dict[Any, int]:
+    counts = {seed: 0 for seed in spec.seeds}
+    for p in rows_or_points:
+        if all(fmt(p.get(a)) == fmt(v) for a, v in s.items()) and p["seed"] in counts:
+            counts[p["seed"]] += 1
+    return counts
+
+
+def propose_trials(spec: SweepSpec, model: BoundaryModel, fits: list[SliceFit], tried: set[str], n: int,
+                   rows: list[dict[str, Any]], rng: np.random.Generator, in_doubt: float = IN_DOUBT
+                   ) -> list[dict[str, Any]]:
+    """Up to `n` untried trials (cell and seed) where the model is least sure of the side of
+    P(bad) = 0.5, round-robin over the open slices, at most `per_round` cells' worth per slice.
+    The k-th pick in a slice aims at the k-th goal quantile of its crossing; its seed is the one
+    the slice has run least (of those not yet run at that x)."""
+    x = spec.search.x
+    values = candidate_values(spec)
+    e = model.to_e(np.asarray(values, dtype=float))
+    pick = rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
+    ranked = []
+    for f in fits:
+        if f.settled is not None:
+            continue
+        thresholds = model.threshold_draws(f.slice)[pick]
+        q = (thresholds[:, None] < e[None, :]).mean(axis=0)
+        doubt = np.minimum(q, 1 - q)
+        free = [[sd for sd in spec.seeds if point_id({**f.slice, x: v, "seed": sd}) not in tried] for v in values]
+        doubt = np.where([bool(fr) for fr in free], doubt, 0.0)
+        if doubt.max() >= in_doubt:
+            ranked.append((float(doubt.max()), f, thresholds, doubt, free, _slice_counts(rows, spec, f.slice)))
+        else:
+            f.settled = f"no untried {x} in doubt (each side at least {1 - in_doubt:g} sure)"
+    ranked.sort(key=lambda r: -r[0])
+    goals = [0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625, 0.0625, 0.9375]
+    out: list[dict[str, Any]] = []
+    per_slice = spec.search.per_round * len(spec.seeds)
+    for k in range(min(per_slice, len(goals))):
+        for _, f, thresholds, doubt, free, counts in ranked:
+            if len(out) >= n:
+                return out
+            target = np.quantile(thresholds, goals[k])
+            taken = {fmt(c[x]) for c in out if all(fmt(c[a]) == fmt(v) for a, v in f.slice.items())}
+            open_ = [i for i in np.flatnonzero(doubt >= in_doubt) if fmt(values[i]) not in taken]
+            if not open_:
+                continue
+            best = min(open_, key=lambda i: (abs(e[i] - target), i))
+            seed = min(free[best], key=lambda sd: (counts[sd], spec.seeds.index(sd)))
+            counts[seed] += 1
+            out.append({**f.slice, x: values[best], "seed": seed})
+            f.proposed.append(values[best])
+    return out
+
+
+def with_baseline_trials(spec: SweepSpec, trials: list[dict[str, Any]], tried: set[str]) -> list[dict[str, Any]]:
+    """`trials` plus every seed of each baseline cell they need that is not yet tried, baselines first."""
+    out, seen = [], set(tried)
+    for t in trials:
+        cell = {k: v for k, v in t.items() if k != "seed"}
+        base = [{**c, "seed": sd} for c in with_baselines(spec, [cell], set())[:-1] for sd in spec.seeds]
+        for p in base + [t]:
+            if point_id(p) not in seen:
+                seen.add(point_id(p))
+                out.append(p)
+    return out
+
+
+MIN_GAIN = 0.01  # a trial is worth running while it is expected to cut its slice's crossing variance by this fraction
+
+
+def _gain(branches, p: np.ndarray, xc: np.ndarray) -> np.ndarray:
+    """Expected cut in the variance of the crossing (x units) from one more trial at each (seed,
+    x), averaged over the outcomes of the trials already picked this round (`branches`: their
+    probabilities and the draws' weights given each combination of outcomes)."""
+    total = np.zeros(p.shape[1:])
+    for prob, w in branches:
+        mean = w @ xc
+        var = w @ xc ** 2 - mean ** 2
+        after = np.zeros(p.shape[1:])
+        for q in (p, 1.0 - p):
+            mass = np.tensordot(w, q, axes=(0, 0))  # P(this outcome)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m1 = np.tensordot(w * xc, q, axes=(0, 0)) / mass
+                m2 = np.tensordot(w * xc ** 2, q, axes=(0, 0)) / mass
+            after += np.where(mass > 1e-12, mass * (m2 - m1 ** 2), 0.0)
+        total += prob * (var - after)
+    return total
+
+
+def propose_informative(spec: SweepSpec, model: BoundaryModel, fits: list[SliceFit], tried: set[str], n: int,
+                        rng: np.random.Generator, min_gain: float = MIN_GAIN) -> list[dict[str, Any]]:
+    """Up to `n` untried trials (cell and seed), picked one at a time: each the one expected to
+    narrow its slice's crossing most (the largest expected cut in its posterior variance, given
+    every outcome the round's earlier picks may have), at most `per_round` cells' worth per slice.
+    A slice none of whose untried trials would cut its variance by `min_gain` is settled."""
+    x = spec.search.x
+    axis = spec.axes[x]
+    values = candidate_values(spec)
+    pick = rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
+    open_ = []
+    for f in fits:
+        if f.settled is not None:
+            continue
+        thresholds = model.threshold_draws(f.slice)[pick]
+        xc = np.clip(model.to_x(thresholds), axis.low, axis.high)
+        p = np.stack([model.p_bad(thresholds, values, s, pick) for s in spec.seeds], axis=1)  # (draws, seeds, x)
+        free = np.array([[point_id({**f.slice, x: v, "seed": s}) not in tried for v in values] for s in spec.seeds])
+        branches = [(1.0, np.full(len(pick), 1.0 / len(pick)))]
+        gain = np.where(free, _gain(branches, p, xc), -np.inf)
+        if not free.any() or gain.max() < min_gain * max(float(np.var(xc)), 1e-12):
+            f.settled = f"no untried trial would narrow it (each cuts its variance by under {min_gain:g})"
+            continue
+        open_.append({"f": f, "p": p, "xc": xc, "free": free, "branches": branches, "gain": gain, "picked": 0})
+    out: list[dict[str, Any]] = []
+    per_slice = spec.search.per_round * len(spec.seeds)
+    while len(out) < n:
+        live = [o for o in open_ if o["picked"] < per_slice and np.isfinite(o["gain"]).any()]
+        if not live:
+            break
+        best = max(live, key=lambda o: float(o["gain"].max()))
+        i_seed, i_x = np.unravel_index(int(np.argmax(best["gain"])), best["gain"].shape)
+        f, seed, value = best["f"], spec.seeds[i_seed], values[i_x]
+        out.append({**f.slice, x: value, "seed": seed})
+        f.proposed.append(value)
+        best["picked"] += 1
+        best["free"][i_seed, i_x] = False
+        q = best["p"][:, i_seed, i_x]
+        split = []
+        for prob, w in best["branches"]:
+            for outcome in (q, 1.0 - q):
+                mass = float(w @ outcome)
+                if mass > 1e-9:
+                    split.append((prob * mass, w * outcome / mass))
+        best["branches"] = sorted(split, key=lambda b: -b[0])[:32]
+        best["gain"] = np.where(best["free"], _gain(best["branches"], best["p"], best["xc"]), -np.inf)
+    return out

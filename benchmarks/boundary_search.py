@@ -39,7 +39,7 @@ import pandas as pd
 
 from analysis.export import export_sweep
 from analysis.phase import fit_boundaries, fit_effects
-from sweeps.search import boundary
+from sweeps.search import acquisition
 from sweeps.search.boundary_searcher import BoundarySearcher, run_without_ray
 from sweeps.fit.phase_fit import AxisScale, fmt, label_phases
 from sweeps.design.spec import parse_sweep
@@ -139,8 +139,8 @@ def replay_search(trials: pd.DataFrame, axes: dict[str, list], args, ci_width: f
                         "seeds": args.seeds,
                         "search": {"kind": "boundary", "max_trials": budget, "ci_width": ci_width, "delta": DELTA}})
     grid_values = list(range(0, args.high + 1, args.step))
-    original = boundary.candidate_values
-    boundary.candidate_values = lambda s: grid_values  # only durations the grid ran have results
+    original = acquisition.candidate_values
+    acquisition.candidate_values = lambda s: grid_values  # only durations the grid ran have results
     try:
         searcher = BoundarySearcher(spec, on_notice=lambda m: None, slots=SLOTS)
 
@@ -150,7 +150,7 @@ def replay_search(trials: pd.DataFrame, axes: dict[str, list], args, ci_width: f
 
         issued = run_without_ray(searcher, result_of)
     finally:
-        boundary.candidate_values = original
+        acquisition.candidate_values = original
     return {"rounds": searcher.rounds, "issued": issued}
 
 

@@ -41,16 +41,12 @@ DESIGNS = {"2": {"weight_decay": [0.0, 3e-4, 1e-3]},
            "3": {"weight_decay": [0.0, 3e-4, 1e-3], "augmentation": ["none", "shift"]}}
 HIGH, COARSE_COUNT, SLOTS = 64, 3, 2
 GRID_FITS = 3  # the grid's reference width: the median over this many sampler seeds
-# each variant: BoundarySearcher's `variant` (what a round proposes and how the coarse grid runs)
-VARIANTS = {
-    "cells": {"unit": "cell"},  # every seed of a proposed x runs
-    "trials": {"unit": "trial"},  # one (x, seed) at a time
-    "trials_coarse1": {"unit": "trial", "coarse_seeds": 1},
-    "trials_slots": {"unit": "trial", "round": "slots"},
-    "trials_coarse1_slots": {"unit": "trial", "coarse_seeds": 1, "round": "slots"},
-    "info": {"unit": "info"},  # the trial expected to narrow its slice's crossing most
-    "info_coarse1": {"unit": "info", "coarse_seeds": 1},
-    "info_coarse1_slots": {"unit": "info", "coarse_seeds": 1, "round": "slots"},
+VARIANTS = {  # each a BoundarySearcher strategy: (unit, coarse seeds, sampler)
+    "cells": ("cell", None, "stretch"),  # Strategy.CELLS: every seed of the x most in doubt
+    "default": ("trial", 1, "de"),  # Strategy(): single trials, the most informative
+    "trial_stretch": ("trial", 1, "stretch"),  # ablations: each of the default's three changes undone
+    "trial_coarse_every_seed": ("trial", None, "de"),
+    "cells_de": ("cell", None, "de"),
 }
 
 
@@ -92,7 +88,8 @@ def width(low, high, found: bool) -> float | None:
     return None if not found or low is None or high is None else float(high - low)
 
 
-def grid_widths(truth: Truth, table: pd.DataFrame, fits: int = GRID_FITS) -> dict[str, dict[str, dict]]:
+def grid_widths(truth: Truth, table: pd.DataFrame, fits: int = GRID_FITS, sampler: str = "stretch"
+                ) -> dict[str, dict[str, dict]]:
     """Per slice: its own boundary fit and the joint model's crossing. The width is the median over
     `fits` fits with different sampler seeds (one fit's interval varies with the seed: the grid's
     typical precision is the target); the estimate and the hit are the first fit's."""
@@ -101,11 +98,11 @@ def grid_widths(truth: Truth, table: pd.DataFrame, fits: int = GRID_FITS) -> dic
 
     scale = AxisScale(False)  # what `minima phase` picks for 0..64 in steps of 2
     axes = list(truth.axes)
-    models = [fit_model(table, X, axes, scale, seed=1000 * truth.rep + j) for j in range(fits)]
+    models = [fit_model(table, X, axes, scale, 1000 * truth.rep + j, sampler) for j in range(fits)]
     out = {"slice": {}, "joint": {}}
     for combo in truth.slices():
         mask = np.logical_and.reduce([table[a].map(str) == str(v) for a, v in combo.items()])
-        own = [fit_boundary(table[mask], X, scale, None, {}, seed=1000 * truth.rep + j) for j in range(fits)]
+        own = [fit_boundary(table[mask], X, scale, None, {}, 1000 * truth.rep + j, sampler) for j in range(fits)]
         for name, found in (("slice", [(b.x_critical, b.ci_low, b.ci_high) for b in own]),
                             ("joint", [(c.x_critical, c.ci_low, c.ci_high) for c in (m.crossing(combo) for m in models)])):
             xc, lo, hi = found[0]
@@ -117,29 +114,30 @@ def grid_widths(truth: Truth, table: pd.DataFrame, fits: int = GRID_FITS) -> dic
     return out
 
 
-def run_search(truth: Truth, variant: dict, budget: int, candidates: str) -> dict:
+def run_search(truth: Truth, variant: tuple, budget: int, candidates: str) -> dict:
     from sweeps.design.spec import parse_sweep
-    from sweeps.search import boundary
+    from sweeps.search import acquisition
+    from sweeps.search.boundary import Strategy
     from sweeps.search.boundary_searcher import BoundarySearcher, run_without_ray
 
     spec = parse_sweep({
         "name": "efficiency", "base": {"dataset": "mnist1d", "model": "mlp", "width": 16, "depth": 1, "epochs": 3},
         "axes": {X: {"low": 0, "high": HIGH, "count": COARSE_COUNT}, **truth.axes},
         "seeds": SEEDS, "search": {"kind": "boundary", "max_trials": budget, "seed": truth.rep}})
-    searcher = BoundarySearcher(spec, on_notice=lambda m: None, slots=SLOTS, variant=variant)
+    searcher = BoundarySearcher(spec, on_notice=lambda m: None, slots=SLOTS, strategy=Strategy(*variant))
 
     def result_of(values: dict) -> dict:
         bad = truth.bad({a: values[a] for a in truth.axes}, values[X], values["seed"])
         return {"status": "ok", "reached_global_min": True, "test_acc": 0.9 - (0.1 if bad else 0.0)}
 
-    original = boundary.candidate_values
+    original = acquisition.candidate_values
     if candidates == "even":  # the real replay's candidates: only what the grid ran
-        boundary.candidate_values = lambda s: DENSE
+        acquisition.candidate_values = lambda s: DENSE
     try:
         started = time.perf_counter()
         issued = run_without_ray(searcher, result_of)
     finally:
-        boundary.candidate_values = original
+        acquisition.candidate_values = original
     rounds = []
     for r in searcher.rounds:
         if not r["fits"]:
@@ -151,7 +149,18 @@ def run_search(truth: Truth, variant: dict, budget: int, candidates: str) -> dic
     last = searcher.rounds[-1]["fits"]
     hits = [f["x_critical"] is not None and covers(f["ci_low"], f["ci_high"], truth.x_critical(f["slice"]))
             for f in last]
-    return {"issued": issued, "rounds": rounds, "final_hits": hits, "wall_s": round(time.perf_counter() - started, 1)}
+    return {"issued": issued, "rounds": rounds, "final_hits": hits, "wall_s": round(time.perf_counter() - started, 1),
+            "spec": spec, "rows": searcher.rows}
+
+
+def as_phase_fits_it(spec, rows: list[dict], n: int, seed: int) -> dict[str, float | None]:
+    """Every slice's interval width from the search's first `n` trials, fitted as `minima phase`
+    fits a table (the joint model, the stretch sampler)."""
+    from sweeps.search.boundary import fit_joint, slice_fits
+
+    model, reason = fit_joint(spec, rows[:n], seed, "stretch")
+    return {_key(f.slice): width(f.boundary["ci_low"], f.boundary["ci_high"], f.boundary["x_critical"] is not None)
+            for f in slice_fits(spec, rows[:n], model, reason)}
 
 
 def trials_to_match(rounds: list[dict], reference: dict[str, dict], slack: float) -> int | None:
@@ -167,14 +176,23 @@ def one_rep(design: str, rep: int, variants: list[str], budget_fraction: float, 
     table = truth.grid()
     started = time.perf_counter()
     grid = grid_widths(truth, table)
+    grid.update({f"{k}_de": v for k, v in grid_widths(truth, table, sampler="de").items()})
     out = {"rep": rep, "grid_trials": len(table), "grid_fit_s": round(time.perf_counter() - started, 1),
            "truth": {_key(c): truth.x_critical(c) for c in truth.slices()},
            "g": truth.truth["g"], "tau": truth.truth["tau"], "grid": grid, "search": {}}
     budget = int(round(budget_fraction * len(table)))
     for name in variants:
         s = run_search(truth, VARIANTS[name], budget, candidates)
+        spec, rows = s.pop("spec"), s.pop("rows")
         s["to_match"] = {f"{ref}_{slack:g}x": trials_to_match(s["rounds"], grid[ref], slack)
-                         for ref in ("slice", "joint") for slack in (1.0, 1.1)}
+                         for ref in grid for slack in (1.0, 1.1)}
+        n = s["to_match"]["slice_1x"]
+        if n is not None:  # the same trials, as `minima phase` would report them
+            widths = as_phase_fits_it(spec, rows, n, truth.rep)
+            s["phase_at_match"] = {"trials": n, "widths": widths, **{
+                f"within_{slack:g}x": all(grid["slice"][k]["width"] is None or (w is not None and
+                                          w <= slack * grid["slice"][k]["width"] + 1e-9) for k, w in widths.items())
+                for slack in (1.0, 1.1)}}
         out["search"][name] = s
     return out
 
@@ -194,6 +212,8 @@ def summarize(reps: list[dict], variants: list[str]) -> dict:
         issued = [r["search"][name]["issued"] / grid_trials for r in reps]
         finals = [s["width"] for r in reps for s in r["search"][name]["rounds"][-1]["slices"].values()
                   if s["width"] is not None]
+        checked = [r["search"][name]["phase_at_match"] for r in reps if "phase_at_match" in r["search"][name]]
+        entry["phase_at_match"] = {"n": len(checked), **{k: sum(c[k] for c in checked) for k in ("within_1x", "within_1.1x")}}
         entry["final_coverage"] = {"n": len(hits), "coverage": round(float(np.mean(hits)), 3),
                                    "coverage_95ci": wilson(sum(hits), len(hits))}
         entry["trials_run_fraction"] = {"median": _round(np.median(issued)), "p10": _round(np.percentile(issued, 10)),
@@ -201,7 +221,7 @@ def summarize(reps: list[dict], variants: list[str]) -> dict:
         entry["final_median_width"] = _round(np.median(finals))
         entry["wall_s_per_rep"] = _round(np.mean([r["search"][name]["wall_s"] for r in reps]))
         out[name] = entry
-    for ref in ("slice", "joint"):
+    for ref in reps[0]["grid"]:
         widths = [g["width"] for r in reps for g in r["grid"][ref].values() if g["width"] is not None]
         hits = [g["hit"] for r in reps for g in r["grid"][ref].values()]
         out[f"grid_{ref}"] = {"median_width": _round(np.median(widths)), "n": len(hits),
@@ -218,7 +238,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--first-rep", type=int, default=0)
     parser.add_argument("--design", choices=list(DESIGNS), default="2")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["cells", "trials"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["cells", "default"])
     parser.add_argument("--budget", type=float, default=0.3, help="the search's budget, a fraction of the grid's trials")
     parser.add_argument("--candidates", choices=["every", "even"], default="every",
                         help="the search's x values: every integer, or the grid's even ones (as the real replay)")
@@ -238,7 +258,7 @@ def main() -> None:
                          "axes": {a: [str(v) for v in lv] for a, lv in DESIGNS[args.design].items()},
                          "seeds": SEEDS, "slots": SLOTS, "factor": FACTOR, "candidates": args.candidates,
                          "budget_fraction": args.budget},
-              "variants": {v: VARIANTS[v] for v in args.variants}, "reps": args.reps, "first_rep": args.first_rep,
+              "variants": {v: dict(zip(("unit", "coarse_seeds", "sampler"), VARIANTS[v])) for v in args.variants}, "reps": args.reps, "first_rep": args.first_rep,
               "summary": summarize(reps, args.variants), "wall_s": round(time.perf_counter() - started, 1),
               "workers": 1, "emcee": emcee.__version__, "python": platform.python_version(), "per_rep": reps}
     text = json.dumps(report, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))

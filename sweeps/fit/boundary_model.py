@@ -285,7 +285,8 @@ def _mode(post: _Posterior) -> np.ndarray:
     return found.x
 
 
-def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0) -> BoundaryModel:
+def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0,
+              sampler: str = "stretch") -> BoundaryModel:
     """Fit the model to the good/bad trials of `trials` (others, and rows with a null x, are left
     out). Raises ModelUnfit with a one-line reason when the table cannot support it."""
     import emcee
@@ -306,14 +307,15 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     rng = np.random.default_rng(seed)
     walkers = max(WALKERS_MIN, 2 * post.dim + 2)
     start = _mode(post) + 1e-3 * rng.standard_normal((walkers, post.dim))
-    sampler = emcee.EnsembleSampler(walkers, post.dim, post, vectorize=True)
-    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
-    sampler.run_mcmc(start, BURN + KEEP)
-    chain = sampler.get_chain(discard=BURN, flat=True)
+    moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)] if sampler == "de" else None
+    ensemble = emcee.EnsembleSampler(walkers, post.dim, post, vectorize=True, moves=moves)
+    ensemble.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
+    ensemble.run_mcmc(start, BURN + KEEP)
+    chain = ensemble.get_chain(discard=BURN, flat=True)
     _, log_k, z, log_sigma, w, log_tau = post.split(chain)
     departures = np.exp(log_tau) * w if post.n_slices else np.zeros((len(chain), 0))
     return BoundaryModel(x, coords, levels, chain[:, : post.n_c], len(rows), n_seeds,
-                         float(np.mean(sampler.acceptance_fraction)), columns,
+                         float(np.mean(ensemble.acceptance_fraction)), columns,
                          slice_keys if post.n_slices else [], departures,
                          np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)),
                          np.exp(log_k), np.unique(rows["seed"].to_numpy()).tolist(), np.exp(log_sigma)[:, None] * z)
@@ -412,7 +414,8 @@ class Boundary:
         return out
 
 
-def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0) -> Boundary:
+def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0,
+                 sampler: str = "stretch") -> Boundary:
     """The crossing of P(bad) along x in one slice (the model with no other axis). Trials whose x is
     null (clip_norm: none) have no place on the line and are left out."""
     fitted = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
@@ -420,7 +423,7 @@ def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: di
     if fitted.empty:
         return Boundary(y_value, by, None, None, None, 0, 0, "no trial in this slice reached a global minimum")
     try:
-        model = fit_model(fitted, x, [], scale, seed)
+        model = fit_model(fitted, x, [], scale, seed, sampler)
     except ModelUnfit as why:
         return Boundary(y_value, by, None, None, None, len(fitted), n_seeds, str(why))
     c = model.crossing({})

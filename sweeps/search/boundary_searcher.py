@@ -1,11 +1,11 @@
 """Boundary search as a Ray Tune `Searcher`, so it runs on a cluster like any search and resumes
 with the sweep (Tune saves and restores its state with the experiment).
 
-It works in rounds: the coarse grid first (cells x seeds); then, once a round's trials have all
-finished, one fit of the boundary model over every finished trial (sweeps.search.boundary) and the next
-round's cells, as many as fill the trial slots, until every slice is settled, no untried cell is
-in doubt, or the budget is spent. Waiting for the whole round keeps the search a function of the
-trials' results alone, not of the order they finish in: a resumed search runs the same trials.
+It works in rounds: the coarse grid first; then, once a round's trials have all finished, one fit
+of the boundary model over every finished trial (sweeps.search.boundary) and the next round's
+trials, as many as fill the trial slots, until every slice is settled or the budget is spent.
+Waiting for the whole round keeps the search a function of the trials' results alone, not of the
+order they finish in: a resumed search runs the same trials.
 Each round's fits are saved with the experiment as `<experiment>/boundary_search.json`, so the
 path to the answer can be read back.
 """

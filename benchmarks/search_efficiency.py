@@ -229,6 +229,17 @@ def summarize(reps: list[dict], variants: list[str]) -> dict:
     return out
 
 
+def compact(v):
+    """Floats to 4 significant digits, for a raw JSON that stays small."""
+    if isinstance(v, dict):
+        return {k: compact(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [compact(x) for x in v]
+    if isinstance(v, (float, np.floating)) and np.isfinite(v):
+        return float(f"{float(v):.4g}")
+    return v
+
+
 def _round(v: float) -> float | None:
     return None if not np.isfinite(v) else round(float(v), 3)
 
@@ -261,7 +272,8 @@ def main() -> None:
               "variants": {v: dict(zip(("unit", "coarse_seeds", "sampler"), VARIANTS[v])) for v in args.variants}, "reps": args.reps, "first_rep": args.first_rep,
               "summary": summarize(reps, args.variants), "wall_s": round(time.perf_counter() - started, 1),
               "workers": 1, "emcee": emcee.__version__, "python": platform.python_version(), "per_rep": reps}
-    text = json.dumps(report, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+    text = json.dumps(compact(report), separators=(",", ":"),
+                      default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
     print(json.dumps(report["summary"], indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -44,9 +44,9 @@ GRID_FITS = 3  # the grid's reference width: the median over this many sampler s
 VARIANTS = {  # each a BoundarySearcher strategy: (unit, coarse seeds, sampler)
     "cells": ("cell", None, "stretch"),  # Strategy.CELLS: every seed of the x most in doubt
     "default": ("trial", 1, "de"),  # Strategy(): single trials, the most informative
-    "trial_stretch": ("trial", 1, "stretch"),  # ablations: each of the default's three changes undone
+    "trial_stretch": ("trial", 1, "stretch"),  # ablations: each of the default's three choices undone
     "trial_coarse_every_seed": ("trial", None, "de"),
-    "cells_de": ("cell", None, "de"),
+    "cell_coarse1_de": ("cell", 1, "de"),
 }
 
 

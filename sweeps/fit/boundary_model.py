@@ -20,7 +20,9 @@ over three seeds has nothing to resample. The posterior under weak priors (below
 with separation it spreads the crossing over the bracket between the two grid values around it.
 Its 90% intervals are checked for coverage on synthetic sweeps with known boundaries
 (`benchmarks/interval_coverage.py`). Draws come from emcee's affine-invariant ensemble started at
-the posterior mode.
+the posterior mode: the stretch move, or with `sampler="de"` differential-evolution moves, whose
+intervals at the same chain length vary less with the sampler's seed and sit nearer a long
+chain's (`benchmarks/sampler_spread.py`; the boundary search fits with them).
 
 A per-slice fit is the same model with no axes (`fit_model(rows, x, [], ...)`).
 """
@@ -288,7 +290,8 @@ def _mode(post: _Posterior) -> np.ndarray:
 def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0,
               sampler: str = "stretch") -> BoundaryModel:
     """Fit the model to the good/bad trials of `trials` (others, and rows with a null x, are left
-    out). Raises ModelUnfit with a one-line reason when the table cannot support it."""
+    out). `sampler`: emcee's moves, "stretch" or "de". Raises ModelUnfit with a one-line reason
+    when the table cannot support it."""
     import emcee
 
     rows = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]

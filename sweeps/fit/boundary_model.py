@@ -20,9 +20,9 @@ over three seeds has nothing to resample. The posterior under weak priors (below
 with separation it spreads the crossing over the bracket between the two grid values around it.
 Its 90% intervals are checked for coverage on synthetic sweeps with known boundaries
 (`benchmarks/interval_coverage.py`). Draws come from emcee's affine-invariant ensemble started at
-the posterior mode: the stretch move, or with `sampler="de"` differential-evolution moves, whose
-intervals at the same chain length vary less with the sampler's seed and sit nearer a long
-chain's (`benchmarks/sampler_spread.py`; the boundary search fits with them).
+the posterior mode, moved by differential evolution (`sampler="de"`): at the same chain length
+its intervals vary less with the sampler's seed than the stretch move's and sit nearer a long
+chain's (`benchmarks/sampler_spread.py`).
 
 A per-slice fit is the same model with no axes (`fit_model(rows, x, [], ...)`).
 """
@@ -288,7 +288,7 @@ def _mode(post: _Posterior) -> np.ndarray:
 
 
 def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0,
-              sampler: str = "stretch") -> BoundaryModel:
+              sampler: str = "de") -> BoundaryModel:
     """Fit the model to the good/bad trials of `trials` (others, and rows with a null x, are left
     out). `sampler`: emcee's moves, "stretch" or "de". Raises ModelUnfit with a one-line reason
     when the table cannot support it."""
@@ -418,7 +418,7 @@ class Boundary:
 
 
 def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0,
-                 sampler: str = "stretch") -> Boundary:
+                 sampler: str = "de") -> Boundary:
     """The crossing of P(bad) along x in one slice (the model with no other axis). Trials whose x is
     null (clip_norm: none) have no place on the line and are left out."""
     fitted = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from sweeps.design.boundary_grid import REFINE, candidate_values, coarse_cells, coarse_trials
+from sweeps.design.boundary_grid import REFINE, candidate_values, coarse_cells, coarse_grid, coarse_trials
+from sweeps.search.acquisition import variance_cut
+from sweeps.search.boundary import Strategy
 from sweeps.search.boundary_searcher import BoundarySearcher
 from sweeps.design.spec import SweepError, parse_sweep
 
@@ -49,7 +51,13 @@ def drive(searcher, stop_after=None):
 
 def test_the_coarse_grid_covers_every_slice_and_seed_and_refines_x():
     spec = boundary_sweep()
-    assert len(coarse_cells(spec)) == 3 * 2 and coarse_trials(spec) == 18
+    assert len(coarse_cells(spec)) == 3 * 2
+    trials = coarse_grid(spec)
+    # the baselines (x = 0) with every seed, each other coarse cell with one seed, in turn
+    assert coarse_trials(spec) == len(trials) == 2 * 3 + 2 * 2
+    assert sorted(t["seed"] for t in trials if t["pretrain_epochs"] == 0) == [0, 0, 1, 1, 2, 2]
+    assert [t["seed"] for t in trials if t["pretrain_epochs"] != 0] == [0, 1, 2, 0]
+    assert len(coarse_grid(spec, None)) == 18  # every seed of every cell
     assert candidate_values(spec) == list(range(0, 101))  # epochs: every integer
     wd = parse_sweep({"name": "w", "axes": {"weight_decay": {"low": 1e-5, "high": 1e-3, "count": 3, "scale": "log"}},
                       "search": {"kind": "boundary", "x": "weight_decay", "max_trials": 10}})
@@ -73,6 +81,54 @@ def test_proposals_concentrate_near_a_known_boundary_and_locate_it():
     # the search ends by exhausting the integers inside a 90% interval that cannot shrink to 4
     dense_grid = len(range(0, 101, 3)) * 2 * 3
     assert len(issued) < 0.4 * dense_grid
+
+
+def test_a_round_runs_single_trials_never_one_already_run():
+    """With 2 slots and 3 seeds a round is 6 trials: single (x, seed) trials, so it can place them
+    at up to 6 durations; none repeats a trial (cell and seed) run before."""
+    searcher = BoundarySearcher(boundary_sweep(), slots=2)
+    issued = drive(searcher, stop_after=4)
+    keys = [(c["pretrain_epochs"], c["weight_decay"], c["seed"]) for c in issued]
+    assert len(keys) == len(set(keys))
+    later = issued[coarse_trials(searcher.spec):]
+    assert len(later) == 3 * 6
+    cells = {(c["pretrain_epochs"], c["weight_decay"]) for c in later}
+    assert len(cells) > len(later) / 3  # not whole cells: more distinct durations than cells' worth
+    assert {c["seed"] for c in later} == {0, 1, 2}
+
+
+def test_the_cell_strategy_runs_every_seed_of_a_cell_together():
+    searcher = BoundarySearcher(boundary_sweep(), slots=2, strategy=Strategy.CELLS)
+    issued = drive(searcher, stop_after=3)
+    assert len(issued) == 18 + 2 * 6
+    for cell in {(c["pretrain_epochs"], c["weight_decay"]) for c in issued}:
+        assert sorted(c["seed"] for c in issued if (c["pretrain_epochs"], c["weight_decay"]) == cell) == [0, 1, 2]
+
+
+def test_a_state_saved_without_a_strategy_goes_on_running_whole_cells(tmp_path):
+    """A search whose state was saved before trials were proposed one at a time resumes as it began."""
+    first = BoundarySearcher(boundary_sweep(), strategy=Strategy.CELLS)
+    drive(first, stop_after=2)
+    state = first.get_state()
+    del state["strategy"], state["tried"]
+    second = BoundarySearcher(boundary_sweep())
+    second.set_state(json.loads(json.dumps(state)))
+    assert second.strategy == Strategy.CELLS.as_dict()
+    assert len(second.tried) == 3 * len(second.cells)
+    later = drive(second)
+    cells = {(c["pretrain_epochs"], c["weight_decay"]) for c in later}
+    assert len(later) == 3 * len(cells)
+
+
+def test_a_trial_whose_outcome_is_certain_does_not_narrow_the_crossing():
+    """variance_cut on draws of a crossing spread over 10..30: a trial far below (always good) or
+    far above (always bad) cuts nothing; one at the crossing's middle cuts the most."""
+    xc = np.linspace(10, 30, 401)
+    x = np.array([0.0, 20.0, 40.0])
+    p = 1 / (1 + np.exp(-5 * (x[None, :] - xc[:, None])))[:, None, :]  # (draws, 1 seed, x)
+    cut = variance_cut([(1.0, np.full(len(xc), 1 / len(xc)))], p, xc)[0]
+    assert cut[0] < 1e-6 and cut[2] < 1e-6
+    assert cut[1] > 0.5 * np.var(xc)
 
 
 def test_it_stops_at_the_trial_budget():
@@ -110,13 +166,13 @@ def test_failed_trials_are_recorded_and_do_not_stall_the_search():
     while (config := searcher.suggest(f"t{n}")) not in (None, "FINISHED"):
         searcher.on_trial_complete(f"t{n}", None, error=True)
         n += 1
-    assert searcher.suggest("next") == "FINISHED" and n == 18
+    assert searcher.suggest("next") == "FINISHED" and n == coarse_trials(searcher.spec) == 10
     assert {r["status"] for r in searcher.rows} == {"error"}
 
 
 @pytest.mark.parametrize("search, field", [
     ({"x": "weight_decay"}, "search.x"),
-    ({"max_trials": 10}, "search.max_trials"),
+    ({"max_trials": 9}, "search.max_trials"),
     ({"x": "lr"}, "search.x"),
 ])
 def test_bad_boundary_sweeps_are_refused_naming_the_field(search, field):

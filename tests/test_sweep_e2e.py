@@ -333,10 +333,11 @@ def test_boundary_search_runs_real_trials_in_rounds_and_exports_them(tmp_path):
                  "--set", "axes.pretrain_epochs={low: 0, high: 6, count: 2}",
                  "--set", "search={kind: boundary, max_trials: 12}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "boundary search round 1: 8 trials done" in out.stdout + out.stderr
+    assert "boundary search round 1: 6 trials done" in out.stdout + out.stderr
     assert "done (budget 12)" in out.stderr and "ETA --" in out.stderr  # a budget, not a count owed
     history = json.loads((tmp_path / "results" / "edge" / "boundary_search.json").read_text())
-    assert history["x"] == "pretrain_epochs" and history["rounds"][0]["queued"] == 8  # 2 x 2 cells, 2 seeds
+    # the coarse grid: 2 baseline cells x 2 seeds, 2 cells at x = 6 x 1 seed
+    assert history["x"] == "pretrain_epochs" and history["rounds"][0]["queued"] == 6
     assert len(history["rounds"][1]["fits"]) == 2  # one per weight decay
     ran = sum(r["queued"] for r in history["rounds"])
     _, parents, children = mlflow_runs(tmp_path, "edge")

@@ -121,7 +121,7 @@ def test_validate_prints_the_plan_and_bad_files_exit_2(tmp_path):
     edge = minima("validate", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}",
                   "--set", "axes.pretrain_epochs={low: 0, high: 8, count: 3}", "--set", "search={kind: boundary, max_trials: 40}")
     assert edge.returncode == 0, edge.stderr
-    assert "trials    at most 40" in edge.stdout and "2 slices along pretrain_epochs; coarse grid 12 trials" in edge.stdout
+    assert "trials    at most 40" in edge.stdout and "2 slices along pretrain_epochs; coarse grid 8 trials" in edge.stdout
 
 
 

@@ -19,6 +19,7 @@ from ..fit.phase_fit import BASELINE_AXIS, fmt
 from .keys import keys_of
 
 REFINE = 16  # candidate x values of a float axis: the coarse grid, 16 times finer
+COARSE_SEEDS = 1  # seeds a coarse-grid cell runs, unless it is a baseline (every seed: its mean is the labels' reference)
 MAX_INT_CANDIDATES = 4096  # an integer axis offers every integer up to this span
 
 
@@ -66,14 +67,38 @@ def cell_id(cell: dict[str, Any]) -> str:
     return "|".join(f"{k}={fmt(v)}" for k, v in sorted(cell.items()))
 
 
+def trial_id(cell: dict[str, Any], seed) -> str:
+    """One trial of a cell: `<cell id>#<seed>`."""
+    return f"{cell_id(cell)}#{fmt(seed)}"
+
+
+def is_baseline(spec, cell: dict[str, Any]) -> bool:
+    return _pretrain_epochs(spec, cell) == 0
+
+
 def coarse_cells(spec) -> list[dict[str, Any]]:
     x = spec.search.x
     cells = [{**s, x: v} for s in slices(spec) for v in spec.axis_values(x)]
     return with_baselines(spec, cells, set())
 
 
+def coarse_grid(spec, seeds_per_cell: int | None = COARSE_SEEDS) -> list[dict[str, Any]]:
+    """The coarse grid's trials (cell and seed): every seed of a baseline cell, `seeds_per_cell` of
+    every other (None: every seed), taken in turn so that every seed runs."""
+    seeds = spec.seeds
+    m = len(seeds) if seeds_per_cell is None else min(seeds_per_cell, len(seeds))
+    out, turn = [], 0
+    for cell in coarse_cells(spec):
+        if is_baseline(spec, cell) or m == len(seeds):
+            out += [{**cell, "seed": s} for s in seeds]
+        else:
+            out += [{**cell, "seed": seeds[(turn + j) % len(seeds)]} for j in range(m)]
+            turn += m
+    return out
+
+
 def coarse_trials(spec) -> int:
-    return len(coarse_cells(spec)) * len(spec.seeds)
+    return len(coarse_grid(spec))
 
 
 def search_cell(spec, values: dict[str, Any]) -> dict[str, Any] | None:

@@ -20,7 +20,9 @@ over three seeds has nothing to resample. The posterior under weak priors (below
 with separation it spreads the crossing over the bracket between the two grid values around it.
 Its 90% intervals are checked for coverage on synthetic sweeps with known boundaries
 (`benchmarks/interval_coverage.py`). Draws come from emcee's affine-invariant ensemble started at
-the posterior mode.
+the posterior mode, moved by differential evolution (`sampler="de"`): at the same chain length
+its intervals vary less with the sampler's seed than the stretch move's and sit nearer a long
+chain's (`benchmarks/sampler_spread.py`).
 
 A per-slice fit is the same model with no axes (`fit_model(rows, x, [], ...)`).
 """
@@ -120,6 +122,9 @@ class BoundaryModel:
     slices: list[tuple[str, ...]] = field(default_factory=list)  # slices with trials, as slice_key
     departures: np.ndarray | None = None  # (draws, slices): each slice's departure from the additive crossing
     tau: np.ndarray | None = None  # (draws,): the spread of departures the data support
+    k: np.ndarray | None = None  # (draws,): the transition's steepness on u
+    seed_values: list = field(default_factory=list)  # the seeds with trials, in order
+    seed_offsets: np.ndarray | None = None  # (draws, seeds): each seed's move of the crossing (e units)
 
     def threshold_draws(self, combo: dict[str, Any]) -> np.ndarray:
         """Draws of the crossing (e units) with each axis at combo's level, others at reference:
@@ -145,6 +150,16 @@ class BoundaryModel:
             return False
         low, high = np.percentile(self.departures[:, self.slices.index(key)], INTERVAL)
         return bool(low > 0 or high < 0)
+
+    def p_bad(self, thresholds: np.ndarray, x, seed, draws: np.ndarray) -> np.ndarray:
+        """P(bad) of a trial of `seed` at each x, per draw (len(draws), len(x)), given `thresholds`,
+        its slice's crossing (e units) at those draws; a seed with no trials sits at the median."""
+        e = thresholds
+        if seed in self.seed_values:
+            e = e + self.seed_offsets[draws, self.seed_values.index(seed)]
+        threshold = self.coords.to_u(self.coords.to_x(np.clip(e, -10.0, 10.0)))
+        logit = self.k[draws, None] * (self.coords.to_u(np.asarray(x, dtype=float))[None, :] - threshold[:, None])
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
 
     def to_x(self, e) -> np.ndarray:
         return self.coords.to_x(e)
@@ -272,9 +287,11 @@ def _mode(post: _Posterior) -> np.ndarray:
     return found.x
 
 
-def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0) -> BoundaryModel:
+def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, seed: int = 0,
+              sampler: str = "de") -> BoundaryModel:
     """Fit the model to the good/bad trials of `trials` (others, and rows with a null x, are left
-    out). Raises ModelUnfit with a one-line reason when the table cannot support it."""
+    out). `sampler`: emcee's moves, "stretch" or "de". Raises ModelUnfit with a one-line reason
+    when the table cannot support it."""
     import emcee
 
     rows = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
@@ -293,16 +310,18 @@ def fit_model(trials: pd.DataFrame, x: str, axes: list[str], scale: AxisScale, s
     rng = np.random.default_rng(seed)
     walkers = max(WALKERS_MIN, 2 * post.dim + 2)
     start = _mode(post) + 1e-3 * rng.standard_normal((walkers, post.dim))
-    sampler = emcee.EnsembleSampler(walkers, post.dim, post, vectorize=True)
-    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
-    sampler.run_mcmc(start, BURN + KEEP)
-    chain = sampler.get_chain(discard=BURN, flat=True)
-    _, _, _, _, w, log_tau = post.split(chain)
+    moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)] if sampler == "de" else None
+    ensemble = emcee.EnsembleSampler(walkers, post.dim, post, vectorize=True, moves=moves)
+    ensemble.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible draws
+    ensemble.run_mcmc(start, BURN + KEEP)
+    chain = ensemble.get_chain(discard=BURN, flat=True)
+    _, log_k, z, log_sigma, w, log_tau = post.split(chain)
     departures = np.exp(log_tau) * w if post.n_slices else np.zeros((len(chain), 0))
     return BoundaryModel(x, coords, levels, chain[:, : post.n_c], len(rows), n_seeds,
-                         float(np.mean(sampler.acceptance_fraction)), columns,
+                         float(np.mean(ensemble.acceptance_fraction)), columns,
                          slice_keys if post.n_slices else [], departures,
-                         np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)))
+                         np.exp(log_tau[:, 0]) if post.n_slices else np.zeros(len(chain)),
+                         np.exp(log_k), np.unique(rows["seed"].to_numpy()).tolist(), np.exp(log_sigma)[:, None] * z)
 
 
 def _bound(v) -> float | None:
@@ -398,7 +417,8 @@ class Boundary:
         return out
 
 
-def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0) -> Boundary:
+def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: dict, seed: int = 0,
+                 sampler: str = "de") -> Boundary:
     """The crossing of P(bad) along x in one slice (the model with no other axis). Trials whose x is
     null (clip_norm: none) have no place on the line and are left out."""
     fitted = trials[trials["phase"].isin(["good", "bad"]) & trials[x].notna()]
@@ -406,7 +426,7 @@ def fit_boundary(trials: pd.DataFrame, x: str, scale: AxisScale, y_value, by: di
     if fitted.empty:
         return Boundary(y_value, by, None, None, None, 0, 0, "no trial in this slice reached a global minimum")
     try:
-        model = fit_model(fitted, x, [], scale, seed)
+        model = fit_model(fitted, x, [], scale, seed, sampler)
     except ModelUnfit as why:
         return Boundary(y_value, by, None, None, None, len(fitted), n_seeds, str(why))
     c = model.crossing({})

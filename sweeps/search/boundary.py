@@ -1,37 +1,57 @@
 """Where a boundary search runs its next trials: one fit of the boundary model over every slice,
-and the cells it proposes, without Ray.
+and the trials it proposes, without Ray.
 
 A grid spends most of its trials deep inside a phase. A boundary search runs a coarse grid of
-the x axis (every slice, i.e. every combination of the other axes, with every seed, plus the
-`pretrain_epochs = 0` baselines the phase labels need). After that, each round fits the boundary
-model (`sweeps.fit.boundary_model`, the one `minima phase` fits) to every finished trial at once, so
-that what one slice's trials say about a shared effect narrows every slice, and proposes the
-untried cells (slice, x) where the model is least sure which side of P(bad) = 0.5 they lie on:
-the posterior probability q that the slice's crossing is below x, scored min(q, 1 - q)
-(the straddle of a level set). A round proposes as many cells as fill the trial slots (every
-seed of a cell runs), spread over the slices, at most `per_round` per slice. The search
-ends when every slice's interval is narrower than `ci_width`, when no untried cell is in doubt
-(x is refined to every integer of an integer axis, else REFINE times finer than the coarse grid;
-the cells themselves are `sweeps.design.boundary_grid`'s), or at the trial budget.
+the x axis first: in every slice (every combination of the other axes) each coarse x with one
+seed, in turn, and the `pretrain_epochs = 0` baselines the phase labels need with every seed (the
+label compares a trial with their mean). After that, each round fits the boundary model
+(`sweeps.fit.boundary_model`, the one `minima phase` fits) to every finished trial at once, so that
+what one slice's trials say about a shared effect (the steepness, the seeds' offsets, the levels'
+shifts) narrows every slice, and proposes single trials (slice, x, seed): each the one expected
+to narrow its slice's crossing most (`acquisition.informative_trials`). A round proposes as many
+trials as fill the trial slots in whole waves of a cell's seeds (2 slots, 3 seeds: 6), spread
+over the slices, at most `per_round` cells' worth per slice. A slice is settled when its interval
+is narrower than `ci_width`, when it surely has no crossing, or when no untried trial would
+narrow it; the search ends when every slice is settled or at the trial budget. x is refined to
+every integer of an integer axis, else REFINE times finer than the coarse grid
+(`sweeps.design.boundary_grid`).
+
+`Strategy` names these choices; `Strategy.CELLS` is the other rule measured against it
+(`benchmarks/search_efficiency.py`): whole cells, every seed, at the x most in doubt.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..design.boundary_grid import candidate_values, cell_id, slices, with_baselines
+from .acquisition import IN_DOUBT, informative_trials, straddle_cells
+from ..design.boundary_grid import COARSE_SEEDS, is_baseline, slices, trial_id, with_baselines
 from ..fit.boundary_model import BoundaryModel, ModelUnfit, fit_model
 from ..fit.phase_fit import BASELINE_AXIS, AxisScale, fmt, label_phases
 from ..design.spec import SweepSpec
 
 RESULT_FIELDS = ("status", "reached_global_min", "test_acc")
-IN_DOUBT = 0.05  # a cell is worth running while the model gives each side at least this chance
-DRAWS = 2000  # posterior draws that score the candidates
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a boundary search spends its trials (saved with its state, so a resume keeps it)."""
+
+    unit: str = "trial"  # "trial": single (x, seed) trials, the most informative; "cell": every seed of the x most in doubt
+    coarse_seeds: int | None = COARSE_SEEDS  # seeds per coarse cell other than a baseline; None: every seed
+    sampler: str = "de"  # the posterior's moves (`fit_model`): "de" (differential evolution) or "stretch"
+    CELLS: ClassVar["Strategy"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Strategy.CELLS = Strategy("cell", None, "stretch")
 
 
 def fit_scale(spec: SweepSpec) -> AxisScale:
@@ -49,7 +69,7 @@ class SliceFit:
     slice: dict[str, Any]
     boundary: dict[str, Any]
     settled: str | None  # why the slice needs no more trials; None while it is open
-    proposed: list[Any] = field(default_factory=list)  # x values to run next (every seed)
+    proposed: list[Any] = field(default_factory=list)  # x values to run next
 
     def as_dict(self) -> dict[str, Any]:
         return {"slice": self.slice, **self.boundary, "settled": self.settled, "proposed": self.proposed}
@@ -84,13 +104,14 @@ def interval(spec: SweepSpec, b: dict[str, Any]) -> tuple[float, float]:
     return (axis.low if b["ci_low"] is None else b["ci_low"]), (axis.high if b["ci_high"] is None else b["ci_high"])
 
 
-def fit_joint(spec: SweepSpec, rows: list[dict[str, Any]], seed: int = 0) -> tuple[BoundaryModel | None, str | None]:
+def fit_joint(spec: SweepSpec, rows: list[dict[str, Any]], seed: int = 0,
+              sampler: str = Strategy.sampler) -> tuple[BoundaryModel | None, str | None]:
     """The boundary model over every finished trial of the search, or None and why not."""
     labelled = label_phases(frame(spec, rows), spec.search.delta)
     labelled = labelled[_not_added_baseline(labelled, spec, {})]
     axes = [a for a in spec.axes if a != spec.search.x]
     try:
-        return fit_model(labelled, spec.search.x, axes, fit_scale(spec), seed), None
+        return fit_model(labelled, spec.search.x, axes, fit_scale(spec), seed, sampler), None
     except ModelUnfit as why:
         return None, str(why)
 
@@ -123,59 +144,34 @@ def _settled(spec: SweepSpec, b: dict[str, Any]) -> str | None:
     return f"interval {high - low:g} <= ci_width {spec.search.ci_width:g}" if high - low <= spec.search.ci_width else None
 
 
-def propose(spec: SweepSpec, model: BoundaryModel, fits: list[SliceFit], known: set[str], cells: int,
-            rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Up to `cells` untried cells where the model is least sure of the side of P(bad) = 0.5,
-    round-robin over the open slices (most doubtful first), at most `per_round` per slice. Each
-    slice's k-th pick aims at a different quantile of its crossing (median, then the quartiles, ...)."""
-    x = spec.search.x
-    values = candidate_values(spec)
-    e = model.to_e(np.asarray(values, dtype=float))
-    pick = rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
-    ranked = []
-    for f in fits:
-        if f.settled is not None:
-            continue
-        thresholds = model.threshold_draws(f.slice)[pick]
-        q = (thresholds[:, None] < e[None, :]).mean(axis=0)  # P(the crossing is below x)
-        doubt = np.minimum(q, 1 - q)
-        untried = np.array([cell_id({**f.slice, x: v}) not in known for v in values])
-        doubt = np.where(untried, doubt, 0.0)
-        if doubt.max() >= IN_DOUBT:
-            ranked.append((float(doubt.max()), f, thresholds, doubt))
-        else:
-            f.settled = f"no untried {x} in doubt (each side at least {1 - IN_DOUBT:g} sure)"
-    ranked.sort(key=lambda r: -r[0])
-    goals = [0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625]
-    out: list[dict[str, Any]] = []
-    for k in range(min(spec.search.per_round, len(goals))):
-        for _, f, thresholds, doubt in ranked:
-            if len(out) >= cells:
-                return out
-            target = np.quantile(thresholds, goals[k])
-            open_ = np.flatnonzero(doubt >= IN_DOUBT)
-            taken = {fmt(c[x]) for c in out if all(fmt(c[a]) == fmt(v) for a, v in f.slice.items())}
-            open_ = [i for i in open_ if fmt(values[i]) not in taken]
-            if not open_:
-                continue
-            best = min(open_, key=lambda i: (abs(e[i] - target), i))
-            out.append({**f.slice, x: values[best]})
-            f.proposed.append(values[best])
-    return out
-
-
 def cells_per_round(slots: int, seeds: int) -> int:
-    """Cells (each run with every seed) that fill `slots`: whole waves where that takes few cells
-    (2 slots, 3 seeds: 2 cells, 3 full waves), else one wave's worth rounded up."""
+    """Cells' worth of trials (a cell: every seed) that fill `slots`: whole waves where that takes
+    few cells (2 slots, 3 seeds: 2 cells, 3 full waves), else one wave's worth rounded up."""
     if slots < seeds:
         return math.lcm(slots, seeds) // seeds
     return math.ceil(slots / seeds)
 
 
-def next_cells(spec: SweepSpec, model: BoundaryModel | None, fits: list[SliceFit], known: set[str], slots: int,
-               rng: np.random.Generator) -> list[dict[str, Any]]:
-    """The next round's cells, with the baselines they need: as many as fill the trial slots."""
+def next_trials(spec: SweepSpec, strategy: Strategy, model: BoundaryModel | None, fits: list[SliceFit],
+                cells: set[str], tried: set[str], slots: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The next round's trials (cell and seed), with the baselines they need (every seed of a
+    baseline cell not yet run): as many as fill the trial slots. `cells`: the cells with a trial
+    run or queued; `tried`: those trials."""
     if model is None:
         return []
-    cells = cells_per_round(slots, len(spec.seeds))
-    return with_baselines(spec, propose(spec, model, fits, known, cells, rng), known)
+    n_cells = cells_per_round(slots, len(spec.seeds))
+    if strategy.unit == "cell":
+        chosen = straddle_cells(spec, model, fits, cells, n_cells, rng)
+        return [{**c, "seed": s} for c in with_baselines(spec, chosen, cells) for s in spec.seeds]
+    chosen = informative_trials(spec, model, fits, tried, n_cells * len(spec.seeds), rng)
+    out, seen = [], set(tried)
+    for t in chosen:
+        cell = {k: v for k, v in t.items() if k != "seed"}
+        base = [{**c, "seed": s} for c in with_baselines(spec, [cell], cells) if is_baseline(spec, c) and c != cell
+                for s in spec.seeds]
+        for trial in base + [t]:
+            key = trial_id({k: v for k, v in trial.items() if k != "seed"}, trial["seed"])
+            if key not in seen:
+                seen.add(key)
+                out.append(trial)
+    return out

@@ -1,11 +1,11 @@
 """Boundary search as a Ray Tune `Searcher`, so it runs on a cluster like any search and resumes
 with the sweep (Tune saves and restores its state with the experiment).
 
-It works in rounds: the coarse grid first (cells x seeds); then, once a round's trials have all
-finished, one fit of the boundary model over every finished trial (sweeps.search.boundary) and the next
-round's cells, as many as fill the trial slots, until every slice is settled, no untried cell is
-in doubt, or the budget is spent. Waiting for the whole round keeps the search a function of the
-trials' results alone, not of the order they finish in: a resumed search runs the same trials.
+It works in rounds: the coarse grid first; then, once a round's trials have all finished, one fit
+of the boundary model over every finished trial (sweeps.search.boundary) and the next round's
+trials, as many as fill the trial slots, until every slice is settled or the budget is spent.
+Waiting for the whole round keeps the search a function of the trials' results alone, not of the
+order they finish in: a resumed search runs the same trials.
 Each round's fits are saved with the experiment as `<experiment>/boundary_search.json`, so the
 path to the answer can be read back.
 """
@@ -23,9 +23,9 @@ from ray.tune.search import Searcher
 
 from trainables.reports import FINAL_KEY, is_final
 
-from .boundary import RESULT_FIELDS, fit_joint, next_cells, slice_fits
-from ..design.boundary_grid import cell_id, coarse_cells
-from ..fit.phase_fit import fmt_interval
+from .boundary import RESULT_FIELDS, Strategy, fit_joint, next_trials, slice_fits
+from ..design.boundary_grid import cell_id, coarse_grid, trial_id
+from ..fit.phase_fit import fmt, fmt_interval
 from ..design.spec import SweepSpec, parse_sweep
 
 HISTORY_FILE = "boundary_search.json"
@@ -43,10 +43,11 @@ def _plain(v):
 
 class BoundarySearcher(Searcher):
     def __init__(self, spec: SweepSpec, on_notice=None, slots: int | None = None,
-                 stored: list[tuple[dict[str, Any], dict[str, Any]]] = ()):
+                 stored: list[tuple[dict[str, Any], dict[str, Any]]] = (), strategy: Strategy = Strategy()):
         """`stored`: (config values, final report) of the trials a grid of the same sweep ran that
         this search could run itself (`boundary_grid.search_cell`); refining the grid, it takes
-        them as its first round instead of the coarse grid, and runs none of their cells again."""
+        them as its first round instead of the coarse grid, and runs none of those trials again.
+        `strategy`: how it spends its trials (the default, or `Strategy.CELLS` to compare)."""
         super().__init__()
         self.spec_data = spec.model_dump()
         self.slots = slots or len(spec.seeds)  # trials that run at once: a round fills them
@@ -54,16 +55,18 @@ class BoundarySearcher(Searcher):
         self.queue: list[dict[str, Any]] = []  # trial values not yet handed out
         self.pending: dict[str, dict[str, Any]] = {}  # Tune trial id -> values, running
         self.rows: list[dict[str, Any]] = []  # finished trials: values and results
-        self.cells: set[str] = set()  # every cell handed out or queued
+        self.cells: set[str] = set()  # every cell with a trial handed out or queued
+        self.tried: set[str] = set()  # every trial (cell and seed) handed out or queued
         self.rounds: list[dict[str, Any]] = []
         self.issued = 0
         self.finished = False
+        self.strategy = strategy.as_dict()
         if stored:
             axes = list(spec.axes)
             self.rows = [{**spec.base, **{n: values[n] for n in axes}, "seed": values["seed"],
                           **{k: final.get(k) for k in RESULT_FIELDS}, "status": final.get("status") or "ok"}
                          for values, final in stored]
-            self.cells = {cell_id({n: values[n] for n in axes}) for values, _ in stored}
+            self._mark([{**{n: values[n] for n in axes}, "seed": values["seed"]} for values, _ in stored])
             self.rounds.append({"round": 0, "trials_done": 0, "fits": [], "queued": 0, "stored": len(stored)})
 
     @functools.cached_property
@@ -98,16 +101,17 @@ class BoundarySearcher(Searcher):
 
     # --- rounds --------------------------------------------------------------------------
     def _plan_round(self) -> None:
-        spec = self.spec
+        spec, strategy = self.spec, Strategy(**self.strategy)
         budget = spec.search.max_trials - self.issued
         if not self.rounds:
-            cells, fits = coarse_cells(spec), []
+            trials, fits = coarse_grid(spec, strategy.coarse_seeds), []
         else:
             seed = spec.search.seed + len(self.rounds)
-            model, reason = fit_joint(spec, self.rows, seed)
+            model, reason = fit_joint(spec, self.rows, seed, strategy.sampler)
             fits = slice_fits(spec, self.rows, model, reason)
-            cells = next_cells(spec, model, fits, self.cells, self.slots, np.random.default_rng(seed))
-        trials = [{**spec.base, **c, "seed": s} for c in cells for s in spec.seeds][: max(budget, 0)]
+            trials = next_trials(spec, strategy, model, fits, self.cells, self.tried, self.slots,
+                                 np.random.default_rng(seed))
+        trials = [{**spec.base, **t} for t in trials][: max(budget, 0)]
         self.rounds.append({"round": len(self.rounds), "trials_done": len(self.rows),
                             "fits": [f.as_dict() for f in fits], "queued": len(trials)})
         if fits:
@@ -115,8 +119,14 @@ class BoundarySearcher(Searcher):
         if not trials:
             self.finished = True
             return
-        self.cells |= {cell_id(c) for c in cells}
+        self._mark(trials)
         self.queue = trials
+
+    def _mark(self, trials: list[dict[str, Any]]) -> None:
+        for t in trials:
+            cell = {n: t[n] for n in self.spec_data["axes"]}
+            self.cells.add(cell_id(cell))
+            self.tried.add(trial_id(cell, t["seed"]))
 
     def _notice(self, fits, queued: int, budget: int) -> None:
         open_ = [f for f in fits if f.settled is None]
@@ -133,7 +143,8 @@ class BoundarySearcher(Searcher):
         self.on_notice("\n".join(lines))
 
     # --- saved with the experiment -------------------------------------------------------
-    STATE = ("spec_data", "queue", "pending", "rows", "cells", "rounds", "issued", "finished", "slots")
+    STATE = ("spec_data", "queue", "pending", "rows", "cells", "tried", "rounds", "issued", "finished", "slots",
+             "strategy")
 
     def get_state(self) -> dict[str, Any]:
         return {k: sorted(v) if isinstance(v, set) else v for k, v in ((k, getattr(self, k)) for k in self.STATE)}
@@ -142,7 +153,10 @@ class BoundarySearcher(Searcher):
         for k in self.STATE:
             setattr(self, k, state[k] if k in state else getattr(self, k, None))
         self.__dict__.pop("spec", None)  # parsed again from the restored spec_data
-        self.cells = set(self.cells)
+        if "strategy" not in state:  # saved by a search that ran whole cells: it goes on as it began
+            self.strategy = Strategy.CELLS.as_dict()
+            self.tried = [f"{c}#{fmt(s)}" for c in self.cells for s in self.spec_data["seeds"]]
+        self.cells, self.tried = set(self.cells), set(self.tried)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Tune saving the experiment's state: the searcher's, and the rounds as `boundary_search.json` (written

@@ -8,8 +8,10 @@ except that each trial's noise is a fixed function of its config and seed, so th
 search agree wherever they run the same trial (as the real-grid replay of
 `boundary_search.py` does). Per repetition:
 1. the dense grid (x every 2 epochs 0..64 x every slice x 3 seeds), fitted as `minima phase`
-   fits it: each slice's own `boundary` fit, and the joint model's crossing for that slice (its
-   per-level `ci` where the slice is one level with the others at reference);
+   fits it (keys `slice_de`, `joint_de`: emcee's differential-evolution moves) and with emcee's
+   stretch move (`slice`, `joint`): each slice's own `boundary` fit, and the joint model's
+   crossing for that slice (its per-level `ci` where the slice is one level with the others at
+   reference);
 2. each search variant on the same truth, 2 trial slots (this machine), `ci_width` unset, run to
    its budget (a fraction of the grid's trials) or until it stops by itself; per round the trials
    done and every slice's interval.
@@ -153,9 +155,9 @@ def run_search(truth: Truth, variant: tuple, budget: int, candidates: str) -> di
             "spec": spec, "rows": searcher.rows}
 
 
-def as_phase_fits_it(spec, rows: list[dict], n: int, seed: int) -> dict[str, float | None]:
-    """Every slice's interval width from the search's first `n` trials, fitted as `minima phase`
-    fits a table (the joint model, the stretch sampler)."""
+def as_stretch_fits_it(spec, rows: list[dict], n: int, seed: int) -> dict[str, float | None]:
+    """Every slice's interval width from the search's first `n` trials, the joint model fitted
+    with the stretch move (`phase_at_match`: whether the match holds for a stretch-move fit)."""
     from sweeps.search.boundary import fit_joint, slice_fits
 
     model, reason = fit_joint(spec, rows[:n], seed, "stretch")
@@ -187,8 +189,8 @@ def one_rep(design: str, rep: int, variants: list[str], budget_fraction: float, 
         s["to_match"] = {f"{ref}_{slack:g}x": trials_to_match(s["rounds"], grid[ref], slack)
                          for ref in grid for slack in (1.0, 1.1)}
         n = s["to_match"]["slice_1x"]
-        if n is not None:  # the same trials, as `minima phase` would report them
-            widths = as_phase_fits_it(spec, rows, n, truth.rep)
+        if n is not None:  # the same trials, fitted with the stretch move
+            widths = as_stretch_fits_it(spec, rows, n, truth.rep)
             s["phase_at_match"] = {"trials": n, "widths": widths, **{
                 f"within_{slack:g}x": all(grid["slice"][k]["width"] is None or (w is not None and
                                           w <= slack * grid["slice"][k]["width"] + 1e-9) for k, w in widths.items())

@@ -233,10 +233,15 @@ def main() -> None:
                               for d, (xs, ax) in DESIGNS.items() if d in args.designs},
               "wall_s": round(time.perf_counter() - started, 1), "workers": args.workers,
               "emcee": emcee.__version__, "python": platform.python_version()}
+    emit(report, args.out)
+
+
+def emit(report: dict, out: str | None) -> None:
+    """Print the report as JSON; with `out`, write it there too."""
     text = json.dumps(report, indent=1)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
 
 

@@ -16,12 +16,12 @@ the boundary search runs), stretch 2000+2000 (a longer chain, near convergence).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 
+from interval_coverage import emit
 from search_efficiency import X, Truth
 
 SUBSET = [0, 32, 64, 24, 26, 28, 30, 34, 36, 40, 42, 44, 46]  # what a search's trials look like
@@ -67,11 +67,7 @@ def main() -> None:
 
     report = {"benchmark": "sampler_spread", "commit": git_commit(), "truth_x_critical": truth.x_critical({}),
               "seeds": args.seeds, "results": results, "emcee": emcee.__version__, "python": platform.python_version()}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ def _draws(model: BoundaryModel, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(len(model.thresholds), size=min(DRAWS, len(model.thresholds)), replace=False)
 
 
+def _open(model: BoundaryModel, fits: list, pick: np.ndarray):
+    """The slices not yet settled, each with its crossing's posterior draws at `pick`."""
+    for f in fits:
+        if f.settled is None:
+            yield f, model.threshold_draws(f.slice)[pick]
+
+
 def _in(cell: dict[str, Any], s: dict[str, Any]) -> bool:
     return all(fmt(cell[a]) == fmt(v) for a, v in s.items())
 
@@ -50,10 +57,7 @@ def straddle_cells(spec, model: BoundaryModel, fits: list, known: set[str], cell
     e = model.to_e(np.asarray(values, dtype=float))
     pick = _draws(model, rng)
     ranked = []
-    for f in fits:
-        if f.settled is not None:
-            continue
-        thresholds = model.threshold_draws(f.slice)[pick]
+    for f, thresholds in _open(model, fits, pick):
         q = (thresholds[:, None] < e[None, :]).mean(axis=0)  # P(the crossing is below x)
         untried = np.array([cell_id({**f.slice, x: v}) not in known for v in values])
         doubt = np.where(untried, np.minimum(q, 1 - q), 0.0)
@@ -126,10 +130,7 @@ def informative_trials(spec, model: BoundaryModel, fits: list, tried: set[str], 
     values = candidate_values(spec)
     pick = _draws(model, rng)
     choices = []
-    for f in fits:
-        if f.settled is not None:
-            continue
-        thresholds = model.threshold_draws(f.slice)[pick]
+    for f, thresholds in _open(model, fits, pick):
         xc = np.clip(model.to_x(thresholds), axis.low, axis.high)  # past the range: at its edge
         p = np.stack([model.p_bad(thresholds, values, s, pick) for s in seeds], axis=1)  # (draws, seeds, x)
         free = np.array([[trial_id({**f.slice, x: v}, s) not in tried for v in values] for s in seeds])
